@@ -1,0 +1,49 @@
+# Two commands for a new machine (see README):
+#   make demo   set up, then run the main job on the embedded default data
+#   make test   set up, then run the test suite
+# Both create or reuse .venv from requirements.lock (the pinned working set) and, when run as
+# root on Debian/Ubuntu, install the system packages FFCV and the real-data demo need.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+STAMP   := $(VENV)/.seltrain-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# DeepSpeed JIT-builds its CPU shm_comm op (~30 s); keep it across runs.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/seltrain/torch_extensions
+PYTEST_ARGS ?=
+
+.PHONY: setup demo train-demo test bench sysdeps clean
+
+setup: sysdeps $(STAMP)
+
+sysdeps:
+	@if pkg-config --exists opencv4 libturbojpeg 2>/dev/null && \
+	    [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages: $(APT_PKGS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	else \
+	    echo "seltrain needs these system packages (Debian/Ubuntu names): $(APT_PKGS)"; \
+	    echo "  elsewhere: pkg-config, OpenCV 4 dev files, libjpeg-turbo dev files; Fashion-MNIST IDX files for the demo"; \
+	    echo "  install them (e.g. sudo apt-get install $(APT_PKGS)) and run make again"; \
+	fi
+
+$(STAMP): requirements.lock pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@rm -f $(VENV)/.seltrain-* && touch $@
+
+demo: setup
+	$(VENV)/bin/seltrain train configs/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: setup
+	$(PY) benchmarks/bench_step.py
+
+clean:
+	rm -rf runs .pytest_cache

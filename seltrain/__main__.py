@@ -1,0 +1,5 @@
+import sys
+
+from seltrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,321 @@
+"""Typed training recipes: YAML files in configs/ loaded into dataclasses, with overrides.
+
+``load_config("configs/x.yaml", ["train.lr=0.05", "selectivity.alpha=-1"])`` returns a
+``Config``. Every mistake is a ``ConfigError`` (one line, exit code 2) naming the key and where
+it came from: unknown keys get a close-match suggestion, values are type-checked against the
+dataclass annotations, and names with a fixed set of choices are checked against it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+from seltrain.errors import ConfigError
+
+
+def choice(default, choices: tuple, **kw):
+    return field(default=default, metadata={"choices": choices}, **kw)
+
+
+@dataclass
+class SyntheticConfig:
+    num_classes: int = 10
+    image_size: int = 32
+    channels: int = 3
+    train_size: int = 2048
+    test_size: int = 512
+    seed: int = 0
+
+
+@dataclass
+class FFCVConfig:
+    """Per-split .beton files for ``data.loader: ffcv`` (see ``seltrain data write``)."""
+    train: Optional[str] = None
+    val: Optional[str] = None
+    test: Optional[str] = None
+    order: str = choice("random", ("random", "quasi_random"))
+    os_cache: bool = True
+    drop_last_train: bool = True
+    # Evaluation must see every sample exactly once, so it never drops a partial batch.
+    drop_last_eval: bool = False
+
+
+@dataclass
+class DataConfig:
+    dataset: str = choice("synthetic", ("synthetic", "fashion_mnist", "cifar10", "cifar100",
+                                        "tinyimagenet", "imagefolder"))
+    root: Optional[str] = None
+    download: bool = False
+    loader: str = choice("torch", ("torch", "ffcv"))
+    # Held-out validation carved from train: a count, or a fraction of train when < 1.
+    val_size: Union[int, float] = 0.1
+    split_seed: int = 0
+    num_workers: int = 2
+    augment: bool = True
+    # Train on the first N samples of the (shuffled) train split only: quick experiments.
+    limit_train: Optional[int] = None
+    # Resolution for file-based ImageNet-style data (imagefolder); None = dataset native.
+    image_size: Optional[int] = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    ffcv: FFCVConfig = field(default_factory=FFCVConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = choice("resnet20", ("resnet20", "resnet56", "resnet18", "resnet50", "cnn7",
+                                    "vgg16_bn"))
+
+
+@dataclass
+class SelectivityConfig:
+    # loss = CE - alpha * mean SI (Leavitt & Morcos 2021, eq. 2): < 0 lowers SI, > 0 raises it.
+    alpha: float = 0.0
+    layers: Union[str, list[str]] = "blocks"
+    eps: float = 1e-7
+    # Batch SI from the global batch (statistics all-reduced) or from each rank's slice.
+    sync: str = choice("global", ("global", "local"))
+    # Shrinking the global payload for many classes: send only classes present in the
+    # global batch, and/or send it as bf16 (see README, "Global selectivity statistics").
+    sync_present_only: bool = False
+    sync_bf16: bool = False
+    # Exact dataset-level SI on val and test after every epoch.
+    eval_si: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    # The global batch: split evenly across ranks when there are several.
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = choice("sgd", ("sgd", "adam"))
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    wd_exclude_bn_bias: bool = True
+    schedule: str = choice("multistep", ("multistep", "cosine", "onecycle", "constant"))
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    deterministic: bool = True
+    eval_batch_size: int = 512
+    # Cap on steps per epoch: smoke tests and quick looks at big datasets.
+    max_steps_per_epoch: Optional[int] = None
+    engine: str = choice("ddp", ("ddp", "deepspeed"))
+    sync_bn: bool = False
+    # DeepSpeed JSON (configs/deepspeed/*.json) or an inline dict; batch sizes are derived.
+    deepspeed_config: Optional[str] = None
+    deepspeed_inline: Optional[dict] = None
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    # "auto" names the run from arch, dataset, alpha and seed.
+    name: str = "auto"
+    tensorboard: bool = True
+    progress: bool = True
+    # Per-epoch mean OSI per layer (orientation tracking; `seltrain analyze orientation`).
+    track_orientation: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    selectivity: SelectivityConfig = field(default_factory=SelectivityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def run_name(self) -> str:
+        if self.run.name != "auto":
+            return self.run.name
+        return (f"{self.model.arch}_{self.data.dataset}_alpha{self.selectivity.alpha:g}"
+                f"_seed{self.train.seed}")
+
+    def run_dir(self) -> str:
+        return os.path.join(self.run.out_dir, self.run_name())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got "
+                          f"{value!r} ({where})")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r} ({where})")
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r} ({where})")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-7" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({where})")
+
+
+def _build(cls, data: dict, prefix: str, where: dict[str, str], default_where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got "
+                          f"{data!r} ({default_where})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        src = where.get(key, default_where)
+        if k not in fields:
+            near = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+            raise ConfigError(f"unknown key '{key}' ({src}){hint}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _build(tp, v if v is not None else {}, key + ".", where, default_where)
+            continue
+        val = _coerce(v, tp, key, src)
+        choices = fields[k].metadata.get("choices")
+        if choices and val not in choices:
+            near = difflib.get_close_matches(str(val), list(choices), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            what = {"model.arch": "model", "data.dataset": "dataset"}.get(key, "value")
+            raise ConfigError(f"unknown {what} '{val}' for {key} ({src}){hint}; choose one of: "
+                              f"{', '.join(map(str, choices))}")
+        kwargs[k] = val
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key; write key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: list[str], where: dict[str, str]) -> dict:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[parts[-1]] = value
+        where[key] = f"override '{text}'"
+    return data
+
+
+def read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of sections (data, model, ...)")
+    return data
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+    """Load a recipe (or the defaults when ``path`` is None) and apply ``key.sub=value``."""
+    data = read_yaml(path) if path else {}
+    where: dict[str, str] = {}
+    apply_overrides(data, list(overrides or []), where)
+    cfg = _build(Config, data, "", where, f"in {path}" if path else "in defaults")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config saved as a dict (checkpoints, Ray trials); same checks as files."""
+    cfg = _build(Config, data, "", {}, "in saved config")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    t = cfg.train
+    if t.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {t.epochs}")
+    if t.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if t.milestones and sorted(t.milestones) != t.milestones:
+        raise ConfigError(f"train.milestones must be increasing, got {t.milestones}")
+    if cfg.selectivity.eps <= 0:
+        raise ConfigError(f"selectivity.eps must be > 0, got {cfg.selectivity.eps}")
+    vs = cfg.data.val_size
+    if vs < 0 or (isinstance(vs, float) and vs >= 1):
+        raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {vs}")
+    if cfg.data.loader == "ffcv" and not cfg.data.ffcv.train:
+        raise ConfigError("data.loader is ffcv but data.ffcv.train is not set; write the "
+                          "splits with `seltrain data write` and set data.ffcv.train/val/test")

@@ -1,0 +1,86 @@
+"""Data: sources (on-disk formats), loaders (torch path), and the FFCV pipeline.
+
+``build_data(cfg, sharding)`` is the one entry point the trainer uses: it reads the dataset,
+carves the validation split from train with a fixed seed (``split_indices``; the FFCV writer
+carves the same way), and returns loaders for train, val and test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from seltrain.data.sources import (ArraySplit, DatasetInfo, FileSplit, SyntheticSpec,
+                                   load_split, split_indices)
+from seltrain.data.loaders import (ArrayLoader, DevicePreprocess, FileLoader, RankSharding,
+                                   val_count)
+
+__all__ = ["DataBundle", "build_data", "DevicePreprocess", "RankSharding", "train_val_indices",
+           "load_split", "split_indices", "synthetic_spec"]
+
+
+@dataclass
+class DataBundle:
+    info: DatasetInfo
+    train: Any
+    val: Any | None
+    test: Any
+    image_size: int
+
+
+def synthetic_spec(cfg) -> SyntheticSpec:
+    s = cfg.data.synthetic
+    return SyntheticSpec(num_classes=s.num_classes, image_size=s.image_size, channels=s.channels,
+                         train_size=s.train_size, test_size=s.test_size, seed=s.seed)
+
+
+def train_val_indices(cfg, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train/val carve (and ``limit_train`` subset); shared by torch and FFCV paths."""
+    train_idx, val_idx = split_indices(n_train, val_count(cfg.data.val_size, n_train),
+                                       cfg.data.split_seed)
+    if cfg.data.limit_train is not None and cfg.data.limit_train < len(train_idx):
+        rng = np.random.default_rng(cfg.data.split_seed + 1)
+        train_idx = np.sort(rng.choice(train_idx, cfg.data.limit_train, replace=False))
+    return train_idx, val_idx
+
+
+def load_dataset(cfg, split: str):
+    d = cfg.data
+    return load_split(d.dataset, d.root, split, download=d.download,
+                      synthetic=synthetic_spec(cfg) if d.dataset == "synthetic" else None)
+
+
+def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None
+               ) -> DataBundle:
+    """Loaders for one rank. ``batch_size`` is the per-rank training batch."""
+    sharding = sharding or RankSharding()
+    if cfg.data.loader == "ffcv":
+        from seltrain.data.ffcv_pipeline import build_ffcv_data
+
+        return build_ffcv_data(cfg, sharding, batch_size=batch_size)
+    info, train_split = load_dataset(cfg, "train")
+    _, test_split = load_dataset(cfg, "test")
+    train_idx, val_idx = train_val_indices(cfg, len(train_split.labels))
+    bs = batch_size or cfg.train.batch_size
+    ebs = cfg.train.eval_batch_size
+    common = dict(info=info, sharding=sharding, seed=cfg.train.seed)
+    if isinstance(train_split, ArraySplit):
+        size = train_split.images.shape[1]
+
+        def make(split, idx, train, b):
+            return ArrayLoader(split, idx, b, train=train, augment=cfg.data.augment, **common)
+    else:
+        size = cfg.data.image_size or info.image_size
+
+        def make(split, idx, train, b):
+            return FileLoader(split, idx, b, train=train, size=size, augment=cfg.data.augment,
+                              num_workers=cfg.data.num_workers, **common)
+    test_idx = np.arange(len(test_split.labels))
+    return DataBundle(
+        info=info,
+        train=make(train_split, train_idx, True, bs),
+        val=make(train_split, val_idx, False, ebs) if len(val_idx) else None,
+        test=make(test_split, test_idx, False, ebs),
+        image_size=size,
+    )

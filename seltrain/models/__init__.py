@@ -1,0 +1,42 @@
+"""The image classifiers seltrain trains, each exposing where its units are read.
+
+``build_model(arch, num_classes, in_channels, image_size)`` returns an nn.Module with
+``probe_points()`` (probe name -> module whose output is a post-ReLU unit activation, in
+forward order) and ``probe_groups()`` (``"all"`` and ``"blocks"``: lists of probe names).
+See seltrain/models/probed.py for the contract and METHODS.md sec. 1 for why these layers.
+"""
+from __future__ import annotations
+
+import difflib
+
+from torch import nn
+
+from seltrain.models.cnn7 import cnn7
+from seltrain.models.probed import ModelConfigError, Probed
+from seltrain.models.resnet_cifar import resnet20, resnet56
+from seltrain.models.resnet_tv import resnet18, resnet50
+from seltrain.models.vgg import vgg16_bn
+
+_BUILDERS = {
+    "resnet20": lambda nc, ch, px: resnet20(nc, ch),  # global pooling: any size works
+    "resnet56": lambda nc, ch, px: resnet56(nc, ch),
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "cnn7": cnn7,
+    "vgg16_bn": vgg16_bn,
+}
+ARCHS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3,
+                image_size: int = 32) -> nn.Module:
+    """``image_size`` is the input side in pixels; it picks the stem/head of resnet18/50 and
+    vgg16_bn and sizes cnn7's first dense layer."""
+    if arch not in _BUILDERS:
+        near = difflib.get_close_matches(arch, ARCHS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ModelConfigError(f"unknown model '{arch}'{hint}; choose one of: {', '.join(ARCHS)}")
+    return _BUILDERS[arch](num_classes, in_channels, image_size)
+
+
+__all__ = ["ARCHS", "ModelConfigError", "Probed", "build_model"]

@@ -1,0 +1,70 @@
+"""VGG16 with batch norm (Simonyan & Zisserman 2015, config D), as Ukita used on ImageNet.
+
+Convolutional part: the 13 3x3 convs of config D, each conv -> BN -> ReLU, with a 2x2
+max-pool after each of the five stages. Two heads:
+  * ImageNet-sized inputs (> 64 px): torchvision's vgg16_bn head, 7x7 adaptive pool and
+    4096-4096 fully connected layers with dropout (same layers and parameter count).
+  * Small inputs (<= 64 px, CIFAR-style): global average pool and 512-512 fully connected
+    layers, no dropout; the pools use ceil_mode so 28 px (Fashion-MNIST) still reaches 1x1
+    (28 -> 14 -> 7 -> 4 -> 2 -> 1).
+Modules are named after the paper's layers (``features.conv3_2``, ``classifier.fc1``); the
+probe points are their ReLUs, built non-in-place so the probed outputs are never overwritten.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+from seltrain.models.probed import Probed
+
+STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs) of config D
+SMALL_MAX_PX = 64
+
+
+class VGG16BN(Probed, nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 224):
+        super().__init__()
+        small = image_size <= SMALL_MAX_PX
+        feats, c_in, convs = OrderedDict(), in_channels, []
+        for s, (c_out, n) in enumerate(STAGES, 1):
+            for i in range(1, n + 1):
+                name = f"{s}_{i}"
+                feats[f"conv{name}"] = nn.Conv2d(c_in, c_out, 3, padding=1)
+                feats[f"bn{name}"] = nn.BatchNorm2d(c_out)
+                feats[f"relu{name}"] = nn.ReLU()
+                convs.append(name)
+                c_in = c_out
+            feats[f"pool{s}"] = nn.MaxPool2d(2, 2, ceil_mode=small)
+        self.features = nn.Sequential(feats)
+
+        pool, width = (1, 512) if small else (7, 4096)
+        drop = nn.Identity if small else (lambda: nn.Dropout(0.5))
+        self.avgpool = nn.AdaptiveAvgPool2d(pool)
+        self.classifier = nn.Sequential(OrderedDict(
+            fc1=nn.Linear(512 * pool * pool, width), relu_fc1=nn.ReLU(), drop1=drop(),
+            fc2=nn.Linear(width, width), relu_fc2=nn.ReLU(), drop2=drop(),
+            fc3=nn.Linear(width, num_classes)))
+
+        # torchvision's VGG init, so the large variant starts as torchvision's would.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+        self._block_probes = [f"conv{c}" for c in convs]
+        self._probe_paths = {**{f"conv{c}": f"features.relu{c}" for c in convs},
+                             "fc1": "classifier.relu_fc1", "fc2": "classifier.relu_fc2"}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def vgg16_bn(num_classes: int, in_channels: int = 3, image_size: int = 224) -> VGG16BN:
+    return VGG16BN(num_classes, in_channels, image_size)
