@@ -1,0 +1,145 @@
+"""End-to-end training on synthetic data: the regularizer's direction, resume, outputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, run_cli, subprocess_env
+from seltrain.config import load_config
+from seltrain.trainer import Trainer
+
+# 6 epochs x 40 steps = 240 steps of batch 32 at 16 px: ~10 s per run on 2 cores.
+ALPHA_RUN = ["data.dataset=synthetic", "data.val_size=256", "data.synthetic.train_size=1536",
+             "data.synthetic.test_size=512", "data.synthetic.image_size=16",
+             "train.batch_size=32", "train.epochs=6", "train.lr=0.05", "train.schedule=cosine",
+             "run.progress=false", "run.tensorboard=false"]
+
+
+def test_alpha_steers_selectivity(tmp_path):
+    si = {}
+    for alpha in (0, -10, 10):
+        cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                          ALPHA_RUN + [f"selectivity.alpha={alpha}", f"run.out_dir={tmp_path}",
+                                       f"run.name=a{alpha}"])
+        si[alpha] = Trainer(cfg).fit()["test_si"]
+    # Measured: alpha -10 -> 0.005, 0 -> 0.38, +10 -> 0.81 (test SI, mean over 9 blocks).
+    assert si[-10] < si[0] - 0.15, si
+    assert si[10] > si[0] + 0.15, si
+
+
+def _tiny(tmp_path, name, *extra):
+    return ["configs/synthetic.yaml", *TINY, "train.epochs=3", "selectivity.alpha=-1",
+            f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    r = run_cli("train", *_tiny(out, "ref"))
+    assert r.returncode == 0, r.stderr
+    return out / "ref"
+
+
+def test_run_folder_contents(reference_run):
+    d = reference_run
+    for rel in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
+                "checkpoints/best.pt", "tb"):
+        assert (d / rel).exists(), rel
+    summary = json.loads((d / "summary.json").read_text())
+    for key in ("alpha", "seed", "arch", "dataset", "epochs", "best_epoch", "val_acc",
+                "test_acc", "test_si", "test_si_per_layer", "images_per_s"):
+        assert summary[key] is not None, key
+    assert summary["alpha"] == -1.0 and summary["epochs"] == 3
+    assert len(summary["test_si_per_layer"]) == 9
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [0, 1, 2]
+    ckpt = torch.load(d / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and "model" in ckpt and "optimizer" in ckpt
+    assert load_config(str(d / "config.yaml")).selectivity.alpha == -1.0
+
+
+def test_tensorboard_events_hold_expected_tags(reference_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(reference_run / "tb"), size_guidance={"scalars": 0,
+                                                                    "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = set(tags["scalars"])
+    for tag in ("train/loss", "train/ce", "train/reg", "train/batch_si", "train/lr",
+                "train/images_per_s", "val/acc", "test/acc", "val/si_mean", "test/si_mean",
+                "val/si/layer1.0", "test/si/layer3.2"):
+        assert tag in scalars, tag
+    assert len(acc.Scalars("test/acc")) == 3
+    assert {"test/si_hist/layer1.0", "test/si_hist/layer3.2"} <= set(tags["histograms"])
+    # Values agree with metrics.jsonl.
+    last = json.loads((reference_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert acc.Scalars("test/acc")[-1].value == pytest.approx(last["test_acc"], abs=1e-6)
+    # HParams: alpha/seed/arch against final metrics.
+    hp = EventAccumulator(str(reference_run / "tb"))
+    hp.Reload()
+    plugin = hp.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin
+    start = plugin["_hparams_/session_start_info"]
+    assert b"alpha" in start and b"seed" in start and b"arch" in start
+
+
+def test_resume_is_bitwise_identical(reference_run, tmp_path):
+    name = "interrupted"
+    args = _tiny(tmp_path, name)
+    proc = subprocess.Popen([sys.executable, "-m", "seltrain", "train", *args], cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / name / "metrics.jsonl"
+    last = tmp_path / name / "checkpoints/last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid epoch 2: nothing gets to clean up
+    proc.wait()
+    assert (tmp_path / name / "checkpoints/last.pt").exists()
+    # Without --resume the run refuses to overwrite what is there.
+    r = run_cli("train", *args)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run_cli("train", *args, "--resume")
+    assert r.returncode == 0, r.stderr
+    a = torch.load(reference_run / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / name / "checkpoints/last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ra = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [x["epoch"] for x in rb] == [0, 1, 2]
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "val_acc", "test_acc", "test_si", "lr"):
+            assert x[key] == y[key], (key, x[key], y[key])
+
+
+def test_corrupt_checkpoint_is_one_line(reference_run, tmp_path):
+    d = tmp_path / "corrupt"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "checkpoints/last.pt").write_bytes(b"not a checkpoint")
+    r = run_cli("train", *_tiny(tmp_path, "corrupt"), "--resume")
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert "corrupt or unreadable" in r.stderr and "last.pt" in r.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Epoch 1 trains normally; from epoch 2 the lr is multiplied by 1e12 and the loss blows up.
+    r = run_cli("train", "configs/synthetic.yaml", *TINY, "train.epochs=3",
+                "train.schedule=multistep", "train.milestones=[1]", "train.gamma=1e12",
+                f"run.out_dir={tmp_path}", "run.name=nan")
+    assert r.returncode == 4, r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "at epoch 2 step" in err[0], r.stderr
+    ckpt = torch.load(tmp_path / "nan/checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
