@@ -1,0 +1,334 @@
+"""The FFCV pipeline: stream ``.beton`` files (``seltrain data write``) into training.
+
+``build_ffcv_data(cfg, sharding, batch_size)`` returns the same ``DataBundle`` as the torch
+path, and its loaders keep the same contract: ``len()``, ``set_epoch()``, ``num_samples``, and
+batches of (uint8 [B, C, H, W], int64 [B]) that the caller owns. Normalisation, channels_last
+and bf16 happen on the device, in ``DevicePreprocess`` and autocast, as for the torch path.
+
+Pipelines (decode, then augment, on CPU threads compiled by numba):
+- train, ImageNet family: random-resized-crop (scale as the torch path) + flip;
+- train, CIFAR / MNIST family: pad-and-random-crop (``RandomTranslate``, 4 px / 2 px) + flip;
+- eval: centre crop (ImageNet family, 0.875 above 96 px, whole image below) or the image as is.
+
+Sharding follows ``RankSharding``, exactly as the torch path:
+- training with ``order: random`` draws each epoch's permutation from the same seeded generator
+  as the torch loaders and gives rank r the r-th slice of every global batch, so G ranks
+  together see the global batch one process would (the global-SI equivalence), and FFCV and
+  torch visit the same samples in the same batches. FFCV's own ``distributed=True`` is not
+  used: it pads ranks with repeated samples and needs a process group to build a loader.
+- training with ``order: quasi_random`` (page-local shuffling for datasets bigger than RAM,
+  ``os_cache: false``): each rank shuffles its own fixed, equal-sized strided share.
+- evaluation reads a contiguous chunk per rank through the Loader's ``indices``, sequentially,
+  with no padding and no drop: every sample is seen exactly once across ranks.
+
+FFCV reuses its batch buffers a few batches later, so every batch is copied (one memcpy) before
+it is handed out. Batches are uint8 [B, C, H, W] in channels_last memory (FFCV decodes NHWC);
+``DevicePreprocess`` makes them contiguous or channels_last, as the recipe asks, on the device.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from seltrain.data.loaders import ARRAY_AUGMENT, RankSharding, epoch_generator, val_count
+from seltrain.data.sources import DatasetInfo
+from seltrain.errors import ConfigError, DataError
+
+SIDECAR_FORMAT = "seltrain-beton/1"
+BETON_FIELDS = ("image", "label")
+FFCV_INSTALL = ("pip install 'seltrain[ffcv]' (it builds against system packages: sudo apt-get "
+                "install pkg-config libopencv-dev libturbojpeg0-dev)")
+# Classes fixed by the dataset itself; file datasets (tinyimagenet, imagefolder) count theirs.
+FIXED_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def require_ffcv() -> None:
+    try:
+        import ffcv  # noqa: F401
+        import ffcv.loader  # noqa: F401  (pulls numba and cv2, the usual missing pieces)
+    except ImportError as e:
+        raise DataError(f"FFCV is not installed ({e}); install it with {FFCV_INSTALL}, or set "
+                        f"data.loader=torch") from None
+
+
+def sidecar_path(beton: str) -> str:
+    return beton + ".json"
+
+
+# --------------------------------------------------------------------------- checking files
+
+def _structure_error(path: str) -> str | None:
+    """Why the file is not a complete .beton (None when it is), without trusting its header."""
+    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType
+
+    size = os.path.getsize(path)
+    if size < HeaderType.itemsize:
+        return f"is {size} bytes, shorter than an FFCV header"
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    if int(header["version"]) != CURRENT_VERSION:
+        return f"is not an FFCV v{CURRENT_VERSION} .beton (header version {header['version']})"
+    n, nf, ptr = int(header["num_samples"]), int(header["num_fields"]), \
+        int(header["alloc_table_ptr"])
+    fields_end = HeaderType.itemsize + nf * FieldDescType.itemsize
+    if ptr == 0:
+        return "was never finalised (the write was interrupted)"
+    if ptr > size or fields_end > size:
+        return f"is truncated ({size} bytes; its allocation table starts at byte {ptr})"
+    if (size - ptr) % ALLOC_TABLE_TYPE.itemsize:
+        return f"is truncated inside its allocation table ({size} bytes)"
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=ptr)
+    if len(np.unique(table["sample_id"])) != n:
+        return (f"is truncated or corrupt: its allocation table covers "
+                f"{len(np.unique(table['sample_id']))} of {n} samples")
+    if len(table) and int((table["ptr"] + table["size"]).max()) > ptr:
+        return "is corrupt: a sample's data runs past the allocation table"
+    return None
+
+
+def read_sidecar(path: str, role: str) -> dict:
+    """Check ``path`` is a complete .beton with its sidecar; return the sidecar."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path} does not exist ({role}); write it with `seltrain data write "
+                        f"--split ... --out {path}`")
+    why = _structure_error(path)
+    if why:
+        raise DataError(f"{path} {why}; write it again with `seltrain data write`")
+    side = sidecar_path(path)
+    if not os.path.isfile(side):
+        raise DataError(f"{path} has no sidecar {os.path.basename(side)} (written last by "
+                        f"`seltrain data write`): the write was interrupted or the file was "
+                        f"made elsewhere; write it again with `seltrain data write`")
+    try:
+        with open(side) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{side} is unreadable ({type(e).__name__}: {e}); write {path} "
+                        f"again") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise DataError(f"{side} is not a {SIDECAR_FORMAT} sidecar; write {path} again")
+    size = os.path.getsize(path)
+    if size != meta.get("bytes"):
+        raise DataError(f"{path} is {size} bytes but was written as {meta.get('bytes')}: it "
+                        f"is truncated or was replaced; write it again")
+    return meta
+
+
+def _check_against_recipe(cfg, path: str, meta: dict, split: str, first: dict | None) -> None:
+    d = cfg.data
+    if meta["dataset"] != d.dataset:
+        raise DataError(f"{path} holds {meta['dataset']} but the recipe's data.dataset is "
+                        f"{d.dataset}; point data.ffcv.{split} at a {d.dataset} file")
+    want = FIXED_CLASSES.get(d.dataset)
+    if d.dataset == "synthetic":
+        want = d.synthetic.num_classes
+    k = meta["num_classes"]
+    if want is not None and k != want:
+        raise DataError(f"{path} has {k} classes but the recipe's dataset ({d.dataset}) has "
+                        f"{want}; write the file again from this recipe")
+    if first is not None and k != first["meta"]["num_classes"]:
+        raise DataError(f"{path} has {k} classes but {first['path']} has "
+                        f"{first['meta']['num_classes']}; write all splits from one dataset")
+    if meta["split"] != split:
+        raise DataError(f"{path} holds the {meta['split']} split but is set as "
+                        f"data.ffcv.{split}; point data.ffcv.{split} at the {split} file")
+    if split in ("train", "val"):
+        n = meta["source_n"]
+        carve = (val_count(d.val_size, n), d.split_seed)
+        if (meta["val_count"], meta["split_seed"]) != carve:
+            raise DataError(f"{path} was carved with val_size={meta['val_count']}, "
+                            f"split_seed={meta['split_seed']} but the recipe carves "
+                            f"val_size={carve[0]}, split_seed={carve[1]} from {n} train "
+                            f"samples; write it again from this recipe")
+
+
+def _info(meta: dict) -> DatasetInfo:
+    return DatasetInfo(meta["dataset"], meta["num_classes"], meta["channels"],
+                       meta["image_size"], meta["family"], tuple(meta["mean"]),
+                       tuple(meta["std"]), tuple(meta["class_names"]))
+
+
+# --------------------------------------------------------------------------- pipelines
+
+def image_pipeline(family: str, size: int, train: bool, augment: bool) -> list:
+    """Decoder and CPU augmentations for the image field, ending in a uint8 NCHW tensor view."""
+    from ffcv.fields.decoders import (CenterCropRGBImageDecoder,
+                                      RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder)
+    from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToTensor, ToTorchImage
+
+    aug = train and augment
+    if family == "imagenet":
+        if aug:
+            # Same scale ranges as the torch path (loaders.file_transforms).
+            scale = (0.08, 1.0) if size > 96 else (0.25, 1.0)
+            ops = [RandomResizedCropRGBImageDecoder((size, size), scale=scale),
+                   RandomHorizontalFlip()]
+        else:
+            ops = [CenterCropRGBImageDecoder((size, size), ratio=0.875 if size > 96 else 1.0)]
+    else:
+        pad, flip = ARRAY_AUGMENT.get(family, (0, False)) if aug else (0, False)
+        ops = [SimpleRGBImageDecoder()]
+        if pad:
+            ops.append(RandomTranslate(padding=pad))  # zero fill, as the torch path pads
+        if flip:
+            ops.append(RandomHorizontalFlip())
+    # channels_last=True: a free view of FFCV's NHWC buffer; the copy out of the buffer
+    # (FFCVLoader.__iter__) keeps that layout; DevicePreprocess sets the model's on the device.
+    return ops + [ToTensor(), ToTorchImage(channels_last=True)]
+
+
+def label_pipeline() -> list:
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import Squeeze, ToTensor
+
+    return [IntDecoder(), ToTensor(), Squeeze(1)]
+
+
+def _rank_batch_order(sharding: RankSharding, seed: int, batch_size: int, drop_last: bool):
+    """A TraversalOrder giving this rank its slices of the torch path's global batches."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class RankBatchOrder(TraversalOrder):
+        def __init__(self):  # FFCV 1.0.2 calls ``order(loader)`` on a TraversalOrder instance
+            pass
+
+        def __call__(self, loader):
+            super().__init__(loader)
+            return self
+
+        def sample_order(self, epoch: int):
+            batches = sharding.train_batches(np.asarray(self.indices), batch_size,
+                                             epoch_generator(seed, epoch), drop_last)
+            return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+
+    return RankBatchOrder()
+
+
+class FFCVLoader:
+    """One split of a .beton for one rank, with the torch loaders' interface."""
+
+    def __init__(self, path: str, rows: np.ndarray, batch_size: int, *, train: bool,
+                 pipeline: list, sharding: RankSharding, seed: int, order: str, os_cache: bool,
+                 drop_last: bool, num_workers: int, channels: int):
+        from ffcv.loader import Loader, OrderOption
+
+        self.path = path
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
+        self.channels = channels
+        self.epoch = 0
+        indices = self.rows
+        if not train:
+            indices, ffcv_order = sharding.eval_indices(self.rows), OrderOption.SEQUENTIAL
+        elif order == "random":
+            ffcv_order = _rank_batch_order(sharding, seed, batch_size, drop_last)
+        else:  # quasi_random: FFCV's page-aware order within this rank's equal share
+            usable = self.rows[:len(self.rows) - len(self.rows) % sharding.world]
+            indices, ffcv_order = usable[sharding.rank::sharding.world], OrderOption.QUASI_RANDOM
+        self.loader = None
+        if len(indices):  # an eval shard can be empty when ranks outnumber samples
+            self.loader = Loader(path, batch_size=batch_size, num_workers=num_workers,
+                                 os_cache=os_cache, order=ffcv_order, distributed=False,
+                                 seed=seed, indices=indices, drop_last=drop_last,
+                                 pipelines={"image": pipeline, "label": label_pipeline()})
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.loader is not None:
+            self.loader.next_epoch = epoch  # FFCV draws the order of epoch ``next_epoch``
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.loader is not None else 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        if self.loader is None:
+            return
+        epoch = self.epoch
+        self.set_epoch(epoch)  # iterating twice without set_epoch replays the same epoch
+        it = iter(self.loader)
+        try:
+            for x, y in it:
+                if self.channels == 1:  # stored RGB-replicated; see seltrain/data/writer.py
+                    x = x[:, :1]
+                # A plain copy of FFCV's NHWC buffer (channels_last strides): a memcpy. Making it
+                # NCHW-contiguous here would be a strided permute-copy on the CPU, which cost
+                # 2/3 of the loader's throughput at 64 px on 2 cores; DevicePreprocess lays the
+                # batch out as the model wants on the device instead.
+                yield x.clone(), y.clone()
+        finally:
+            it.close()  # stop FFCV's worker thread when the consumer breaks early
+
+
+# --------------------------------------------------------------------------- the bundle
+
+def build_ffcv_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None):
+    """Loaders for one rank from the recipe's ``data.ffcv.{train,val,test}`` files."""
+    from seltrain.data import DataBundle, train_val_indices
+
+    require_ffcv()
+    sharding = sharding or RankSharding()
+    f = cfg.data.ffcv
+    if not f.train or not f.test:
+        missing = "train" if not f.train else "test"
+        raise ConfigError(f"data.loader is ffcv but data.ffcv.{missing} is not set; write the "
+                          f"splits with `seltrain data write` and set data.ffcv.train/val/test")
+    metas: dict[str, Any] = {}
+    first = None
+    for split in ("train", "val", "test"):
+        path = getattr(f, split)
+        if not path:
+            continue
+        path = os.path.abspath(os.path.expanduser(path))
+        meta = read_sidecar(path, f"data.ffcv.{split}")
+        _check_against_recipe(cfg, path, meta, split, first)
+        metas[split] = (path, meta)
+        first = first or {"path": path, "meta": meta}
+    _, train_meta = metas["train"]
+    info = _info(train_meta)
+    if info.family == "imagenet":
+        size = cfg.data.image_size or info.image_size
+    else:  # array datasets are used at their stored resolution
+        from ffcv.reader import Reader
+
+        reader = Reader(metas["train"][0])
+        field = reader.metadata.dtype.names[reader.field_names.index("image")]
+        heights = reader.metadata[field]["height"]
+        size = int(heights.max())
+
+    # Train rows: the whole train carve, or the recipe's limit_train subset of it.
+    rows = np.arange(train_meta["n"])
+    if cfg.data.limit_train is not None:
+        full = train_val_indices(_without_limit(cfg), train_meta["source_n"])[0]
+        limited = train_val_indices(cfg, train_meta["source_n"])[0]
+        rows = np.searchsorted(full, limited)
+
+    bs = batch_size or cfg.train.batch_size
+    common = dict(sharding=sharding, seed=cfg.train.seed, order=f.order, os_cache=f.os_cache,
+                  num_workers=max(1, cfg.data.num_workers), channels=info.channels)
+
+    def make(split, train):
+        if split not in metas:
+            return None
+        path, meta = metas[split]
+        return FFCVLoader(path, rows if train else np.arange(meta["n"]),
+                          bs if train else cfg.train.eval_batch_size, train=train,
+                          pipeline=image_pipeline(info.family, size, train, cfg.data.augment),
+                          drop_last=f.drop_last_train if train else f.drop_last_eval, **common)
+
+    return DataBundle(info=info, train=make("train", True), val=make("val", False),
+                      test=make("test", False), image_size=size)
+
+
+def _without_limit(cfg):
+    import copy
+
+    full = copy.deepcopy(cfg)
+    full.data.limit_train = None
+    return full
