@@ -20,7 +20,6 @@ dataset-level numbers gathered across ranks equal the single-process ones.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,10 +52,10 @@ class RankSharding:
         for i in range(n_full):
             g = order[i * gb:(i + 1) * gb]
             out.append(g[self.rank * batch_size:(self.rank + 1) * batch_size])
-        if not drop_last and len(order) > n_full * gb:
-            rest = np.array_split(order[n_full * gb:], self.world)[self.rank]
-            if len(rest):
-                out.append(rest)
+        # A last partial global batch is kept only if every rank gets part of it: DDP needs
+        # the same number of steps on every rank or its gradient all-reduce hangs.
+        if not drop_last and len(order) - n_full * gb >= self.world:
+            out.append(np.array_split(order[n_full * gb:], self.world)[self.rank])
         return out
 
     def eval_indices(self, indices: np.ndarray) -> np.ndarray:
@@ -227,8 +226,3 @@ class DevicePreprocess:
 
 def val_count(val_size: int | float, n: int) -> int:
     return int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
-
-
-def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    return max(1, n // (batch_size * world)) if n >= batch_size * world else \
-        math.ceil(n / (batch_size * world))
