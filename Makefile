@@ -37,7 +37,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@rm -f $(VENV)/.seltrain-* && touch $@
 
 demo: setup
-	$(VENV)/bin/seltrain train configs/quickstart.yaml
+	$(VENV)/bin/seltrain tune --search quickstart
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

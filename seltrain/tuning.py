@@ -1,0 +1,794 @@
+"""Alpha searches with Ray Tune: search recipes in tune/, one TorchTrainer per trial.
+
+    seltrain tune --search alpha [--set train.epochs=30] [--dry-run] [--resume]
+                  [--address auto] [--num-cpus N] [--num-gpus N] [--storage DIR] [--name NAME]
+    seltrain report EXPERIMENT_DIR
+
+A search recipe (``tune/*.yaml``) names a base training recipe, the space (grid values or
+sampled distributions over any ``section.key`` of the training recipe), the seeds, the metric,
+the scheduler (ASHA or none), the resources of one trial, and where results go. It is parsed
+with the same strictness as training recipes (``seltrain.config``): an unknown key, an empty
+space or a trial larger than the cluster is one line and exit code 2.
+
+Each Tune trial runs Ray's Train V2 pattern: a small driver function builds a
+``ray.train.torch.TorchTrainer`` with the trial's workers, and each worker runs the very
+``Trainer`` that ``seltrain train`` runs (``distributed.setup()`` joins Ray Train's process
+group). Every epoch, the workers report the epoch's metrics with a checkpoint (the run's
+``checkpoints/`` folder) to Ray Train, and ``TuneReportCallback`` forwards them, with the
+checkpoint's path, to Tune, where ASHA may stop the trial. Killing a Tune trial kills the
+TorchTrainer's controller and workers with it (Ray actors share their owner's fate), so an
+ASHA-stopped trial frees its CPUs/GPUs for the next.
+
+Experiment layout (``<storage>/<name>/``)::
+
+    trials/<alpha..._seed..._id>/   one seltrain run folder per trial: tb/, metrics.jsonl,
+                                    summary.json, config.yaml, checkpoints/{last,best}.pt
+    ray_train/<same name>/          Ray Train's copy of each trial's latest checkpoint
+    tb_sweep/                       the sweep figures as TensorBoard images
+    plots/*.png, results.csv, results_by_alpha.csv
+    <Tune's own experiment state>   what ``--resume`` restores
+
+``tensorboard --logdir <storage>/<name>`` shows every trial side by side; the HParams tab lists
+the searched keys and the seed against final val/test accuracy and test SI.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import itertools
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Optional, Union
+
+from seltrain.config import (_build, apply_overrides, choice, config_from_dict, load_config,
+                             read_yaml)
+from seltrain.errors import ConfigError, SeltrainError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_recipes")
+# Tune's auto-added loggers would write a second set of TensorBoard events into each Tune
+# trial folder; seltrain's own (one run folder per trial, with hparams) is the one to read.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+# --------------------------------------------------------------------------- the recipe
+
+@dataclass
+class LogGrid:
+    """``num`` log-spaced magnitudes in [min, max], with both signs (and 0 when ``zero``)."""
+    min: float = 0.1
+    max: float = 100.0
+    num: int = 4
+    zero: bool = True
+    signs: str = choice("both", ("both", "negative", "positive"))
+
+
+@dataclass
+class SpaceSpec:
+    """Exactly one of these per searched key. ``grid``/``signed_log`` enumerate values;
+    the rest are sampled ``num_samples`` times per seed."""
+    grid: Optional[list[Union[float, int, str, bool]]] = None
+    signed_log: Optional[LogGrid] = None
+    choice: Optional[list[Union[float, int, str, bool]]] = None
+    uniform: Optional[list[float]] = None
+    loguniform: Optional[list[float]] = None
+    # A random sign times a log-uniform magnitude in [lo, hi]: both signs of alpha.
+    signed_loguniform: Optional[list[float]] = None
+
+    def kind(self) -> str:
+        return next(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+    def values(self) -> list | None:
+        """The enumerated values, or None for a sampled distribution."""
+        if self.grid is not None:
+            return list(self.grid)
+        if self.signed_log is not None:
+            g = self.signed_log
+            mags = ([g.min] if g.num == 1 else
+                    [g.min * (g.max / g.min) ** (i / (g.num - 1)) for i in range(g.num)])
+            mags = [float(f"{m:.3g}") for m in mags]  # -31.6227... reads better as -31.6
+            neg = [-m for m in reversed(mags)] if g.signs in ("both", "negative") else []
+            pos = mags if g.signs in ("both", "positive") else []
+            return neg + ([0.0] if g.zero else []) + pos
+        return None
+
+    def describe(self) -> str:
+        k = self.kind()
+        vals = self.values()
+        return f"{vals}" if vals is not None else f"{k}{tuple(getattr(self, k))}"
+
+
+@dataclass
+class SchedulerConfig:
+    type: str = choice("none", ("none", "asha"))
+    # ASHA (Li et al. 2020): rungs at grace_period * reduction_factor^k epochs; at each rung a
+    # trial continues only if it is in the top 1/reduction_factor of the trials seen there.
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_t: Optional[int] = None  # None = the base recipe's train.epochs
+
+
+@dataclass
+class ResourcesConfig:
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class SearchRecipe:
+    base: str = "configs/quickstart.yaml"
+    name: Optional[str] = None  # experiment folder name; None = the recipe's file name
+    space: dict[str, SpaceSpec] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    num_samples: int = 1  # draws per seed when the space holds sampled distributions
+    metric: str = "val_acc"
+    mode: str = choice("max", ("max", "min"))
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_concurrent_trials: int = 2
+    # A local folder, a shared (NFS) path every node mounts, or s3://bucket/prefix.
+    storage: str = "runs/tune"
+    # Where trial run folders (TensorBoard, metrics) go; None = <storage>/<name>/trials. Must be
+    # a filesystem path: set it to an NFS mount when storage is s3://.
+    trials_dir: Optional[str] = None
+    max_failures: int = 1
+    # key.sub=value overrides of the base recipe, applied before the command line's --set.
+    overrides: list[str] = field(default_factory=list)
+    path: str = ""  # resolved by load_search
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self.storage
+
+    @property
+    def exp_dir(self) -> str:
+        return self.storage.rstrip("/") + "/" + self.name if self.is_uri else \
+            os.path.join(self.storage, self.name)
+
+    @property
+    def trial_root(self) -> str:
+        if self.trials_dir:
+            return os.path.join(os.path.abspath(os.path.expanduser(self.trials_dir)), self.name)
+        if self.is_uri:
+            return os.path.join(os.path.expanduser("~/seltrain_trials"), self.name)
+        return os.path.join(self.exp_dir, "trials")
+
+    def sampled(self) -> bool:
+        return any(s.values() is None for s in self.space.values())
+
+
+_METRICS = ("val_acc", "test_acc", "test_si", "val_si", "train_loss", "train_ce")
+
+
+def find_search(name: str) -> str:
+    """``alpha`` -> tune/alpha.yaml from the current repo, else from the installed package."""
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        if not os.path.isfile(name):
+            raise ConfigError(f"search recipe not found: {name}")
+        return name
+    for root in (os.getcwd(), REPO_ROOT, PACKAGE_RECIPES):
+        path = os.path.join(root, "tune", f"{name}.yaml")
+        if os.path.isfile(path):
+            return path
+    known = sorted({os.path.splitext(f)[0] for root in (os.getcwd(), PACKAGE_RECIPES)
+                    if os.path.isdir(os.path.join(root, "tune"))
+                    for f in os.listdir(os.path.join(root, "tune")) if f.endswith(".yaml")})
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    raise ConfigError(f"no search recipe '{name}' in tune/{hint}; known: {', '.join(known)}")
+
+
+def _find_base(base: str, recipe_path: str) -> str:
+    if os.path.isabs(base):
+        return base
+    recipe_dir = os.path.dirname(os.path.abspath(recipe_path))
+    for root in (recipe_dir, os.path.dirname(recipe_dir), os.getcwd(), REPO_ROOT,
+                 PACKAGE_RECIPES):
+        path = os.path.normpath(os.path.join(root, base))
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"base recipe '{base}' of {recipe_path} not found (looked beside the "
+                      "search recipe, in the repo and in the installed package)")
+
+
+def load_search(name: str, overrides: list[str] | None = None, *, storage: str | None = None,
+                exp_name: str | None = None) -> tuple[SearchRecipe, dict]:
+    """(recipe, base training config as a dict) with every value checked."""
+    path = find_search(name)
+    data = read_yaml(path)
+    where = f"in {path}"
+    space = data.pop("space", None)
+    recipe = _build(SearchRecipe, data, "", {}, where)
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"space is empty ({where}); give at least one key, e.g. "
+                          "space: {selectivity.alpha: {grid: [-1, 0, 1]}}")
+    for key, spec in space.items():
+        if isinstance(spec, list):
+            spec = {"grid": spec}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"space.{key} must be a list of values or a mapping such as "
+                              f"{{grid: [...]}}, got {spec!r} ({where})")
+        spec = dict(spec)
+        log_grid = spec.pop("signed_log", None)
+        s = _build(SpaceSpec, spec, f"space.{key}.", {}, where)
+        if log_grid is not None:  # _build only descends into non-Optional dataclasses
+            s.signed_log = _build(LogGrid, log_grid, f"space.{key}.signed_log.", {}, where)
+        set_ = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is not None]
+        if len(set_) != 1:
+            raise ConfigError(f"space.{key} must give exactly one of grid, signed_log, choice, "
+                              f"uniform, loguniform, signed_loguniform; got "
+                              f"{', '.join(set_) or 'none'} ({where})")
+        vals = s.values()
+        if vals is not None and not vals:
+            raise ConfigError(f"space.{key} has no values ({where})")
+        k = s.kind()
+        if k in ("uniform", "loguniform", "signed_loguniform"):
+            lo_hi = getattr(s, k)
+            if len(lo_hi) != 2 or lo_hi[0] >= lo_hi[1] or (k != "uniform" and lo_hi[0] <= 0):
+                raise ConfigError(f"space.{key}.{k} must be [low, high] with low < high"
+                                  f"{' and low > 0' if k != 'uniform' else ''} ({where})")
+        if k == "signed_log" and not (0 < s.signed_log.min <= s.signed_log.max
+                                      and s.signed_log.num >= 1):
+            raise ConfigError(f"space.{key}.signed_log needs 0 < min <= max and num >= 1 "
+                              f"({where})")
+        recipe.space[key] = s
+    if not recipe.seeds:
+        raise ConfigError(f"seeds is empty ({where}); give at least one seed")
+    if recipe.metric not in _METRICS:
+        near = difflib.get_close_matches(recipe.metric, _METRICS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"unknown metric '{recipe.metric}' ({where}){hint}; choose one of: "
+                          f"{', '.join(_METRICS)}")
+    r = recipe.resources
+    if r.workers < 1 or r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
+        raise ConfigError(f"resources need workers >= 1 and non-negative cpus/gpus ({where})")
+    if recipe.max_concurrent_trials < 1 or recipe.max_failures < 0 or recipe.num_samples < 1:
+        raise ConfigError(f"max_concurrent_trials and num_samples must be >= 1 and "
+                          f"max_failures >= 0 ({where})")
+    if "path" in data:
+        raise ConfigError(f"unknown key 'path' ({where})")
+    recipe.path = os.path.abspath(path)
+    recipe.overrides = list(recipe.overrides) + list(overrides or [])
+    recipe.name = exp_name or recipe.name or os.path.splitext(os.path.basename(path))[0]
+    if storage:
+        recipe.storage = storage
+    if not recipe.is_uri:
+        recipe.storage = os.path.abspath(os.path.expanduser(recipe.storage))
+    base_path = _find_base(recipe.base, path)
+    recipe.base = base_path
+    base_cfg = load_config(base_path, recipe.overrides)
+    base = base_cfg.to_dict()
+    # Every searched key must be a key of the training recipe, and every value must pass
+    # its checks: try the first (or a sampled-range end) value of each before Ray starts.
+    for key, s in recipe.space.items():
+        vals = s.values() or list(getattr(s, s.kind()))
+        for v in vals[:1] + vals[-1:]:
+            trial_config(base, {key: v}, where=f"space.{key} in {path}")
+    sch = recipe.scheduler
+    if sch.type == "asha":
+        max_t = sch.max_t or base_cfg.train.epochs
+        if not (1 <= sch.grace_period <= max_t) or sch.reduction_factor < 2:
+            raise ConfigError(f"scheduler needs 1 <= grace_period <= max_t ({max_t}) and "
+                              f"reduction_factor >= 2 ({where})")
+    return recipe, base
+
+
+def trial_config(base: dict, params: dict, where: str = "trial"):
+    """The training Config of one trial: the base recipe with the trial's values set."""
+    data = json.loads(json.dumps(base))
+    for key, value in params.items():
+        node = data
+        parts = key.split(".")
+        for i, p in enumerate(parts):
+            if not isinstance(node, dict) or p not in node:
+                options = list(node) if isinstance(node, dict) else []
+                near = difflib.get_close_matches(p, options, n=1)
+                hint = f" (did you mean '{'.'.join(parts[:i] + [near[0]])}'?)" if near else ""
+                raise ConfigError(f"unknown key '{key}' ({where}){hint}")
+            if i == len(parts) - 1:
+                node[p] = value
+            else:
+                node = node[p]
+    return config_from_dict(data)
+
+
+def enumerate_trials(recipe: SearchRecipe) -> list[dict]:
+    """The grid's trials in Tune's order; sampled keys show as their distribution."""
+    keys = list(recipe.space)
+    vals = [recipe.space[k].values() or [recipe.space[k].describe()] for k in keys]
+    reps = recipe.num_samples if recipe.sampled() else 1
+    out = []
+    # Every combination of the grid values with every seed (Tune may run them in any order).
+    for _ in range(reps):
+        for combo in itertools.product(*vals, recipe.seeds):
+            out.append({**dict(zip(keys, combo[:-1])), "train.seed": combo[-1]})
+    return out
+
+
+# --------------------------------------------------------------------------- resources
+
+def check_resources(recipe: SearchRecipe, cpus: float, gpus: float, where: str) -> None:
+    r = recipe.resources
+    need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
+    if need_cpu > cpus or need_gpu > gpus:
+        raise ConfigError(
+            f"one trial asks for {r.workers} worker(s) x ({r.cpus_per_worker:g} CPU, "
+            f"{r.gpus_per_worker:g} GPU) = {need_cpu:g} CPU, {need_gpu:g} GPU but {where} has "
+            f"{cpus:g} CPU, {gpus:g} GPU ({recipe.path}); lower resources.workers/"
+            "cpus_per_worker/gpus_per_worker or allow more with --num-cpus/--num-gpus")
+
+
+def local_resources(num_cpus: float | None, num_gpus: float | None) -> tuple[float, float]:
+    have_cpu = os.cpu_count() or 1
+    try:
+        import torch
+        have_gpu = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch CUDA runtime means no GPUs
+        have_gpu = 0
+    if num_cpus is not None and num_cpus > have_cpu:
+        raise ConfigError(f"--num-cpus {num_cpus:g} is more than this machine's {have_cpu} CPUs")
+    if num_gpus is not None and num_gpus > have_gpu:
+        raise ConfigError(f"--num-gpus {num_gpus:g} is more than this machine's {have_gpu} GPUs")
+    return (have_cpu if num_cpus is None else num_cpus,
+            have_gpu if num_gpus is None else num_gpus)
+
+
+# --------------------------------------------------------------------------- a trial
+
+def _trial_dirname(params: dict, trial_id: str) -> str:
+    parts = []
+    for key, v in params.items():
+        short = key.rsplit(".", 1)[-1]
+        parts.append(f"{short}{v:g}" if isinstance(v, float) else f"{short}{v}")
+    return "_".join(parts + [trial_id]).replace("/", "-")
+
+
+def _trial_params(config: dict, keys: list[str]) -> dict:
+    return {k: config[k] for k in keys if k in config}
+
+
+PG_KEY = "workers_placement_group"
+
+
+class _ReleaseWorkers:
+    """Tune callback: free a trial's worker placement group when the trial ends or is stopped.
+
+    Train V2 makes the workers' placement group from its controller actor; a placement group
+    outlives the actor that made it (it belongs to the job), and Train's own cleaner finds dead
+    controllers through the State API, which needs the dashboard (ray[default]). When ASHA
+    stops a trial its driver and controller die, so without this the stopped trial's CPUs/GPUs
+    stay reserved and the next trial waits for them forever. The workers report the group's id
+    as a metric; removing the group also ends the worker processes in it.
+    """
+
+    def __new__(cls):
+        from ray import tune
+
+        class Release(tune.Callback):
+            def _release(self, trial):
+                pg_id = (trial.last_result or {}).get(PG_KEY)
+                if not pg_id:
+                    return
+                from ray._raylet import PlacementGroupID
+                from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+                try:
+                    remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+                except Exception:  # noqa: BLE001 - already removed by a clean shutdown
+                    pass
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self._release(trial)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._release(trial)
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                self._release(trial)
+
+        return Release()
+
+
+def _train_worker(loop_config: dict) -> None:
+    """One Ray Train worker: the same Trainer as ``seltrain train``, reporting every epoch."""
+    import ray.train
+
+    from seltrain import distributed
+    from seltrain.trainer import Trainer
+
+    cfg = config_from_dict(loop_config["config"])
+    run_dir = loop_config["run_dir"]
+    ctx = distributed.setup()  # joins the gloo/NCCL group Ray Train made
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    restored = ray.train.get_checkpoint()
+    if restored is not None and ctx.is_main and not os.path.exists(last):
+        # Trial folders on node-local disk (s3:// storage): continue from Ray's copy.
+        with restored.as_directory() as d:
+            os.makedirs(os.path.dirname(last), exist_ok=True)
+            for f in os.listdir(d):
+                shutil.copy2(os.path.join(d, f), os.path.join(run_dir, "checkpoints", f))
+    distributed.barrier()
+    pg = ray.util.get_current_placement_group()
+    pg_id = pg.id.hex() if pg is not None else ""
+
+    def report(record: dict, ckpt_path: str) -> None:
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) or v is None}
+        metrics = {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+        metrics["epochs_done"] = record["epoch"] + 1
+        ckpt = None
+        if ctx.is_main:
+            metrics[PG_KEY] = pg_id
+            ckpt = ray.train.Checkpoint.from_directory(os.path.dirname(ckpt_path))
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    # resume=True: a restarted or restored trial continues from its own last.pt.
+    Trainer(cfg, ctx, run_dir=run_dir, resume=True, report=report).fit()
+    distributed.teardown(ctx)
+
+
+def _trial(config: dict, base: dict, settings: dict) -> None:
+    """One Tune trial (the Train V2 "driver" function): a TorchTrainer over its workers."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    ctx = tune.get_context()
+    params = _trial_params(config, settings["keys"])
+    name = _trial_dirname(params, ctx.get_trial_id())
+    run_dir = os.path.join(settings["trial_root"], name)
+    cfg = trial_config(base, params)
+    summary = os.path.join(run_dir, "summary.json")
+    if os.path.exists(summary):
+        # Finished before the driver was interrupted: report its result, train nothing.
+        with open(summary) as f:
+            s = json.load(f)
+        tune.report({"val_acc": s["val_acc"] if s["val_acc"] is not None else float("nan"),
+                     "test_acc": s["test_acc"], "test_si": s["test_si"],
+                     "epochs_done": s["epochs"], "already_done": True})
+        return
+    r = settings["resources"]
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r["workers"], use_gpu=r["gpus_per_worker"] > 0,
+            resources_per_worker={"CPU": r["cpus_per_worker"],
+                                  **({"GPU": r["gpus_per_worker"]}
+                                     if r["gpus_per_worker"] > 0 else {})}),
+        run_config=ray.train.RunConfig(
+            # Same name on a restart: Train V2 restores the run's latest checkpoint.
+            name=name, storage_path=settings["train_storage"],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _signed_loguniform(lo: float, hi: float, _spec=None) -> float:
+    import random
+
+    mag = math.exp(random.uniform(math.log(lo), math.log(hi)))
+    return float(f"{random.choice((-1, 1)) * mag:.4g}")
+
+
+def _param_space(recipe: SearchRecipe) -> dict:
+    from ray import tune
+
+    space = {}
+    for key, s in recipe.space.items():
+        k = s.kind()
+        if s.values() is not None:
+            space[key] = tune.grid_search(s.values())
+        elif k == "choice":
+            space[key] = tune.choice(s.choice)
+        elif k == "uniform":
+            space[key] = tune.uniform(*s.uniform)
+        elif k == "loguniform":
+            space[key] = tune.loguniform(*s.loguniform)
+        else:
+            space[key] = tune.sample_from(partial(_signed_loguniform, *s.signed_loguniform))
+    space["train.seed"] = tune.grid_search(list(recipe.seeds))
+    return space
+
+
+def _settings(recipe: SearchRecipe) -> dict:
+    train_storage = (recipe.exp_dir + "/ray_train") if recipe.is_uri else \
+        os.path.join(recipe.exp_dir, "ray_train")
+    return {"keys": list(recipe.space) + ["train.seed"], "trial_root": recipe.trial_root,
+            "train_storage": train_storage, "resources": dataclasses.asdict(recipe.resources)}
+
+
+def _trainable(recipe: SearchRecipe, base: dict):
+    from ray import tune
+
+    fn = tune.with_parameters(_trial, base=base, settings=_settings(recipe))
+    # The driver only waits on its TorchTrainer; the workers hold the CPUs and GPUs. Tune
+    # refuses an all-zero request, so the driver asks for a token 1 MiB of Ray's "memory".
+    return tune.with_resources(fn, {"CPU": 0, "memory": 2 ** 20})
+
+
+def print_plan(recipe: SearchRecipe, base: dict, out=sys.stdout) -> None:
+    trials = enumerate_trials(recipe)
+    r = recipe.resources
+    epochs = base["train"]["epochs"]
+    print(f"search {recipe.path}\nbase   {recipe.base}"
+          f"{' with ' + ' '.join(recipe.overrides) if recipe.overrides else ''}", file=out)
+    print(f"experiment {recipe.exp_dir}  (trial folders: {recipe.trial_root})", file=out)
+    sch = recipe.scheduler
+    print(f"metric {recipe.metric} ({recipe.mode}); scheduler "
+          + (f"asha(grace_period={sch.grace_period}, reduction_factor={sch.reduction_factor}, "
+             f"max_t={sch.max_t or epochs})" if sch.type == "asha" else "none")
+          + f"; max_failures {recipe.max_failures}", file=out)
+    print(f"per trial: {r.workers} worker(s) x {r.cpus_per_worker:g} CPU, "
+          f"{r.gpus_per_worker:g} GPU = {r.workers * r.cpus_per_worker:g} CPU, "
+          f"{r.workers * r.gpus_per_worker:g} GPU; at most {recipe.max_concurrent_trials} "
+          f"concurrent = {recipe.max_concurrent_trials * r.workers * r.cpus_per_worker:g} CPU, "
+          f"{recipe.max_concurrent_trials * r.workers * r.gpus_per_worker:g} GPU", file=out)
+    print(f"{len(trials)} trials x {epochs} epochs = {len(trials) * epochs} trial-epochs at most"
+          f"{' (sampled keys drawn per trial)' if recipe.sampled() else ''}:", file=out)
+    keys = list(trials[0])
+    print("  #    " + "  ".join(f"{k:>18}" for k in keys), file=out)
+    for i, t in enumerate(trials):
+        print(f"  {i:<4} " + "  ".join(f"{str(t[k]):>18}" for k in keys), file=out)
+
+
+def _init_ray(args, recipe: SearchRecipe) -> None:
+    import ray
+
+    if args.address:
+        ray.init(address=args.address, log_to_driver=True)
+        res = ray.cluster_resources()
+        cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
+        r = recipe.resources
+        if r.workers * r.cpus_per_worker > cpus or r.workers * r.gpus_per_worker > gpus:
+            # An autoscaling cluster may grow; say so, and let Ray wait for the nodes.
+            print(f"seltrain: warning: the cluster has {cpus:g} CPU, {gpus:g} GPU now; one "
+                  "trial needs more, so trials wait for the autoscaler", file=sys.stderr)
+        return
+    cpus, gpus = local_resources(args.num_cpus, args.num_gpus)
+    check_resources(recipe, cpus, gpus, "this machine (as allowed)")
+    tmp = os.environ.get("SELTRAIN_RAY_TMP", os.path.join("/tmp", f"seltrain_ray_{os.getuid()}"))
+    ray.init(num_cpus=int(math.ceil(cpus)), num_gpus=int(gpus), include_dashboard=False,
+             _temp_dir=tmp, log_to_driver=True, configure_logging=True,
+             logging_level="WARNING")
+
+
+def run_search(args) -> int:
+    recipe, base = load_search(args.search, args.overrides, storage=args.storage,
+                               exp_name=args.name)
+    if args.dry_run:
+        print_plan(recipe, base)
+        if not args.address:
+            cpus, gpus = local_resources(args.num_cpus, args.num_gpus)
+            try:
+                check_resources(recipe, cpus, gpus, "this machine (as allowed)")
+            except ConfigError as e:  # a plan for a cluster is still worth reading here
+                print(f"note: {e}; run it on a cluster with --address")
+        return 0
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    exp_dir = recipe.exp_dir
+    if not recipe.is_uri:
+        os.makedirs(exp_dir, exist_ok=True)
+        os.makedirs(recipe.trial_root, exist_ok=True)
+    restorable = tune.Tuner.can_restore(exp_dir)
+    if restorable and not args.resume:
+        raise ConfigError(f"{exp_dir} already holds an experiment; pass --resume to continue it, "
+                          "or --name to start a new one")
+    if args.resume and not restorable:
+        raise ConfigError(f"nothing to resume in {exp_dir}; run without --resume to start")
+    _init_ray(args, recipe)
+    trainable = _trainable(recipe, base)
+    if args.resume:
+        # Finished trials stay as they are; unfinished and errored ones continue from their
+        # checkpoints (the driver resumes each run folder's last.pt).
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True,
+                                   restart_errored=True, param_space=_param_space(recipe))
+    else:
+        sch = recipe.scheduler
+        scheduler = None
+        if sch.type == "asha":
+            # time_attr = epochs the run has done, not Tune's report count, so a trial that
+            # resumed mid-way sits on the right rung.
+            scheduler = ASHAScheduler(time_attr="epochs_done",
+                                      max_t=sch.max_t or base["train"]["epochs"],
+                                      grace_period=sch.grace_period,
+                                      reduction_factor=sch.reduction_factor)
+        tuner = tune.Tuner(
+            trainable, param_space=_param_space(recipe),
+            tune_config=tune.TuneConfig(
+                metric=recipe.metric, mode=recipe.mode, scheduler=scheduler,
+                num_samples=recipe.num_samples if recipe.sampled() else 1,
+                max_concurrent_trials=recipe.max_concurrent_trials,
+                # A reused actor would keep its previous trial's TorchTrainer alive.
+                reuse_actors=False,
+                trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+            run_config=tune.RunConfig(
+                name=recipe.name, storage_path=recipe.storage,
+                failure_config=tune.FailureConfig(max_failures=recipe.max_failures),
+                # Tune's JSON/CSV results (for ResultGrid and --resume) but not its TensorBoard
+                # logger: each trial's seltrain run folder carries the TensorBoard events.
+                callbacks=[_ReleaseWorkers(), JsonLoggerCallback(), CSVLoggerCallback()],
+                verbose=1))
+        _write_experiment_info(recipe, base)
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    errors = [r for r in grid if r.error is not None]
+    unfinished = [t for t in grid._experiment_analysis.trials
+                  if t.status not in ("TERMINATED", "ERROR")]
+    if recipe.is_uri:
+        print(f"results are in {exp_dir}; trial folders in {recipe.trial_root}")
+        report_dir = recipe.trial_root
+    else:
+        report_dir = exp_dir
+    report_experiment(report_dir, metric=recipe.metric, mode=recipe.mode)
+    print(f"tune wall time {wall:.0f} s; {len(grid)} trials, {len(errors)} failed, "
+          f"{len(unfinished)} unfinished")
+    for r in errors:
+        print(f"  failed: {r.path}: {str(r.error).splitlines()[0][:200]}", file=sys.stderr)
+    if unfinished:
+        print(f"seltrain: interrupted; continue with: seltrain tune --search {args.search} "
+              f"--resume{' --name ' + args.name if args.name else ''}"
+              f"{' --storage ' + args.storage if args.storage else ''}", file=sys.stderr)
+        return 130
+    return 1 if errors else 0
+
+
+def _write_experiment_info(recipe: SearchRecipe, base: dict) -> None:
+    if recipe.is_uri:
+        return
+    info = {"recipe": recipe.path, "base": recipe.base, "overrides": recipe.overrides,
+            "metric": recipe.metric, "mode": recipe.mode, "trial_root": recipe.trial_root,
+            "space": {k: s.describe() for k, s in recipe.space.items()},
+            "seeds": recipe.seeds, "scheduler": dataclasses.asdict(recipe.scheduler),
+            "epochs": base["train"]["epochs"]}
+    with open(os.path.join(recipe.exp_dir, "seltrain_experiment.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
+# --------------------------------------------------------------------------- the report
+
+def collect_trials(exp_dir: str) -> list[dict]:
+    """One row per trial run folder under exp_dir/trials (or exp_dir itself)."""
+    import yaml
+
+    root = os.path.join(exp_dir, "trials")
+    if not os.path.isdir(root):
+        root = exp_dir
+    info_path = os.path.join(exp_dir, "seltrain_experiment.json")
+    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    rows = []
+    for name in sorted(os.listdir(root)):
+        run = os.path.join(root, name)
+        cfg_path = os.path.join(run, "config.yaml")
+        if not os.path.isfile(cfg_path):
+            continue
+        with open(cfg_path) as f:
+            cfg = yaml.safe_load(f)
+        records = []
+        jsonl = os.path.join(run, "metrics.jsonl")
+        if os.path.exists(jsonl):
+            with open(jsonl) as f:
+                records = [json.loads(ln) for ln in f if ln.strip()]
+        complete = os.path.exists(os.path.join(run, "summary.json"))
+        key = "val_acc" if records and records[0].get("val_acc") is not None else "test_acc"
+        best = max(records, key=lambda r: r[key]) if records else {}
+        planned = cfg["train"]["epochs"]
+        row = {"trial": name, "alpha": cfg["selectivity"]["alpha"], "seed": cfg["train"]["seed"],
+               "epochs_run": len(records), "epochs_planned": planned,
+               "stopped_early": (not complete) and len(records) < planned,
+               "complete": complete,
+               "best_epoch": best.get("epoch", -1) + 1 if best else None,
+               "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
+               "test_si": best.get("test_si")}
+        for k in info.get("space", {}):
+            if k != "selectivity.alpha":
+                node = cfg
+                for p in k.split("."):
+                    node = node.get(p, {}) if isinstance(node, dict) else None
+                row[k] = node
+        rows.append(row)
+    return rows
+
+
+def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max",
+                      out=sys.stdout, tensorboard: bool = True) -> dict:
+    """Table, results.csv, per-alpha aggregates, PNG figures and TensorBoard images.
+
+    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
+    Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
+    about where its alpha ends up (they stay in the table and in results.csv).
+    """
+    import pandas as pd
+
+    from seltrain import sweep_plots
+
+    if not os.path.isdir(exp_dir):
+        raise ConfigError(f"experiment folder not found: {exp_dir}")
+    rows = collect_trials(exp_dir)
+    if not rows:
+        raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
+    df = pd.DataFrame(rows).sort_values(["alpha", "seed"]).reset_index(drop=True)
+    df.to_csv(os.path.join(exp_dir, "results.csv"), index=False)
+    done = df[df["complete"]]
+    use = done if len(done) else df
+    agg = (use.groupby("alpha")
+           .agg(n=("seed", "size"), best_val_acc_mean=("best_val_acc", "mean"),
+                best_val_acc_std=("best_val_acc", "std"), test_acc_mean=("test_acc", "mean"),
+                test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
+                test_si_std=("test_si", "std"))
+           .reset_index())
+    agg.to_csv(os.path.join(exp_dir, "results_by_alpha.csv"), index=False)
+    col = {"val_acc": "best_val_acc_mean", "test_acc": "test_acc_mean",
+           "test_si": "test_si_mean"}.get(metric, "best_val_acc_mean")
+    pick = agg[col].idxmax() if mode == "max" else agg[col].idxmin()
+    best = agg.loc[pick].to_dict()
+    with pd.option_context("display.max_rows", 500, "display.width", 200,
+                           "display.float_format", "{:.4f}".format):
+        show = df.drop(columns=["trial", "complete", "epochs_planned"])
+        print(f"\n{len(df)} trials in {exp_dir} ({len(done)} complete, "
+              f"{int(df['stopped_early'].sum())} stopped early)", file=out)
+        print(show.to_string(index=False), file=out)
+        print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
+              "std over seeds):", file=out)
+        print(agg.to_string(index=False), file=out)
+    print(f"\nbest alpha by {col}: {best['alpha']:g} ({col} {best[col]:.4f}, test_acc "
+          f"{best['test_acc_mean']:.4f} +- {0 if math.isnan(best['test_acc_std']) else best['test_acc_std']:.4f}, "
+          f"test_si {best['test_si_mean']:.4f})", file=out)
+    plots = sweep_plots.plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
+    if tensorboard:
+        sweep_plots.to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
+    print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
+          f"{len(plots)} plots in {os.path.join(exp_dir, 'plots')}", file=out)
+    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best}
+
+
+def _report(args) -> int:
+    report_experiment(args.experiment, metric=args.metric, mode=args.mode)
+    return 0
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def register(subparsers) -> None:
+    t = subparsers.add_parser("tune", help="search alpha (or any recipe key) with Ray Tune")
+    t.add_argument("--search", required=True,
+                   help="a search recipe name in tune/ (alpha, alpha_asha, quickstart) or a path")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the base training recipe, e.g. --set train.epochs=30 "
+                        "(repeatable)")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved trials and resources; start nothing")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted experiment (finished trials are kept)")
+    t.add_argument("--address", default=None,
+                   help="join a running Ray cluster (auto, or ray://host:10001); default: "
+                        "start a local Ray")
+    t.add_argument("--num-cpus", type=float, default=None,
+                   help="local Ray: CPUs it may use (default: all of this machine's)")
+    t.add_argument("--num-gpus", type=float, default=None,
+                   help="local Ray: GPUs it may use (default: all of this machine's)")
+    t.add_argument("--storage", default=None,
+                   help="override the recipe's storage: a folder, an NFS path or s3://...")
+    t.add_argument("--name", default=None, help="experiment name (default: the recipe's)")
+    t.set_defaults(func=run_search)
+
+    r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment")
+    r.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
+    r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
+                   help="what 'best alpha' means (default: val_acc)")
+    r.add_argument("--mode", default="max", choices=["max", "min"])
+    r.set_defaults(func=_report)
