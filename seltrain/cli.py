@@ -19,7 +19,8 @@ def _train(args) -> int:
     from seltrain.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    ctx = distributed.setup()
+    local = args.local_rank if args.local_rank is not None else args.local_rank_sub
+    ctx = distributed.setup(local_rank=local)
     try:
         print(ctx.describe(), flush=True)
         summary = Trainer(cfg, ctx, resume=args.resume).fit()
@@ -43,6 +44,10 @@ def _config_show(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seltrain", description="Train and analyse CNNs with the "
                                 "class-selectivity regularizer (loss = CE - alpha * mean SI).")
+    # The deepspeed launcher passes --local_rank=N ahead of the subcommand (unless told
+    # --no_local_rank); the rank itself is read from the environment.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one run from a recipe")
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run from its checkpoints/last.pt when there is one")
     # The deepspeed launcher appends --local_rank=N; the rank comes from the environment.
     t.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                   help=argparse.SUPPRESS)
+                   dest="local_rank_sub", help=argparse.SUPPRESS)
     t.set_defaults(func=_train)
 
     c = sub.add_parser("config", help="inspect recipes")

@@ -3,6 +3,21 @@
 One process, torchrun, the deepspeed launcher and Ray Train all come through ``setup()``; the
 training loop only ever sees the returned ``DistContext``. NCCL when CUDA is present, gloo
 otherwise, one device per local rank.
+
+How each launcher is recognised:
+- a process group already exists (Ray Train's TorchTrainer makes one before the train loop
+  runs): use it and leave its teardown to its owner;
+- ``WORLD_SIZE`` > 1 in the environment: torchrun (``TORCHELASTIC_RUN_ID`` set) or the
+  deepspeed launcher (``--local_rank=N`` on the command line, ``CROSS_RANK``/``LOCAL_SIZE``
+  or ``DEEPSPEED_LAUNCHER`` in the environment) or any launcher that sets RANK, WORLD_SIZE,
+  MASTER_ADDR and MASTER_PORT: join with ``env://``;
+- otherwise: one process, no group.
+
+Joining is bounded: ``SELTRAIN_DIST_TIMEOUT`` seconds (default 300) for the rendezvous, so a
+wrong MASTER_ADDR or a mismatched world size ends in one clear error line instead of a hang.
+Collectives afterwards get ``SELTRAIN_COLLECTIVE_TIMEOUT`` (default 1800 s): evaluation of a
+large split or rank 0 writing a checkpoint may legitimately keep the others waiting longer
+than a join should.
 """
 from __future__ import annotations
 
@@ -15,6 +30,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from seltrain.errors import SeltrainError
+
+JOIN_TIMEOUT_S = 300.0
+COLLECTIVE_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -36,55 +54,109 @@ class DistContext:
         return self.world_size > 1
 
     def describe(self) -> str:
-        return (f"[rank {self.rank}/{self.world_size}] launcher={self.launcher} "
-                f"backend={self.backend} device={self.device}")
+        return (f"seltrain: rank {self.rank} of world size {self.world_size} (local rank "
+                f"{self.local_rank}), backend {self.backend}, device {self.device}, "
+                f"launcher {self.launcher}")
 
 
 def _device_for(local_rank: int) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
-def _launcher_from_env() -> str:
+def _launcher_from_env(local_rank_arg: int | None) -> str:
     if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
         return "torchrun"
-    if "DEEPSPEED_LAUNCHER" in os.environ or os.environ.get("CROSS_RANK") is not None:
+    if (local_rank_arg is not None or "DEEPSPEED_LAUNCHER" in os.environ
+            or os.environ.get("CROSS_RANK") is not None):
         return "deepspeed"
     return "env"
 
 
-def setup(timeout_s: float | None = None) -> DistContext:
-    """Join (or create) the process group this process was started into."""
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise SeltrainError(f"{name} is not set, but WORLD_SIZE={os.environ['WORLD_SIZE']} "
+                                "asks for a process group; start the job with torchrun or the "
+                                "deepspeed launcher, or set RANK, WORLD_SIZE, MASTER_ADDR and "
+                                "MASTER_PORT yourself")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SeltrainError(f"{name}={raw!r} is not an integer") from None
+
+
+def _timeout(name: str, default: float, given: float | None = None) -> datetime.timedelta:
+    if given is not None:
+        return datetime.timedelta(seconds=given)
+    raw = os.environ.get(name, default)
+    try:
+        return datetime.timedelta(seconds=float(raw))
+    except ValueError:
+        raise SeltrainError(f"{name}={raw!r} is not a number of seconds") from None
+
+
+def setup(timeout_s: float | None = None, local_rank: int | None = None) -> DistContext:
+    """Join (or adopt) the process group this process was started into.
+
+    ``local_rank`` is the deepspeed launcher's ``--local_rank=N`` argument, used when the
+    environment does not carry ``LOCAL_RANK``. ``timeout_s`` overrides SELTRAIN_DIST_TIMEOUT.
+    """
     if dist.is_available() and dist.is_initialized():
         # Ray Train (or a caller) made the group already: use it, and leave it to its owner.
         rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        local = _env_int("LOCAL_RANK", local_rank if local_rank is not None else 0)
         return DistContext(rank, world, local, dist.get_backend(), _device_for(local),
                            "existing", owns_group=False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
-        device = _device_for(0) if torch.cuda.is_available() else torch.device("cpu")
-        return DistContext(device=device)
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
+        local = local_rank or 0
+        device = _device_for(local)
+        return DistContext(local_rank=local, device=device)
+    rank = _env_int("RANK")
+    local = _env_int("LOCAL_RANK", local_rank if local_rank is not None else rank)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            _env_int(name)  # raises the one-line "not set" error
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     device = _device_for(local)
-    timeout = datetime.timedelta(seconds=timeout_s or float(
-        os.environ.get("SELTRAIN_DIST_TIMEOUT", 300)))
+    join = _timeout("SELTRAIN_DIST_TIMEOUT", JOIN_TIMEOUT_S, timeout_s)
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
+        # env:// reads MASTER_ADDR/MASTER_PORT; the TCPStore connect and the wait for every
+        # rank both honour `timeout`, so a rank that cannot join fails within it.
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=join))
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None:
+            # torchrun's agent store outlives a restart, and the gloo addresses of the killed
+            # attempt stay in it: the new attempt would dial dead ports. A per-attempt prefix
+            # keeps each attempt's keys apart (found with --max-restarts on torch 2.14).
+            store = dist.PrefixStore(f"seltrain/attempt_{restart}/", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=join,
                                 device_id=device if backend == "nccl" else None)
+        # NCCL connects lazily: one barrier proves every rank is there, within the bound.
+        dist.barrier()
     except Exception as e:  # noqa: BLE001 - any join failure becomes one clear line
+        if dist.is_initialized():
+            dist.destroy_process_group()
         addr = os.environ.get("MASTER_ADDR", "?")
         port = os.environ.get("MASTER_PORT", "?")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SeltrainError(
             f"rank {rank} could not join the process group at {addr}:{port} (world size "
-            f"{world}) within {timeout.total_seconds():.0f}s: {str(e).splitlines()[0]}; check "
-            "MASTER_ADDR/MASTER_PORT and that every node uses the same --nnodes/--nproc_per_node"
+            f"{world}) within {join.total_seconds():g}s: {first}; check MASTER_ADDR/MASTER_PORT "
+            "and that every node starts the same --nnodes/--nproc_per_node"
         ) from None
-    return DistContext(rank, world, local, backend, device, _launcher_from_env(),
+    collective = _timeout("SELTRAIN_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT_S)
+    set_timeout = getattr(dist, "set_timeout", None)  # torch >= 2.9; older: join bound stays
+    if set_timeout is not None:
+        set_timeout(collective)
+    return DistContext(rank, world, local, backend, device, _launcher_from_env(local_rank),
                        owns_group=True)
 
 
@@ -93,22 +165,38 @@ def teardown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks: every rank's output is
+    sum_s x_s, so dL/dx_s = sum_r dL/dy_r."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool = False,
                      bf16: bool = False) -> tuple[list[Tensor], Tensor]:
     """Sum per-class statistics over ranks, with gradients: one bucketed collective.
 
     Every layer's [K, U_l] sums and the [K] counts are concatenated into one flat buffer and
-    all-reduced once (``torch.distributed.nn.functional.all_reduce``: its backward is an
-    all-reduce of the gradients, which under DDP's gradient averaging makes the result equal
-    to single-process training on the concatenated batch; METHODS.md section 2).
+    all-reduced once (``_AllReduceSum``: its backward is an all-reduce of the gradients,
+    which under DDP's gradient averaging makes the result equal to single-process training
+    on the concatenated batch; METHODS.md section 2).
 
     ``present_only`` first all-reduces the counts alone (K floats) and then ships only the
     rows of classes present in the global batch; ``bf16`` halves the payload's bytes.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return sums, counts
-    from torch.distributed.nn.functional import all_reduce
-
+    all_reduce = _AllReduceSum.apply
     if present_only:
         counts = all_reduce(counts)
         rows = (counts > 0).nonzero().squeeze(1)

@@ -1,19 +1,40 @@
 """Engines: how a step's backward, optimizer step and checkpoint state are carried out.
 
 ``DDPEngine`` (one process or torch DDP) and ``DeepSpeedEngine`` share one small interface:
-``backward(loss)``, ``step()``, ``no_sync()``, ``save(path, extra)``, ``load(path)``. The
-training loop calls only these.
+``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``, ``no_sync()``,
+``save(path, extra)`` and ``load(path) -> extra``. The training loop calls only these.
+
+Checkpoints. Both engines leave a plain ``<name>.pt`` (model weights plus the trainer's extra
+dict, loadable with ``weights_only=True``) at the path the trainer names, so ``--resume``,
+``load_trained_model`` and the analyses never ask which engine wrote a run. DeepSpeed also
+keeps its own sharded state (ZeRO optimizer partitions) beside it, written and read with its
+``save_checkpoint``/``load_checkpoint``; the ``.pt`` file is written last and names the
+DeepSpeed tag it belongs to, so it doubles as the commit marker of a complete checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import glob
+import json
 import os
+import shutil
+import warnings
 
 import torch
 from torch import nn
 
 from seltrain import checkpoint
+from seltrain.errors import CheckpointError, ConfigError
 from seltrain.optim import build_optimizer, build_scheduler
+
+
+def convert_sync_bn(model: nn.Module, ctx) -> nn.Module:
+    """BatchNorm statistics over the global batch (``train.sync_bn``); GPU only in torch."""
+    if ctx.device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm refuses "
+                          f"{ctx.device.type} tensors); set train.sync_bn=false")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class DDPEngine:
@@ -24,7 +45,7 @@ class DDPEngine:
         self.ctx = ctx
         self.module = model
         if t.sync_bn and ctx.distributed:
-            self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+            self.module = convert_sync_bn(self.module, ctx)
         if ctx.distributed:
             self.model = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -73,9 +94,185 @@ class DDPEngine:
         return os.path.isfile(path)
 
 
+# Used when engine is deepspeed and neither train.deepspeed_config nor deepspeed_inline is set:
+# the same as configs/deepspeed/zero1_bf16.json (ZeRO-1 partitions optimizer state only, so
+# it is exact against DDP; bf16.enabled follows train.bf16 anyway).
+DEFAULT_DEEPSPEED = {"zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True,
+                     "steps_per_print": 1_000_000}
+
+
+def deepspeed_config(t, world_size: int, say=print) -> dict:
+    """The DeepSpeed config dict for ``TrainConfig`` ``t``: the JSON or inline dict, with the
+    keys seltrain owns derived from the recipe and overwritten (``say`` reports conflicts).
+
+    seltrain owns: the batch sizes (``train.batch_size`` is the global batch, split evenly
+    over ranks, no gradient accumulation), ``gradient_clipping`` (``train.grad_clip``) and
+    ``bf16.enabled`` (``train.bf16``). The optimizer and scheduler are seltrain's own, so
+    DeepSpeed ``optimizer``/``scheduler`` sections are refused rather than silently ignored.
+    """
+    if t.deepspeed_config and t.deepspeed_inline:
+        raise ConfigError("set train.deepspeed_config or train.deepspeed_inline, not both")
+    if t.deepspeed_config:
+        try:
+            with open(t.deepspeed_config) as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"train.deepspeed_config: no such file {t.deepspeed_config}; "
+                              "see configs/deepspeed/") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"train.deepspeed_config: {t.deepspeed_config} is not valid "
+                              f"JSON (line {e.lineno}: {e.msg})") from None
+        where = t.deepspeed_config
+    else:
+        raw = copy.deepcopy(t.deepspeed_inline or DEFAULT_DEEPSPEED)
+        where = "train.deepspeed_inline" if t.deepspeed_inline else "the default ZeRO-1 config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must hold a JSON object")
+    cfg = {k: v for k, v in raw.items() if not k.startswith("_")}  # "_comment" keys
+    for section, key in (("optimizer", "train.optimizer/lr/momentum/weight_decay"),
+                         ("scheduler", "train.schedule/milestones/warmup_epochs")):
+        if section in cfg:
+            raise ConfigError(f"{where} has a '{section}' section; seltrain builds it from "
+                              f"{key}: remove it from the DeepSpeed config")
+    if "fp16" in cfg and cfg["fp16"].get("enabled"):
+        raise ConfigError(f"{where} enables fp16; seltrain trains in fp32 or bf16 "
+                          "(train.bf16), remove the fp16 section")
+    micro = t.batch_size // world_size
+    derived = {"train_batch_size": micro * world_size, "train_micro_batch_size_per_gpu": micro,
+               "gradient_accumulation_steps": 1,
+               "gradient_clipping": float(t.grad_clip or 0.0)}
+    for key, value in derived.items():
+        if key in cfg and cfg[key] != value:
+            say(f"seltrain: {where} sets {key}={cfg[key]!r}; using {value!r} derived from "
+                "the seltrain config")
+        cfg[key] = value
+    bf16 = dict(cfg.get("bf16") or {})
+    if "enabled" in bf16 and bool(bf16["enabled"]) != t.bf16:
+        say(f"seltrain: {where} sets bf16.enabled={bf16['enabled']}; using train.bf16="
+            f"{t.bf16}")
+    bf16["enabled"] = bool(t.bf16)
+    cfg["bf16"] = bf16
+    cfg.setdefault("zero_allow_untested_optimizer", True)  # seltrain's torch SGD/Adam
+    cfg.setdefault("steps_per_print", 1_000_000)
+    return cfg
+
+
+class _BF16Forward(nn.Module):
+    """Runs a bf16-weight model on bf16 inputs, autocast off, and returns float32 logits."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.inner(x.to(torch.bfloat16)).float()
+
+
+class DeepSpeedEngine:
+    """``deepspeed.initialize`` around seltrain's model, optimizer and LR schedule."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: nn.Module, cfg, ctx, steps_per_epoch: int):
+        import deepspeed
+        import torch.distributed as dist
+
+        t = cfg.train
+        self.ctx = ctx
+        if not dist.is_initialized():
+            # One process: DeepSpeed insists on a process group (and otherwise probes MPI);
+            # a private one-rank gloo group needs no MASTER_ADDR or free port.
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        # DeepSpeed asserts these are set even when the group exists (Ray Train, one process).
+        for key, value in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank),
+                           ("WORLD_SIZE", ctx.world_size)):
+            os.environ.setdefault(key, str(value))
+        if t.sync_bn and ctx.distributed:
+            model = convert_sync_bn(model, ctx)
+        self.ds_config = deepspeed_config(t, ctx.world_size,
+                                          say=print if ctx.is_main else (lambda *_: None))
+        optimizer = build_optimizer(model, t)
+        scheduler = build_scheduler(optimizer, t, steps_per_epoch)
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
+            dist_init_required=False)
+        self._weights = self.model.module
+        self.module = self._weights
+        self._forward = self.model
+        if t.bf16:
+            # DeepSpeed's bf16 keeps the weights in bf16 (fp32 masters in the optimizer), which
+            # torch.autocast does not expect: CPU autocast runs BatchNorm in fp32 and then
+            # meets bf16 weights. So the input is cast instead and autocast is switched off.
+            # DeepSpeed casts parameters but not buffers; CPU BatchNorm wants one dtype.
+            for buf in self._weights.buffers():
+                if buf.is_floating_point():
+                    buf.data = buf.data.to(torch.bfloat16)
+            self.module = _BF16Forward(self._weights)
+            self._forward = _BF16Forward(self.model)
+
+    def forward_model(self) -> nn.Module:
+        return self._forward
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss)
+
+    def step(self) -> None:
+        # Clips (gradient_clipping), steps the optimizer and the LR schedule, zeroes grads.
+        self.model.step()
+
+    def lr(self) -> float:
+        return self.model.get_lr()[0]
+
+    def no_sync(self):
+        return self.model.no_sync()
+
+    # Checkpoints: DeepSpeed's own state under <checkpoints>/deepspeed/<tag>/, and the plain
+    # <name>.pt beside it (see the module docstring).
+    @staticmethod
+    def _ds_dir(path: str) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(path)), "deepspeed")
+
+    def save(self, path: str, extra: dict) -> None:
+        import torch.distributed as dist
+
+        name = os.path.splitext(os.path.basename(path))[0]
+        tag = f"{name}-step{extra.get('global_step', 0)}"
+        ds_dir = self._ds_dir(path)
+        # Every rank writes its ZeRO partition; client_state carries the trainer's extra.
+        self.model.save_checkpoint(ds_dir, tag=tag, client_state=extra, save_latest=False)
+        if dist.is_initialized():
+            dist.barrier()
+        if self.ctx.is_main:
+            weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                       for k, v in self._weights.state_dict().items()}
+            checkpoint.atomic_save(dict(extra, model=weights, engine=self.name,
+                                        deepspeed_tag=tag), path)
+            # Older tags of this name are superseded once the .pt naming the new one exists.
+            for old in glob.glob(os.path.join(ds_dir, f"{name}-step*")):
+                if os.path.basename(old) != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: str) -> dict:
+        ckpt = checkpoint.load(path, map_location="cpu")
+        tag = ckpt.get("deepspeed_tag")
+        if ckpt.get("engine") != self.name or tag is None:
+            raise CheckpointError(f"{path} was written by the {ckpt.get('engine', 'ddp')} "
+                                  "engine; resume it with that engine (train.engine)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded, _client = self.model.load_checkpoint(self._ds_dir(path), tag=tag)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed state {tag} for {path} is missing under "
+                                  f"{self._ds_dir(path)}")
+        return ckpt
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return os.path.isfile(path)
+
+
 def build_engine(model: nn.Module, cfg, ctx, steps_per_epoch: int):
     if cfg.train.engine == "deepspeed":
-        from seltrain.engine_deepspeed import DeepSpeedEngine
-
         return DeepSpeedEngine(model, cfg, ctx, steps_per_epoch)
     return DDPEngine(model, cfg, ctx, steps_per_epoch)

@@ -37,6 +37,19 @@ LOG_EVERY = 20
 _RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir")
 
 
+# Fault injection for the elastic-restart test only (tests/integration_tests/
+# test_distributed_elastic.py): rank 1 SIGKILLs itself at this global step, first attempt only.
+_KILL_AT_STEP = os.environ.get("SELTRAIN_TEST_KILL_AT_STEP")
+
+
+def _test_kill(global_step: int, rank: int) -> None:
+    if (rank == 1 and global_step == int(_KILL_AT_STEP)
+            and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -167,6 +180,8 @@ class Trainer:
                     self.probe.detach()
             self.engine.backward(loss)
             self.engine.step()
+            if _KILL_AT_STEP is not None:
+                _test_kill(global_step, self.ctx.rank)
             loss_val = loss.item()
             if not math.isfinite(loss_val):
                 raise TrainingError(
