@@ -1,0 +1,199 @@
+"""PNG figures for the analyses. Each function draws one figure from an analysis result and
+writes it to ``path`` (parents created), returning the path.
+
+Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure`` rather than
+pyplot, so nothing touches global backend state and plotting works on headless machines.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _figure(n_panels: int = 1, *, cols: int = 4, size: tuple[float, float] = (3.2, 2.6)
+            ) -> tuple[Figure, list]:
+    cols = max(1, min(cols, n_panels))
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _save(fig: Figure, path, title: str | None) -> Path:
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def histograms(values: Mapping[str, Sequence[float]], path, *, xlabel: str = "value",
+               bins: int = 20, value_range: tuple[float, float] | None = None,
+               threshold: float | None = None, title: str | None = None) -> Path:
+    """One histogram per layer (e.g. SI, OSI or gOSI per unit), with the layer mean marked
+    and an optional threshold line."""
+    fig, axes = _figure(len(values))
+    for ax, (name, v) in zip(axes, values.items()):
+        v = np.asarray(v, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=bins, range=value_range, color="tab:blue", alpha=0.8)
+        if len(v):
+            ax.axvline(v.mean(), color="black", ls="--", lw=1, label=f"mean {v.mean():.3f}")
+        if threshold is not None:
+            ax.axvline(threshold, color="tab:red", lw=1, label=f"threshold {threshold:g}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("units")
+        ax.legend(fontsize=7)
+    return _save(fig, path, title)
+
+
+def layer_means(values: Mapping[str, Sequence[float]], path, *, ylabel: str = "mean",
+                title: str | None = None) -> Path:
+    """The mean (+/- SEM over units) of a per-unit quantity for each layer, in order."""
+    names = list(values)
+    means = [np.nanmean(np.asarray(values[n], dtype=np.float64)) for n in names]
+    sems = [np.nanstd(np.asarray(values[n], dtype=np.float64), ddof=1)
+            / math.sqrt(max(np.isfinite(values[n]).sum(), 1)) if len(values[n]) > 1 else 0.0
+            for n in names]
+    fig, (ax,) = _figure(1, size=(max(4.0, 0.5 * len(names)), 3.0))
+    ax.errorbar(range(len(names)), means, yerr=sems, marker="o", capsize=2)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    return _save(fig, path, title)
+
+
+def cumulative_ablation(result: Mapping, path, *, title: str | None = None) -> Path:
+    """Accuracy against the fraction of units ablated (``ablation.cumulative_ablation``)."""
+    f = np.asarray(result["fractions"])
+    fig, (ax,) = _figure(1, size=(4.5, 3.4))
+    ax.plot(f, result["si_high_first"], marker="o", label="SI high first")
+    ax.plot(f, result["si_low_first"], marker="s", label="SI low first")
+    mean, std = np.asarray(result["random_mean"]), np.asarray(result["random_std"])
+    if np.all(np.isfinite(mean)):
+        ax.plot(f, mean, marker="^", color="gray", label="random")
+        ax.fill_between(f, mean - std, mean + std, color="gray", alpha=0.25)
+    ax.set_xlabel("fraction of units ablated")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return _save(fig, path, title or f"cumulative ablation, {result.get('layer', '')}")
+
+
+def drop_scatter(attribute: Sequence[float], drop: Sequence[float], path, *,
+                 xlabel: str = "class selectivity index", ylabel: str = "max class drop",
+                 rho: float | None = None, title: str | None = None) -> Path:
+    """Per-unit ablation drop against a unit attribute, with Spearman's rho in the legend."""
+    fig, (ax,) = _figure(1, size=(4.2, 3.4))
+    label = None if rho is None else f"Spearman rho = {rho:.2f}"
+    ax.scatter(attribute, drop, s=10, alpha=0.7, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if label:
+        ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def orientation_distributions(osi: Mapping[str, Sequence[float]],
+                              gosi: Mapping[str, Sequence[float]], path, *,
+                              threshold: float = 0.33, title: str | None = None) -> Path:
+    """OSI and gOSI distributions per layer (two rows), the gOSI threshold marked."""
+    names = list(gosi)
+    fig, axes = _figure(2 * len(names), cols=len(names))
+    for i, name in enumerate(names):
+        for ax, vals, label, thr in ((axes[i], osi.get(name, []), "OSI", None),
+                                     (axes[len(names) + i], gosi[name], "gOSI", threshold)):
+            v = np.asarray(vals, dtype=np.float64)
+            ax.hist(v, bins=20, range=(0, 1), color="tab:green" if label == "OSI" else "tab:purple")
+            if thr is not None:
+                frac = float((v > thr).mean()) if len(v) else float("nan")
+                ax.axvline(thr, color="tab:red", lw=1, label=f"> {thr:g}: {frac:.0%}")
+                ax.legend(fontsize=7)
+            ax.set_title(f"{name} {label}", fontsize=9)
+            ax.set_xlabel(label)
+    return _save(fig, path, title)
+
+
+def tuning_curves(R, path, *, orientations_deg: Sequence[float] | None = None,
+                  units: Sequence[int] | None = None, title: str | None = None) -> Path:
+    """Orientation tuning curves R(theta) of some units (default: the first 16)."""
+    R = np.asarray(R, dtype=np.float64)
+    units = list(range(min(16, len(R)))) if units is None else list(units)
+    ang = np.arange(R.shape[1]) * 180.0 / R.shape[1] if orientations_deg is None \
+        else np.asarray(orientations_deg)
+    fig, axes = _figure(len(units), size=(2.2, 1.8))
+    for ax, u in zip(axes, units):
+        ax.plot(ang, R[u], marker=".")
+        ax.set_title(f"unit {u}", fontsize=8)
+        ax.set_xticks([0, 90, 180])
+    return _save(fig, path, title)
+
+
+def corruption_accuracy(result: Mapping, path, *, title: str | None = None) -> Path:
+    """Accuracy against severity for each corruption (``robustness.accuracy_under_corruptions``),
+    with the clean accuracy at severity 0."""
+    sev = [0, *result["severities"]]
+    names = list(result["accuracy"])
+    fig, axes = _figure(len(names), cols=5, size=(2.6, 2.2))
+    for ax, name in zip(axes, names):
+        ax.plot(sev, [result["clean_acc"], *np.asarray(result["accuracy"][name])], marker="o")
+        ax.set_title(name, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_xticks(sev)
+        ax.set_xlabel("severity", fontsize=7)
+    return _save(fig, path, title or f"mean corruption accuracy "
+                                     f"{result['mean_corruption_accuracy']:.3f}")
+
+
+def attack_accuracy(results: Mapping[str, Mapping] | Mapping, path, *,
+                    title: str | None = None) -> Path:
+    """Accuracy against epsilon, one line per result (``robustness.accuracy_under_attack``);
+    pass one result or a {label: result} mapping."""
+    if "eps" in results:
+        results = {results.get("attack", "attack"): results}
+    fig, (ax,) = _figure(1, size=(4.5, 3.4))
+    for label, r in results.items():
+        ax.plot(r["eps"], r["accuracy"], marker="o", label=label)
+    ax.set_xlabel("epsilon")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def dimensionality(results: Mapping[str, Mapping[str, Mapping]], path, *,
+                   title: str | None = None) -> Path:
+    """Components per layer, one line per condition: ``{"clean": layer_dimensionality(...),
+    "corrupted": ..., "adversarial": ...}``."""
+    fig, (ax,) = _figure(1, size=(5.0, 3.4))
+    layers: list[str] = []
+    for cond, res in results.items():
+        layers = layers or list(res)
+        ax.plot(range(len(res)), [res[n]["n_components"] for n in res], marker="o", label=cond)
+    ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("principal components")
+    ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def against(x: Sequence[float], ys: Mapping[str, Sequence[float]], path, *, xlabel: str,
+            ylabel: str, title: str | None = None) -> Path:
+    """Scatter of one or more quantities against one (e.g. robustness against mean SI over
+    the trials of a sweep, ``seltrain report``)."""
+    fig, (ax,) = _figure(1, size=(4.5, 3.4))
+    for label, y in ys.items():
+        ax.scatter(x, y, s=14, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(ys) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path, title)

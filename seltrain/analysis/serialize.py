@@ -1,0 +1,60 @@
+"""Write analysis results: numpy-aware JSON, and CSV tables.
+
+Results are dicts of numpy arrays and scalars; ``to_jsonable`` turns them into plain lists,
+floats and ints (NaN and infinities become null, so the files are strict JSON).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+def to_jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple, range)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def write_csv(path, columns: Mapping[str, Sequence]) -> Path:
+    """A table from equal-length columns, e.g. ``{"unit": range(U), "si": si, "overall_drop":
+    drops["overall_drop"]}``; NaN is written as an empty cell."""
+    cols = {k: to_jsonable(np.asarray(v) if not isinstance(v, range) else list(v))
+            for k, v in columns.items()}
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns differ in length: { {k: len(v) for k, v in cols.items()} }")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for row in zip(*cols.values()):
+            w.writerow(["" if v is None else v for v in row])
+    return path
