@@ -101,3 +101,9 @@ def test_cross_field_validation():
         load_config(None, ["train.milestones=[5,2]"])
     with pytest.raises(ConfigError, match="data.val_size"):
         load_config(None, ["data.val_size=1.5"])
+
+
+def test_deepspeed_launcher_local_rank_argument_is_accepted(capsys):
+    # `deepspeed --module seltrain` runs `python -m seltrain --local_rank=N train ...`.
+    assert main(["--local_rank=1", "config", "show", "configs/synthetic.yaml"]) == 0
+    assert "arch: resnet20" in capsys.readouterr().out
