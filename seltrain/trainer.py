@@ -351,6 +351,10 @@ class Trainer:
                 if split == "test":
                     for layer, units in ev["si_units"].items():
                         sink.histogram(f"test/si_hist/{layer}", units, epoch)
+        if self.cfg.run.track_orientation:
+            record["osi_per_layer"] = self.orientation_osi()
+            for layer, v in record["osi_per_layer"].items():
+                sink.scalar(f"orientation/osi_mean/{layer}", v, epoch)
         sink.scalar("epoch/images_per_s", train_stats["images_per_s"], epoch)
         sink.epoch(record)
         sink.flush()
@@ -361,6 +365,35 @@ class Trainer:
                   f"test_si {record.get('test_si', float('nan')):.4f} "
                   f"{record['images_per_s']:.0f} img/s", flush=True)
         return record
+
+    @torch.no_grad()
+    def orientation_osi(self) -> dict:
+        """Mean OSI per probed conv layer on 432 gratings (12 orientations x 4 phases x 9
+        frequencies at the model's input size, normalised like the data; Ukita), once per
+        epoch. Every rank computes the same numbers on its own replica."""
+        from seltrain.analysis import orientation
+
+        model = self.engine.module
+        attached = bool(self.probe._handles)
+        self.probe.detach()  # the grating passes must not leave activations in the probe
+        if not hasattr(self, "_gratings"):
+            self._gratings = orientation.stimuli(self.data.image_size, self.info.channels,
+                                                 self.info.mean, self.info.std)
+            # conv layers only: a linear unit has no receptive field to orient
+            from seltrain.analysis.capture import layer_outputs
+
+            points = model.probe_points()
+            (outs, _, _), = layer_outputs(model, {n: points[n] for n in self.layer_names},
+                                          self._gratings[0, 0, :1], device=self.ctx.device)
+            self._osi_layers = [n for n in self.layer_names if outs[n].dim() == 4]
+        try:
+            with torch.autocast(self.ctx.device.type, enabled=False):
+                return orientation.mean_osi_per_layer(model, self._osi_layers, self._gratings,
+                                                      device=self.ctx.device) \
+                    if self._osi_layers else {}
+        finally:
+            if attached:
+                self.probe.attach()
 
     def _summary(self, best: dict, throughput: list) -> dict:
         cfg = self.cfg

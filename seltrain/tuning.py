@@ -705,8 +705,15 @@ def collect_trials(exp_dir: str) -> list[dict]:
 
 
 def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max",
-                      out=sys.stdout, tensorboard: bool = True) -> dict:
+                      out=sys.stdout, tensorboard: bool = True,
+                      analyses: list[str] | None = None,
+                      analysis_args: list[str] | None = None) -> dict:
     """Table, results.csv, per-alpha aggregates, PNG figures and TensorBoard images.
+
+    With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
+    is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
+    analyses' headline numbers are plotted against alpha and mean SI
+    (seltrain.analysis.commands.sweep_analyses); the result then carries "analyses".
 
     Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
@@ -749,15 +756,27 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
           f"{best['test_acc_mean']:.4f} +- {0 if math.isnan(best['test_acc_std']) else best['test_acc_std']:.4f}, "
           f"test_si {best['test_si_mean']:.4f})", file=out)
     plots = sweep_plots.plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
+    extra = {}
+    if analyses:
+        from seltrain.analysis.commands import sweep_analyses
+
+        extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
+                                           out=out)
+        plots = plots + extra["analyses"]["plots"]
     if tensorboard:
         sweep_plots.to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
     print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
           f"{len(plots)} plots in {os.path.join(exp_dir, 'plots')}", file=out)
-    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best}
+    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra}
 
 
 def _report(args) -> int:
-    report_experiment(args.experiment, metric=args.metric, mode=args.mode)
+    import shlex
+
+    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] \
+        if args.analyses else None
+    report_experiment(args.experiment, metric=args.metric, mode=args.mode, analyses=analyses,
+                      analysis_args=shlex.split(args.analysis_args or ""))
     return 0
 
 
@@ -791,4 +810,11 @@ def register(subparsers) -> None:
     r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
                    help="what 'best alpha' means (default: val_acc)")
     r.add_argument("--mode", default="max", choices=["max", "min"])
+    r.add_argument("--analyses", default=None, metavar="NAMES",
+                   help="also run these analyses on each trial's best checkpoint and plot them "
+                        "against alpha and mean SI: comma-separated from selectivity, "
+                        "ablation, orientation, robustness, dimensionality")
+    r.add_argument("--analysis-args", default=None, metavar="'OPTIONS'",
+                   help="options for every analysis, e.g. \"--max-images 500 --corruptions "
+                        "gaussian_noise\" (an analysis ignores options it does not take)")
     r.set_defaults(func=_report)

@@ -255,3 +255,68 @@ def shift_invariance(model: nn.Module, layer: str | nn.Module, x, shift: int = 2
     return {"mean": float(r.mean()) if len(r) else math.nan,
             "sem": float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else math.nan,
             "n": int(len(r)), "n_constant": n_constant, "shift": shift, "mode": mode}
+
+
+def layers_grating_responses(model: nn.Module, layers: Sequence[str | nn.Module], stim: Tensor, *,
+                             batch_size: int = 256, device=None) -> dict[str, np.ndarray]:
+    """``grating_responses`` for several layers in one pass over the stimuli:
+    {layer name as given (or module path): responses [U, n_orient, n_phase, n_freq]}."""
+    mods = {}
+    for layer in layers:
+        path, module = resolve_layer(model, layer)
+        mods[layer if isinstance(layer, str) else path] = module
+    grid = stim.shape[:3]
+    acts: dict[str, list[Tensor]] = {n: [] for n in mods}
+    for outs, _, _ in layer_outputs(model, mods, stim.flatten(0, 2), batch_size=batch_size,
+                                    device=device, desc="gratings"):
+        for n, o in outs.items():
+            acts[n].append(unit_responses(o).double().cpu())
+    return {n: torch.cat(a).reshape(*grid, -1).permute(3, 0, 1, 2).numpy()
+            for n, a in acts.items()}
+
+
+def mean_osi_per_layer(model: nn.Module, layers: Sequence[str | nn.Module], stim: Tensor, *,
+                       batch_size: int = 256, device=None) -> dict[str, float]:
+    """Mean OSI over the units of each layer (per-epoch orientation tracking, Ukita)."""
+    resp = layers_grating_responses(model, layers, stim, batch_size=batch_size, device=device)
+    return {n: float(osi(tuning_curves(r)[0]).mean()) for n, r in resp.items()}
+
+
+def shift_invariance_layers(model: nn.Module, layers: Sequence[str | nn.Module], x,
+                            shift: int = 2, *, dims: Sequence[int] = (-1,), mode: str = "roll",
+                            ablation: tuple[str | nn.Module, Sequence[int]] | None = None,
+                            batch_size: int = 256, device=None) -> dict[str, dict]:
+    """``shift_invariance`` for several layers in one pass over ``x`` (same measure, same
+    result per layer): {layer: {"mean", "sem", "n", "n_constant", "shift", "mode"}}."""
+    mods = {}
+    for layer in layers:
+        path, module = resolve_layer(model, layer)
+        mods[layer if isinstance(layer, str) else path] = module
+    corrs: dict[str, list[np.ndarray]] = {n: [] for n in mods}
+    n_constant = {n: 0 for n in mods}
+    abl = None if ablation is None else (resolve_layer(model, ablation[0])[1], ablation[1])
+    for xb, _ in tqdm(iterate_batches(x, None, batch_size), total=num_batches(x, batch_size),
+                      desc="shift invariance", disable=None, leave=False):
+        pair = torch.cat([xb, shift_images(xb, shift, dims, mode)])
+        if abl is None:
+            (outs, _, _), = layer_outputs(model, mods, pair, batch_size=len(pair), device=device)
+        else:
+            with ablate(*abl):
+                (outs, _, _), = layer_outputs(model, mods, pair, batch_size=len(pair),
+                                              device=device)
+        for n, o in outs.items():
+            reps = o.flatten(1).double().cpu()
+            a, b = reps[:len(xb)], reps[len(xb):]
+            a = a - a.mean(1, keepdim=True)
+            b = b - b.mean(1, keepdim=True)
+            den = a.norm(dim=1) * b.norm(dim=1)
+            ok = den > 0
+            n_constant[n] += int((~ok).sum())
+            corrs[n].append(((a * b).sum(1)[ok] / den[ok]).numpy())
+    out = {}
+    for n in mods:
+        r = np.concatenate(corrs[n]) if corrs[n] else np.zeros(0)
+        out[n] = {"mean": float(r.mean()) if len(r) else math.nan,
+                  "sem": float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else math.nan,
+                  "n": int(len(r)), "n_constant": n_constant[n], "shift": shift, "mode": mode}
+    return out

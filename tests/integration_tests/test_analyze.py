@@ -1,0 +1,206 @@
+"""`seltrain analyze ...` and `seltrain report --analyses` on real tiny trained checkpoints.
+
+Two runs are trained once for the module (16 px synthetic data, 3 epochs, ~10 s each on 2
+cores; they reach ~0.9 test accuracy, so robustness numbers mean something): alpha 0, and
+alpha -1 with orientation tracking on. Every analysis runs through the real CLI in a
+subprocess on small slices of the test split.
+"""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+TRAIN = ["data.dataset=synthetic", "data.val_size=128", "data.synthetic.train_size=1024",
+         "data.synthetic.test_size=256", "data.synthetic.image_size=16", "train.batch_size=32",
+         "train.eval_batch_size=256", "train.epochs=3", "run.progress=false"]
+
+
+def _train(root, name, *extra):
+    r = run_cli("train", "configs/synthetic.yaml", *TRAIN, f"run.out_dir={root}",
+                f"run.name={name}", *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return os.path.join(root, name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze_runs")
+    return {"a0": _train(root, "a0", "selectivity.alpha=0"),
+            "am1": _train(root, "am1", "selectivity.alpha=-1", "run.track_orientation=true")}
+
+
+def _ok(r):
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    return r
+
+
+def _summary(run):
+    return json.load(open(os.path.join(run, "summary.json")))
+
+
+def test_selectivity_equals_training_si(runs):
+    run = runs["a0"]
+    r = _ok(run_cli("analyze", "selectivity", run, "--split", "test", "--device", "cpu"))
+    assert "mean SI" in r.stdout
+    out = os.path.join(run, "analysis", "selectivity")
+    res = json.load(open(os.path.join(out, "selectivity.json")))
+    s = _summary(run)
+    assert res["n_images"] == 256
+    assert abs(res["mean_si"] - s["test_si"]) < 1e-9
+    for layer, v in s["test_si_per_layer"].items():
+        assert abs(res["si_per_layer"][layer] - v) < 1e-9
+        si = np.array(res["si"][layer])
+        assert np.all((si >= 0) & (si <= 1))
+        assert np.all((np.array(res["preferred_class"][layer]) >= 0)
+                      & (np.array(res["preferred_class"][layer]) < 10))
+        assert os.path.isfile(os.path.join(out, f"units_{layer}.csv"))
+    assert os.path.getsize(os.path.join(out, "si_hist.png")) > 1000
+
+
+def test_ablation_outputs_and_baseline(runs, tmp_path):
+    run = runs["a0"]
+    out = tmp_path / "abl"
+    _ok(run_cli("analyze", "ablation", os.path.join(run, "checkpoints", "best.pt"), "--layers",
+                "layer3.2", "--cumulative", "--n-random", "2", "--out", out))
+    res = json.load(open(out / "ablation_layer3.2.json"))
+    single = res["single_unit"]
+    # the intact network on the whole test split is the checkpoint's own test accuracy
+    assert single["baseline_acc"] == pytest.approx(_summary(run)["test_acc"], abs=1e-12)
+    assert single["method"] == "fast"
+    drops = np.array(single["overall_drop"])
+    assert drops.shape == (64,) and np.all(np.abs(drops) <= 1)
+    table = pd.read_csv(out / "units_layer3.2.csv")
+    assert list(table.columns[:4]) == ["unit", "si", "preferred_class", "l1_norm"]
+    assert {"max_class_drop", "class_drop_std", "preferred_class_drop"} <= set(table.columns)
+    for drop in ("overall_drop", "max_class_drop", "class_drop_std", "preferred_class_drop"):
+        for attr in ("si", "l1_norm", "mean_activation"):
+            c = res["correlations"][drop][attr]
+            assert c["p"] is None or 0 <= c["p"] <= 1
+    cum = res["cumulative"]
+    assert cum["si_high_first"][0] == pytest.approx(single["baseline_acc"])
+    assert len(cum["random"]) == 2
+    for f in ("cumulative_layer3.2.png", "si_vs_max_class_drop_layer3.2.png", "summary.json",
+              "class_drops_layer3.2.csv"):
+        assert (out / f).is_file(), f
+
+
+def test_orientation(runs):
+    run = runs["a0"]
+    _ok(run_cli("analyze", "orientation", run, "--layers", "layer1.0", "layer3.2",
+                "--max-images", "96", "--threshold", "0.33", "--shift", "2"))
+    out = os.path.join(run, "analysis", "orientation")
+    res = json.load(open(os.path.join(out, "orientation.json")))
+    for layer in ("layer1.0", "layer3.2"):
+        L = res["layers"][layer]
+        assert 0 <= L["fraction_selective"] <= 1
+        assert np.all((np.array(L["osi"]) >= 0) & (np.array(L["osi"]) <= 1))
+        assert np.all((np.array(L["gosi"]) >= 0) & (np.array(L["gosi"]) <= 1))
+        ab = res["gosi_split_ablation"][layer]
+        assert ab["n_images"] == 96 and len(ab["top"]["units"]) == len(L["gosi"]) // 2
+        assert math.isfinite(ab["top"]["ce_increase_mean"])
+        assert -1 <= res["shift_invariance"]["before"][layer]["mean"] <= 1
+    after = res["shift_invariance"]["after_ablation"]["layer1.0"]
+    assert set(after) == {"top", "bottom"} and "layer3.2" in after["top"]
+    assert os.path.isfile(os.path.join(out, "osi_gosi.png"))
+
+
+def test_robustness(runs):
+    run = runs["a0"]
+    _ok(run_cli("analyze", "robustness", run, "--max-images", "128", "--corruptions",
+                "gaussian_noise,contrast", "--severities", "1,5", "--eps", "0,0.03",
+                "--attack", "fgsm,pgd", "--steps", "2"))
+    out = os.path.join(run, "analysis", "robustness")
+    s = json.load(open(os.path.join(out, "summary.json")))
+    res = json.load(open(os.path.join(out, "robustness.json")))
+    acc = res["corruptions"]["accuracy"]
+    for v in [s["clean_acc"], *acc["gaussian_noise"], *acc["contrast"]]:
+        assert 0 <= v <= 1
+    assert s["corruption_accuracy_by_severity"]["5"] <= s["clean_acc"]
+    for a in ("fgsm", "pgd"):
+        r = res["attacks"][a]
+        assert r["accuracy"][0] == pytest.approx(s["clean_acc"])  # eps 0 is clean
+        assert r["accuracy"][1] <= r["accuracy"][0]
+    assert len(pd.read_csv(os.path.join(out, "corruptions.csv"))) == 4
+    assert os.path.isfile(os.path.join(out, "attacks.png"))
+
+
+def test_dimensionality(runs):
+    run = runs["a0"]
+    _ok(run_cli("analyze", "dimensionality", run, "--layers", "layer1.0", "layer3.2",
+                "--max-images", "64", "--corruptions", "gaussian_noise", "--eps", "8/255",
+                "--steps", "2"))
+    out = os.path.join(run, "analysis", "dimensionality")
+    res = json.load(open(os.path.join(out, "dimensionality.json")))
+    for cond in ("clean", "corrupted", "adversarial"):
+        for layer in ("layer1.0", "layer3.2"):
+            n = res["conditions"][cond][layer]["n_components"]
+            assert 1 <= n <= 63, (cond, layer, n)
+    assert os.path.isfile(os.path.join(out, "dimensionality.png"))
+
+
+def test_orientation_tracking(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = runs["am1"]
+    records = [json.loads(ln) for ln in open(os.path.join(run, "metrics.jsonl"))]
+    assert len(records) == 3
+    for rec in records:
+        osi = rec["osi_per_layer"]
+        assert len(osi) == 9 and all(0 <= v <= 1 for v in osi.values())
+    acc = EventAccumulator(os.path.join(run, "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "orientation/osi_mean/layer1.0" in tags
+    assert len(acc.Scalars("orientation/osi_mean/layer1.0")) == 3
+
+
+def test_report_with_analyses(runs, tmp_path):
+    exp = tmp_path / "exp"
+    for name, run in runs.items():
+        shutil.copytree(run, exp / "trials" / name, ignore=shutil.ignore_patterns("analysis"))
+    r = _ok(run_cli("report", exp, "--analyses", "selectivity,robustness",
+                    "--analysis-args", "--max-images 64 --corruptions gaussian_noise "
+                    "--severities 5 --eps 0,0.03 --attack fgsm"))
+    assert "analysis plots" in r.stdout
+    table = pd.read_csv(exp / "analysis_results.csv")
+    assert sorted(table["alpha"]) == [-1.0, 0.0]
+    assert table["mean_si"].between(0, 1).all()
+    assert table["mean_corruption_accuracy"].between(0, 1).all()
+    for m in ("mean_corruption_accuracy", "mean_fgsm_accuracy", "clean_acc"):
+        assert (exp / "plots" / f"analysis_{m}_vs_si.png").is_file()
+        assert (exp / "plots" / f"analysis_{m}_vs_alpha.png").is_file()
+    assert (exp / "results.csv").is_file()  # the ordinary report is still written
+    assert (exp / "trials" / "a0" / "analysis" / "robustness" / "summary.json").is_file()
+
+
+def test_analyze_experiment_folder(runs, tmp_path):
+    exp = tmp_path / "exp2"
+    for name, run in runs.items():
+        shutil.copytree(run, exp / "trials" / name, ignore=shutil.ignore_patterns("analysis"))
+    r = _ok(run_cli("analyze", "selectivity", exp, "--max-images", "32", "--out",
+                    tmp_path / "o"))
+    assert r.stdout.count("mean SI") == 2
+    assert (tmp_path / "o" / "a0" / "selectivity.json").is_file()
+    assert (tmp_path / "o" / "am1" / "selectivity.json").is_file()
+
+
+def test_bad_input_is_one_line(runs, tmp_path):
+    r = run_cli("analyze", "selectivity", tmp_path / "nope.pt")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("analyze", "ablation", bad)
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert "corrupt" in r.stderr
+
+    r = run_cli("analyze", "ablation", runs["a0"], "--layers", "layer9.9")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no layer 'layer9.9'" in r.stderr and "layer3.2" in r.stderr
