@@ -2,21 +2,22 @@
 
 Target (issue 5): ASHA's best alpha scores within one seed-standard-deviation of the grid's
 best, using at most 40% of the grid's trial-epochs. Both searches run the same trials (the
-quickstart alphas x SEEDS, same base recipe) through `seltrain tune`; ASHA ranks trials at
-1 and 3 epochs (reduction factor 3) of EPOCHS. Reported per search: trial-epochs actually
+quickstart alphas x seeds, same base recipe, test split evaluated only at new-best-val epochs)
+through `seltrain tune`; ASHA ranks trials at 1, 3 and 9 epochs (grace period 1, reduction
+factor 3) of 12. Reported per search: trial-epochs actually
 trained (stopped trials count the epochs they logged), wall time, best alpha (by mean best
 val accuracy over completed trials) and its test accuracy.
 
-    .venv/bin/python benchmarks/bench_asha.py            # writes benchmarks/results/bench_asha.json
+    .venv/bin/python benchmarks/bench_asha.py            # ~32 min; benchmarks/results/bench_asha.json
     .venv/bin/python benchmarks/bench_asha.py --quick    # synthetic data, minutes: a smoke run
 
-Measured (2 shared CPU cores, load average 10-14 from other jobs; `--epochs 4 --limit-train
-1000 --seeds 2`, 17.6 min in all): grid 32 trial-epochs in 640 s, best alpha -1 (val 0.545);
-ASHA 22 trial-epochs (69%) in 415 s, picks alpha 0, whose grid val accuracy is 0.020 below the
-grid's best, inside one seed-std (0.118). The accuracy half of the target holds; the budget
-half does not: with 4 epochs ASHA's rungs are 1 and 3, which cannot cut below ~44%, and a
-stopped trial finishes the epoch it is in. Needs max_t >> grace_period (e.g. 12+ epochs).
-Full record: benchmarks/results/bench_asha.json.
+Measured (2 CPU cores, `python benchmarks/bench_asha.py --seeds 3`: 4 alphas x 3 seeds, 12
+epochs, 1k train / 2k val images, 32 min in all): grid 144 trial-epochs in 1372 s, best alpha -1
+(val 0.734 +- 0.013 over seeds); ASHA 43 trial-epochs (30%) in 555 s, and it picks alpha -1, the
+grid's best. With 2 seeds (8 trials) ASHA used 41% (39 of 96) and also picked -1: the first trial
+to reach a rung always continues, so a small search pays for a few full trials before the rungs
+fill, and the saving grows with the number of trials.
+Full records: benchmarks/results/bench_asha.json (3 seeds), bench_asha_2seeds.json.
 """
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ def run_search(recipe: dict, name: str, storage: str, sets: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="synthetic base recipe (smoke run)")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--limit-train", type=int, default=2000)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--limit-train", type=int, default=1000)
+    p.add_argument("--val-size", type=int, default=2000)
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "bench_asha.json"))
     args = p.parse_args()
     with open(os.path.join(REPO, "tune", "quickstart.yaml")) as f:
@@ -81,13 +83,16 @@ def main() -> None:
     base["base"] = os.path.join(REPO, "configs", "synthetic.yaml" if args.quick
                                 else "quickstart.yaml")
     base["seeds"] = list(range(args.seeds))
-    sets = [f"train.epochs={args.epochs}", "run.progress=false"]
+    # Test accuracy only where val accuracy reaches a new best (the only epochs a trial's
+    # reported test number can come from): the 10k-image test split would otherwise cost more
+    # than the training itself at this size.
+    sets = [f"train.epochs={args.epochs}", "run.progress=false", "train.eval_test=at_best"]
     if args.quick:
         sets += ["data.val_size=128", "data.synthetic.train_size=512",
                  "data.synthetic.test_size=256", "data.synthetic.image_size=16"]
     else:
         # Smaller than the demo's 12k train images so that grid + ASHA fit in ~15 minutes.
-        sets += [f"data.limit_train={args.limit_train}", "data.val_size=2000"]
+        sets += [f"data.limit_train={args.limit_train}", f"data.val_size={args.val_size}"]
     storage = tempfile.mkdtemp(prefix="bench_asha_")
     grid = run_search({**base, "name": "grid", "scheduler": {"type": "none"}}, "grid",
                       storage, sets)

@@ -112,6 +112,11 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     eval_batch_size: int = 512
+    # When to evaluate the test split: after every epoch, or only after the epochs whose
+    # validation accuracy beats every earlier one (the epochs a run's best record can come
+    # from), which is what a sweep needs and saves most of its evaluation time. Without a
+    # validation split the test split is the selection metric and is evaluated every epoch.
+    eval_test: str = choice("every_epoch", ("every_epoch", "at_best"))
     # Cap on steps per epoch: smoke tests and quick looks at big datasets.
     max_steps_per_epoch: Optional[int] = None
     engine: str = choice("ddp", ("ddp", "deepspeed"))

@@ -93,8 +93,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def create_data(self) -> None:
+        # borrow: every batch goes through self.preprocess (a new tensor) before the next is
+        # drawn, and none is kept, so FFCV's buffers need no copy.
         self.data = build_data(self.cfg, RankSharding(self.ctx.rank, self.ctx.world_size),
-                               batch_size=self.local_batch)
+                               batch_size=self.local_batch, borrow=True)
         self.info = self.data.info
         self.preprocess = DevicePreprocess(self.info, self.ctx.device, self.cfg.train.channels_last)
         self.steps_per_epoch = len(self.data.train)
@@ -311,7 +313,7 @@ class Trainer:
         try:
             for epoch in range(start_epoch, cfg.train.epochs):
                 train_stats, global_step = self.train_epoch(epoch, sink, global_step)
-                record = self._end_of_epoch(epoch, train_stats, sink)
+                record = self._end_of_epoch(epoch, train_stats, sink, best)
                 throughput.append(train_stats["images_per_s"])
                 key = "val_acc" if self.data.val is not None else "test_acc"
                 if not best or record[key] > best[key]:
@@ -333,9 +335,13 @@ class Trainer:
         finally:
             sink.close()
 
-    def _end_of_epoch(self, epoch: int, train_stats: dict, sink) -> dict:
+    def _end_of_epoch(self, epoch: int, train_stats: dict, sink, best: dict) -> dict:
         record = {"epoch": epoch, **train_stats}
         for split, loader in (("val", self.data.val), ("test", self.data.test)):
+            if split == "test" and self.cfg.train.eval_test == "at_best" \
+                    and record["val_acc"] is not None and best \
+                    and not record["val_acc"] > best["val_acc"]:
+                loader = None  # not a new best: its test numbers could never be reported
             if loader is None:
                 record[f"{split}_acc"] = None
                 continue
@@ -359,9 +365,10 @@ class Trainer:
         sink.epoch(record)
         sink.flush()
         if self.ctx.is_main:
-            val = "-" if record["val_acc"] is None else f"{record['val_acc']:.4f}"
+            val, test = ("-" if record[k] is None else f"{record[k]:.4f}"
+                         for k in ("val_acc", "test_acc"))
             print(f"epoch {epoch + 1}/{self.cfg.train.epochs} loss {record['train_loss']:.4f} "
-                  f"val_acc {val} test_acc {record['test_acc']:.4f} "
+                  f"val_acc {val} test_acc {test} "
                   f"test_si {record.get('test_si', float('nan')):.4f} "
                   f"{record['images_per_s']:.0f} img/s", flush=True)
         return record

@@ -272,6 +272,10 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
         vals = s.values() or list(getattr(s, s.kind()))
         for v in vals[:1] + vals[-1:]:
             trial_config(base, {key: v}, where=f"space.{key} in {path}")
+    if recipe.metric.startswith("test_") and base_cfg.train.eval_test == "at_best":
+        raise ConfigError(f"metric {recipe.metric} needs the test split every epoch but the "
+                          f"base recipe sets train.eval_test=at_best ({where}); rank by "
+                          f"val_acc or set train.eval_test=every_epoch")
     sch = recipe.scheduler
     if sch.type == "asha":
         max_t = sch.max_t or base_cfg.train.epochs

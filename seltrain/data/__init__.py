@@ -51,14 +51,16 @@ def load_dataset(cfg, split: str):
                       synthetic=synthetic_spec(cfg) if d.dataset == "synthetic" else None)
 
 
-def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None
-               ) -> DataBundle:
-    """Loaders for one rank. ``batch_size`` is the per-rank training batch."""
+def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None,
+               borrow: bool = False) -> DataBundle:
+    """Loaders for one rank. ``batch_size`` is the per-rank training batch. ``borrow``: the
+    caller uses each batch before drawing the next and keeps none, so the FFCV loader may hand
+    out its own buffers uncopied (the torch loaders always make new tensors)."""
     sharding = sharding or RankSharding()
     if cfg.data.loader == "ffcv":
         from seltrain.data.ffcv_pipeline import build_ffcv_data
 
-        return build_ffcv_data(cfg, sharding, batch_size=batch_size)
+        return build_ffcv_data(cfg, sharding, batch_size=batch_size, borrow=borrow)
     info, train_split = load_dataset(cfg, "train")
     _, test_split = load_dataset(cfg, "test")
     train_idx, val_idx = train_val_indices(cfg, len(train_split.labels))

@@ -21,9 +21,14 @@ Sharding follows ``RankSharding``, exactly as the torch path:
 - evaluation reads a contiguous chunk per rank through the Loader's ``indices``, sequentially,
   with no padding and no drop: every sample is seen exactly once across ranks.
 
-FFCV reuses its batch buffers a few batches later, so every batch is copied (one memcpy) before
-it is handed out. Batches are uint8 [B, C, H, W] in channels_last memory (FFCV decodes NHWC);
-``DevicePreprocess`` makes them contiguous or channels_last, as the recipe asks, on the device.
+FFCV reuses its batch buffers: a batch's buffer is rewritten once the consumer draws the next
+batch. By default every image batch is copied (one memcpy) before it is handed out, so callers
+may keep batches. ``borrow=True`` hands out FFCV's buffer itself, valid until the next batch is
+drawn; the trainer asks for that, because ``DevicePreprocess`` turns each batch into a new
+tensor at once (the float conversion on the CPU; the host-to-device copy on a GPU), and the copy
+on the consuming thread cost ~25% of the loader's throughput at 64 px on 2 cores. Labels are
+always copied (a few KB). Batches are uint8 [B, C, H, W] in channels_last memory (FFCV decodes
+NHWC); ``DevicePreprocess`` lays them out as the recipe asks on the device.
 """
 from __future__ import annotations
 
@@ -153,10 +158,73 @@ def _info(meta: dict) -> DatasetInfo:
 
 # --------------------------------------------------------------------------- pipelines
 
+def _random_resized_crop_flip(output_size: tuple[int, int], scale: tuple[float, float],
+                              flip_prob: float = 0.5):
+    """FFCV's ``RandomResizedCropRGBImageDecoder`` (same crop sampler, same INTER_AREA resize)
+    with the horizontal flip done in place on each resized crop. FFCV's separate
+    ``RandomHorizontalFlip`` copies every image of the batch into a new buffer, flipped or not;
+    folding it in saved ~20% of the training pipeline's time at 64 px on 2 cores."""
+    from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
+                                       get_random_crop)
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.pipeline.compiler import Compiler
+
+    def hflip_in_place(image):  # [H, W, 3] uint8
+        w = image.shape[1]
+        for r in range(image.shape[0]):
+            for c in range(w // 2):
+                for k in range(image.shape[2]):
+                    t = image[r, c, k]
+                    image[r, c, k] = image[r, w - 1 - c, k]
+                    image[r, w - 1 - c, k] = t
+
+    class RandomResizedCropFlipDecoder(ResizedCropRGBImageDecoder):
+        def __init__(self):
+            super().__init__(output_size)
+            self.scale, self.ratio = np.array(scale), np.array((3 / 4, 4 / 3))
+
+        @property
+        def get_crop_generator(self):
+            return get_random_crop
+
+        def generate_code(self):
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c = Compiler.compile(imdecode)
+            resize_crop_c = Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(get_random_crop)
+            flip_c = Compiler.compile(hflip_in_place)
+            sc, ratio, p = self.scale, self.ratio, flip_prob
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                for dst_ix in my_range(len(batch_indices)):
+                    field = metadata[batch_indices[dst_ix]]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        temp = temp_storage[dst_ix]
+                        imdecode_c(image_data, temp, height, width, height, width, 0, 0, 1, 1,
+                                   False, False)
+                        image = temp.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    else:
+                        image = image_data.reshape(height, width, 3)
+                    i, j, h, w = get_crop_c(height, width, sc, ratio)
+                    resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
+                    if np.random.rand() < p:
+                        flip_c(destination[dst_ix])
+                return destination[:len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    return RandomResizedCropFlipDecoder()
+
+
 def image_pipeline(family: str, size: int, train: bool, augment: bool) -> list:
     """Decoder and CPU augmentations for the image field, ending in a uint8 NCHW tensor view."""
-    from ffcv.fields.decoders import (CenterCropRGBImageDecoder,
-                                      RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder)
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
     from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToTensor, ToTorchImage
 
     aug = train and augment
@@ -164,8 +232,7 @@ def image_pipeline(family: str, size: int, train: bool, augment: bool) -> list:
         if aug:
             # Same scale ranges as the torch path (loaders.file_transforms).
             scale = (0.08, 1.0) if size > 96 else (0.25, 1.0)
-            ops = [RandomResizedCropRGBImageDecoder((size, size), scale=scale),
-                   RandomHorizontalFlip()]
+            ops = [_random_resized_crop_flip((size, size), scale)]
         else:
             ops = [CenterCropRGBImageDecoder((size, size), ratio=0.875 if size > 96 else 1.0)]
     else:
@@ -212,13 +279,13 @@ class FFCVLoader:
 
     def __init__(self, path: str, rows: np.ndarray, batch_size: int, *, train: bool,
                  pipeline: list, sharding: RankSharding, seed: int, order: str, os_cache: bool,
-                 drop_last: bool, num_workers: int, channels: int):
+                 drop_last: bool, num_workers: int, channels: int, borrow: bool = False):
         from ffcv.loader import Loader, OrderOption
 
         self.path = path
         self.rows = np.asarray(rows, dtype=np.int64)
         self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
-        self.channels = channels
+        self.channels, self.borrow = channels, borrow
         self.epoch = 0
         indices = self.rows
         if not train:
@@ -257,19 +324,21 @@ class FFCVLoader:
             for x, y in it:
                 if self.channels == 1:  # stored RGB-replicated; see seltrain/data/writer.py
                     x = x[:, :1]
-                # A plain copy of FFCV's NHWC buffer (channels_last strides): a memcpy. Making it
+                # The copy keeps FFCV's NHWC layout (channels_last strides): a memcpy. Making it
                 # NCHW-contiguous here would be a strided permute-copy on the CPU, which cost
                 # 2/3 of the loader's throughput at 64 px on 2 cores; DevicePreprocess lays the
                 # batch out as the model wants on the device instead.
-                yield x.clone(), y.clone()
+                yield (x if self.borrow else x.clone()), y.clone()
         finally:
             it.close()  # stop FFCV's worker thread when the consumer breaks early
 
 
 # --------------------------------------------------------------------------- the bundle
 
-def build_ffcv_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None):
-    """Loaders for one rank from the recipe's ``data.ffcv.{train,val,test}`` files."""
+def build_ffcv_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None,
+                    borrow: bool = False):
+    """Loaders for one rank from the recipe's ``data.ffcv.{train,val,test}`` files; ``borrow``:
+    image batches are FFCV's buffers, valid until the next batch is drawn (see the top)."""
     from seltrain.data import DataBundle, train_val_indices
 
     require_ffcv()
@@ -311,7 +380,8 @@ def build_ffcv_data(cfg, sharding: RankSharding | None = None, *, batch_size: in
 
     bs = batch_size or cfg.train.batch_size
     common = dict(sharding=sharding, seed=cfg.train.seed, order=f.order, os_cache=f.os_cache,
-                  num_workers=max(1, cfg.data.num_workers), channels=info.channels)
+                  num_workers=max(1, cfg.data.num_workers), channels=info.channels,
+                  borrow=borrow)
 
     def make(split, train):
         if split not in metas:

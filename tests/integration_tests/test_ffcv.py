@@ -193,6 +193,56 @@ def test_eval_pipeline_matches_torch_loader(name, request):
             assert torch.equal(fx, tx) and torch.equal(fy, ty)
 
 
+# --------------------------------------------------------------------------- train decoder
+
+def test_random_resized_crop_flip_decoder(tiny):
+    """seltrain's fused crop+flip decoder: with the crop pinned to the whole image (scale 1)
+    and the output at the stored size, every image comes back exactly, mirrored or not, and
+    about half are mirrored."""
+    from ffcv.transforms import ToTensor, ToTorchImage
+
+    from seltrain.data.ffcv_pipeline import _random_resized_crop_flip
+
+    _, files = tiny
+    ref, labels = read_raw(files["test"], 100)
+    loader = FFCVLoader(files["test"], np.arange(100), 32, train=False,
+                        pipeline=[_random_resized_crop_flip((64, 64), (1.0, 1.0)), ToTensor(),
+                                  ToTorchImage()],
+                        sharding=RankSharding(), seed=0, order="random", os_cache=True,
+                        drop_last=False, num_workers=2, channels=3)
+    x, y = map(torch.cat, zip(*loader))
+    assert torch.equal(y, labels)
+    same = (x == ref).flatten(1).all(1)
+    mirrored = (x == ref.flip(-1)).flatten(1).all(1)
+    assert not (same & mirrored).any()  # the fixture images are not symmetric (a ramp)
+    assert (same | mirrored).all()
+    assert 30 <= int(mirrored.sum()) <= 70  # Binomial(100, 0.5): +-4 sd
+
+
+def test_borrowed_batches_are_ffcvs_buffers(tiny):
+    """borrow=True (the trainer's mode) hands out FFCV's own buffers: the same pixels when used
+    at once, but kept batches alias each other. The default copies, so kept batches are safe."""
+    _, files = tiny
+    ref, _ = read_raw(files["test"], 100)
+
+    def loader(borrow):
+        from ffcv.fields.decoders import SimpleRGBImageDecoder
+        from ffcv.transforms import ToTensor, ToTorchImage
+
+        return FFCVLoader(files["test"], np.arange(100), 16, train=False,
+                          pipeline=[SimpleRGBImageDecoder(), ToTensor(), ToTorchImage()],
+                          sharding=RankSharding(), seed=0, order="random", os_cache=True,
+                          drop_last=False, num_workers=2, channels=3, borrow=borrow)
+
+    used_at_once = torch.cat([x.clone() for x, _ in loader(True)])
+    assert torch.equal(used_at_once, ref)
+    kept = list(loader(True))
+    assert len(kept) == 7 and len({x.data_ptr() for x, _ in kept}) < 7  # buffers reused
+    assert not torch.equal(torch.cat([x for x, _ in kept]), ref)
+    kept = list(loader(False))
+    assert torch.equal(torch.cat([x for x, _ in kept]), ref)
+
+
 # --------------------------------------------------------------------------- sharding
 
 def test_two_rank_eval_covers_every_sample_once(syn):

@@ -143,3 +143,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ckpt = torch.load(tmp_path / "nan/checkpoints/last.pt", weights_only=True)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_eval_test_at_best_evaluates_test_only_on_new_best_val(tmp_path):
+    """train.eval_test=at_best: the same training, the test split evaluated only after epochs
+    whose val accuracy beats every earlier one, and the same best record in the end."""
+    runs = {}
+    for mode in ("every_epoch", "at_best"):
+        cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                          [*TINY, "train.epochs=6", "train.lr=0.05", "run.tensorboard=false",
+                           f"train.eval_test={mode}", f"run.out_dir={tmp_path}",
+                           f"run.name={mode}"])
+        summary = Trainer(cfg).fit()
+        lines = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
+        runs[mode] = (summary, [json.loads(ln) for ln in lines])
+    (s_every, every), (s_best, at_best) = runs["every_epoch"], runs["at_best"]
+    assert [r["val_acc"] for r in at_best] == [r["val_acc"] for r in every]
+    new_best, top = [], -1.0
+    for r in every:
+        new_best.append(r["val_acc"] > top)
+        top = max(top, r["val_acc"])
+    assert 1 < sum(new_best) < len(every), new_best  # the check below sees both cases
+    for r_best, r_every, is_new in zip(at_best, every, new_best):
+        assert r_best["test_acc"] == (r_every["test_acc"] if is_new else None)
+    for k in ("best_epoch", "val_acc", "test_acc", "test_si"):
+        assert s_best[k] == s_every[k], k

@@ -76,6 +76,8 @@ def epochs_logged(run):
     ({"space": {"selectivity.alhpa": [1.0]}}, "unknown key 'selectivity.alhpa'"),
     ({"resources": {"workers": 3, "cpus_per_worker": 1}}, "= 3 CPU, 0 GPU but this machine"),
     ({"resources": {"workers": 1, "gpus_per_worker": 1}}, "1 GPU but this machine"),
+    ({"metric": "test_acc", "overrides": ["train.eval_test=at_best"]},
+     "metric test_acc needs the test split every epoch"),
 ])
 def test_bad_search_recipe_is_one_line_exit_2(tmp_path, fields, message):
     recipe = write_recipe(tmp_path, **fields)
