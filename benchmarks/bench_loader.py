@@ -108,7 +108,6 @@ def photo_jpegs(root: str, classes: int, per_class: int, size: int, seed: int = 
                 crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
             crop.save(os.path.join(root, "train", f"class{k:03d}", f"img_{j:04d}.jpg"),
                       quality=95)
-    os.makedirs(os.path.join(root, "val"), exist_ok=True)
     return root
 
 

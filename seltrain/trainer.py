@@ -315,8 +315,7 @@ class Trainer:
                 train_stats, global_step = self.train_epoch(epoch, sink, global_step)
                 record = self._end_of_epoch(epoch, train_stats, sink, best)
                 throughput.append(train_stats["images_per_s"])
-                key = "val_acc" if self.data.val is not None else "test_acc"
-                if not best or record[key] > best[key]:
+                if self._is_new_best(record, best):
                     best = {k: record[k] for k in ("epoch", "val_acc", "test_acc", "test_si",
                                                    "test_si_per_layer") if k in record}
                     self._save("best", epoch, global_step, best, throughput)
@@ -335,12 +334,17 @@ class Trainer:
         finally:
             sink.close()
 
+    def _is_new_best(self, record: dict, best: dict) -> bool:
+        """Whether ``record`` beats ``best`` on the selection metric: val accuracy, or test
+        accuracy for a run without a validation split."""
+        key = "val_acc" if self.data.val is not None else "test_acc"
+        return not best or record[key] > best[key]
+
     def _end_of_epoch(self, epoch: int, train_stats: dict, sink, best: dict) -> dict:
         record = {"epoch": epoch, **train_stats}
         for split, loader in (("val", self.data.val), ("test", self.data.test)):
             if split == "test" and self.cfg.train.eval_test == "at_best" \
-                    and record["val_acc"] is not None and best \
-                    and not record["val_acc"] > best["val_acc"]:
+                    and self.data.val is not None and not self._is_new_best(record, best):
                 loader = None  # not a new best: its test numbers could never be reported
             if loader is None:
                 record[f"{split}_acc"] = None

@@ -47,16 +47,22 @@ def write_all(tmp, overrides, splits=SPLITS, **opts) -> dict:
     return out
 
 
-def read_raw(path: str, n: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of a constant-size .beton in file order, undecorated (decode only)."""
+def file_order_loader(path: str, n: int, batch_size: int = 128, decoder=None, channels: int = 3,
+                      borrow: bool = False) -> FFCVLoader:
+    """The first ``n`` samples of a .beton in file order, decoded by ``decoder`` (default: as
+    stored), as uint8 NCHW batches."""
     from ffcv.fields.decoders import SimpleRGBImageDecoder
     from ffcv.transforms import ToTensor, ToTorchImage
 
-    loader = FFCVLoader(path, np.arange(n), 128, train=False,
-                        pipeline=[SimpleRGBImageDecoder(), ToTensor(), ToTorchImage()],
-                        sharding=RankSharding(), seed=0, order="random", os_cache=True,
-                        drop_last=False, num_workers=2, channels=channels)
-    xs, ys = zip(*loader)
+    return FFCVLoader(path, np.arange(n), batch_size, train=False,
+                      pipeline=[decoder or SimpleRGBImageDecoder(), ToTensor(), ToTorchImage()],
+                      sharding=RankSharding(), seed=0, order="random", os_cache=True,
+                      drop_last=False, num_workers=2, channels=channels, borrow=borrow)
+
+
+def read_raw(path: str, n: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of a constant-size .beton in file order, undecorated (decode only)."""
+    xs, ys = zip(*file_order_loader(path, n, channels=channels))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -199,17 +205,12 @@ def test_random_resized_crop_flip_decoder(tiny):
     """seltrain's fused crop+flip decoder: with the crop pinned to the whole image (scale 1)
     and the output at the stored size, every image comes back exactly, mirrored or not, and
     about half are mirrored."""
-    from ffcv.transforms import ToTensor, ToTorchImage
-
     from seltrain.data.ffcv_pipeline import _random_resized_crop_flip
 
     _, files = tiny
     ref, labels = read_raw(files["test"], 100)
-    loader = FFCVLoader(files["test"], np.arange(100), 32, train=False,
-                        pipeline=[_random_resized_crop_flip((64, 64), (1.0, 1.0)), ToTensor(),
-                                  ToTorchImage()],
-                        sharding=RankSharding(), seed=0, order="random", os_cache=True,
-                        drop_last=False, num_workers=2, channels=3)
+    loader = file_order_loader(files["test"], 100, 32,
+                               decoder=_random_resized_crop_flip((64, 64), (1.0, 1.0)))
     x, y = map(torch.cat, zip(*loader))
     assert torch.equal(y, labels)
     same = (x == ref).flatten(1).all(1)
@@ -226,13 +227,7 @@ def test_borrowed_batches_are_ffcvs_buffers(tiny):
     ref, _ = read_raw(files["test"], 100)
 
     def loader(borrow):
-        from ffcv.fields.decoders import SimpleRGBImageDecoder
-        from ffcv.transforms import ToTensor, ToTorchImage
-
-        return FFCVLoader(files["test"], np.arange(100), 16, train=False,
-                          pipeline=[SimpleRGBImageDecoder(), ToTensor(), ToTorchImage()],
-                          sharding=RankSharding(), seed=0, order="random", os_cache=True,
-                          drop_last=False, num_workers=2, channels=3, borrow=borrow)
+        return file_order_loader(files["test"], 100, 16, borrow=borrow)
 
     used_at_once = torch.cat([x.clone() for x, _ in loader(True)])
     assert torch.equal(used_at_once, ref)
