@@ -8,6 +8,10 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+# As root only: the loopback `ray up` test (tests/integration_tests/test_cluster_rayup.py) runs
+# sshd on 127.0.0.1 for a throwaway user; `ray up` syncs files with rsync; the test reads
+# listening ports with ss (iproute2); nc (`nc -z HOST PORT`) checks a node's port by hand.
+CLUSTER_PKGS := openssh-server rsync netcat-openbsd iproute2
 STAMP   := $(VENV)/.seltrain-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 # DeepSpeed JIT-builds its CPU shm_comm op (~30 s); keep it across runs.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/seltrain/torch_extensions
@@ -19,10 +23,11 @@ setup: sysdeps $(STAMP)
 
 sysdeps:
 	@if pkg-config --exists opencv4 libturbojpeg 2>/dev/null && \
-	    [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	    [ -d /usr/share/datasets/fashion-mnist ] && \
+	    { [ "$$(id -u)" != 0 ] || { [ -x /usr/sbin/sshd ] && command -v rsync && command -v nc && command -v ss; } >/dev/null; }; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing system packages: $(APT_PKGS)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	    echo "installing system packages: $(APT_PKGS) $(CLUSTER_PKGS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) $(CLUSTER_PKGS) >/dev/null; \
 	else \
 	    echo "seltrain needs these system packages (Debian/Ubuntu names): $(APT_PKGS)"; \
 	    echo "  elsewhere: pkg-config, OpenCV 4 dev files, libjpeg-turbo dev files; Fashion-MNIST IDX files for the demo"; \

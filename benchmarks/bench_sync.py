@@ -5,23 +5,29 @@
 
 Part 1 (the README figure): ResNet20, CIFAR-sized input (32x32), batch 128 per rank, 2 gloo
 ranks on CPU, the full training step (forward, CE - alpha * mean SI over the 9 residual
-blocks, DDP backward, SGD step). ``global`` adds one bucketed all-reduce of the per-class sums
-and counts (forward) and one of their gradients (backward); ``local`` adds none. Steps of the
-two modes are interleaved in blocks so machine load drifts hit both alike; the median step
-time is reported. Target: global at most 5% over local.
+blocks, DDP backward, SGD step). ``global`` adds one all-reduce of the per-class sums and
+counts in the forward pass (the fused regularizer's one buffer; its backward needs no
+collective, see distributed._AllReduceSum); ``local`` adds none. Steps of the two modes are
+interleaved in blocks so machine load drifts hit both alike; the median step time is
+reported. Target: global at most 5% over local.
 
 Part 2: the payload at ImageNet scale, 1000 classes x 15104 probed units (ResNet50's block
-outputs: 3x256 + 4x512 + 6x1024 + 3x2048), local batch 128: dense fp32 vs present-only rows
-vs bf16, forward plus backward of ``all_reduce_stats`` alone, with bytes per step.
+outputs: 3x256 + 4x512 + 6x1024 + 3x2048), local batch 128: dense fp32 (with the old
+all-reduced backward beside it), present-only rows (exact, with a host sync; and static,
+sync-free), bf16, forward plus backward of ``all_reduce_stats`` alone, with bytes per step.
 
 Results go to benchmarks/results/bench_sync.json.
 
-Measured 2026-11-21 on 2 shared CPU cores (other jobs running), gloo, torch 2.14.1, 1 thread
-per rank, two runs: step median global 1374 / 1290 ms vs local 1362 / 1270 ms, ratio 1.008 and
-1.016 (target <= 1.05); 13,480 B of SI statistics all-reduced forward and again backward per
-step (DDP's gradients: 1,089,896 B). Payload K=1000, U=15104, 128/rank (218 classes present
-in the 256-sample global batch): dense fp32 60.4 MB 1405 ms; present-only 13.2 MB 145 ms;
-bf16 30.2 MB 1458 ms (gloo on CPU gains nothing from bf16); present-only + bf16 6.6 MB 136 ms.
+Measured 2026-11-30 on 2 shared CPU cores, gloo, torch 2.14.1, 1 thread per rank, with
+``--payload-reps 10 --blocks 10`` on a quiet machine (load average 1-2): step median global
+403 ms vs local 392 ms, ratio 1.029 (target <= 1.05; earlier runs 0.967 and 1.023 at load 2-6,
+1.198 and 0.918 with fewer blocks at load 10-30: wall time here is that noisy); 13,480 B of SI
+statistics all-reduced per step, forward only (DDP's gradients: 1,089,896 B). Payload K=1000,
+U=15104, 128/rank (218 classes present in the 256-sample global batch), bytes per step and
+fwd+bwd time: dense 60.4 MB 190 ms (120.8 MB 250 ms with the backward all-reduced too);
+present-only exact 13.2 MB 169 ms (a host sync), static 256 rows 15.5 MB 164 ms (none); bf16
+30.2 MB 207 ms; static present-only + bf16 7.7 MB 165 ms. Over loopback the times are mostly
+local copies of 60 MB buffers; the bytes are what a real network charges for.
 """
 from __future__ import annotations
 
@@ -49,11 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _payload_bytes(widths, k, present=None, bf16=False) -> int:
-    rows = k if present is None else present
-    elems = rows * sum(widths) + (k if present is None else 0)
-    counts_first = 0 if present is None else 4 * k  # the cheap counts all-reduce
-    return elems * (2 if bf16 else 4) + counts_first
+def _payload_bytes(widths, k, rows=None, bf16=False) -> int:
+    """Bytes of the forward statistics all-reduce: every row (and the counts packed in), or
+    ``rows`` rows after a separate counts all-reduce of K floats."""
+    if rows is None:
+        return (k * sum(widths) + k) * (2 if bf16 else 4)
+    return rows * sum(widths) * (2 if bf16 else 4) + 4 * k
 
 
 def _step_bench(rank: int, args, port: int, out: dict) -> None:
@@ -123,38 +130,50 @@ def _payload_bench(rank: int, args, port: int, out: dict) -> None:
     ctx = distributed.setup()
     k = 1000
     gen = torch.Generator().manual_seed(rank)
-    acts = [torch.rand(args.batch, u, generator=gen).requires_grad_() for u in RESNET50_UNITS]
+    # The fused regularizer's one [N, sum U] matrix, hence one [K, sum U] buffer.
+    acts = torch.rand(args.batch, sum(RESNET50_UNITS), generator=gen)
     labels = torch.randint(0, k, (args.batch,), generator=gen)
     present = int((torch.bincount(labels, minlength=k) > 0).sum())
     counts_all = torch.bincount(labels, minlength=k).double()
     torch.distributed.all_reduce(counts_all)
     present_global = int((counts_all > 0).sum())
-    stats = [class_stats(a, labels, k) for a in acts]
-    modes = {"dense_fp32": {}, "present_only": {"present_only": True}, "bf16": {"bf16": True},
-             "present_only_bf16": {"present_only": True, "bf16": True}}
+    global_batch = 2 * args.batch
+    sums, counts = class_stats(acts, labels, k)
+    modes = {  # name: (all_reduce_stats keywords, rows shipped, backward collective)
+        "dense_fp32": ({}, None, False),
+        "dense_fp32_allreduce_backward": ({"replicated": False}, None, True),
+        "present_only_exact": ({"present_only": True}, present_global, False),
+        "present_only_static": ({"present_only": True, "max_rows": global_batch},
+                                min(k, global_batch), False),
+        "bf16": ({"bf16": True}, None, False),
+        "present_only_static_bf16": ({"present_only": True, "max_rows": global_batch,
+                                      "bf16": True}, min(k, global_batch), False)}
     res = {}
-    for name, kw in modes.items():
+    for name, (kw, rows, backward_collective) in modes.items():
         ts = []
         for i in range(args.payload_reps + 1):
-            sums = [s.detach().requires_grad_() for s, _ in stats]
+            leaf = sums.detach().requires_grad_()
             torch.distributed.barrier()
             t0 = time.perf_counter()
-            red, counts = distributed.all_reduce_stats(sums, stats[0][1], **kw)
-            sum(r.sum() for r in red).backward()
+            (red,), _ = distributed.all_reduce_stats([leaf * 1], counts, **kw)
+            red.sum().backward()
             t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             if i:  # the first is warm-up
                 ts.append(float(t))
-        rows = present_global if kw.get("present_only") else None
-        res[name] = {"median_s": statistics.median(ts),
-                     "bytes_per_collective": _payload_bytes(RESNET50_UNITS, k, rows,
-                                                            kw.get("bf16", False))}
+        fwd = _payload_bytes(RESNET50_UNITS, k, rows, kw.get("bf16", False))
+        res[name] = {"median_s": statistics.median(ts), "rows": rows or k,
+                     "bytes_forward": fwd,
+                     "bytes_per_step": fwd + (fwd if backward_collective else 0),
+                     "host_sync": name == "present_only_exact"}
     if rank == 0:
         out["payload"] = {"classes": k, "units": sum(RESNET50_UNITS), "local_batch": args.batch,
+                          "global_batch": global_batch,
                           "present_classes_global": present_global,
                           "present_classes_rank0": present, "modes": res,
-                          "note": "forward + backward all-reduce of the stats alone; the "
-                                  "backward moves the same bytes again"}
+                          "note": "forward and backward of all_reduce_stats alone on one "
+                                  "fused [K, sum U] buffer; the backward needs a collective "
+                                  "only with replicated=False"}
     distributed.teardown(ctx)
 
 
@@ -188,15 +207,15 @@ def main() -> None:
     print(f"resnet20, batch {args.batch}/rank, 2 gloo ranks: step median global "
           f"{s['median_s']['global'] * 1e3:.1f} ms, local {s['median_s']['local'] * 1e3:.1f} ms, "
           f"ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f}%; target <= +5%)")
-    print(f"  all-reduced per step: SI stats {s['si_payload_bytes']} B forward + the same "
-          f"backward (DDP gradients: {s['ddp_grad_bytes']} B)")
+    print(f"  all-reduced per step: SI stats {s['si_payload_bytes']} B, forward only (the "
+          f"backward needs no collective; DDP gradients: {s['ddp_grad_bytes']} B)")
     if not args.skip_payload:
         result.update(_run(_payload_bench, args))
         pl = result["payload"]
         print(f"payload K={pl['classes']} U={pl['units']} batch {pl['local_batch']}/rank "
               f"({pl['present_classes_global']} classes present globally):")
         for name, m in pl["modes"].items():
-            print(f"  {name:18s} {m['bytes_per_collective'] / 1e6:8.2f} MB  "
+            print(f"  {name:30s} {m['bytes_per_step'] / 1e6:8.2f} MB/step  "
                   f"{m['median_s'] * 1e3:8.1f} ms (fwd+bwd)")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -16,18 +16,32 @@ import sys
 def _train(args) -> int:
     from seltrain import distributed
     from seltrain.config import load_config
+    from seltrain.errors import Interrupted
     from seltrain.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     local = args.local_rank if args.local_rank is not None else args.local_rank_sub
-    ctx = distributed.setup(local_rank=local)
+    try:
+        ctx = distributed.setup(local_rank=local)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while joining the process group; nothing was "
+                          "written") from None
     try:
         print(ctx.describe(), flush=True)
         summary = Trainer(cfg, ctx, resume=args.resume).fit()
         if ctx.is_main:
-            print(f"done: best epoch {summary['best_epoch'] + 1}, val_acc {summary['val_acc']}, "
-                  f"test_acc {summary['test_acc']:.4f}, test_si {summary['test_si']:.4f}; "
+            num = {k: "-" if summary[k] is None else f"{summary[k]:.4f}"
+                   for k in ("val_acc", "test_acc", "test_si")}  # None: split or SI not read
+            print(f"done: best epoch {summary['best_epoch'] + 1}, val_acc {num['val_acc']}, "
+                  f"test_acc {num['test_acc']}, test_si {num['test_si']}; "
                   f"run folder {summary['run_dir']}", flush=True)
+    except KeyboardInterrupt:
+        last = os.path.join(cfg.run_dir(), "checkpoints", "last.pt")
+        if os.path.isfile(last):
+            raise Interrupted(f"the last checkpoint is kept ({last}); continue with the same "
+                              "command plus --resume") from None
+        raise Interrupted("stopped before the first checkpoint was written, so there is "
+                          "nothing to resume; run the same command again") from None
     finally:
         distributed.teardown(ctx)
     return 0
@@ -41,8 +55,15 @@ def _config_show(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (stock argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"seltrain: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seltrain", description="Train and analyse CNNs with the "
+    p = _Parser(prog="seltrain", description="Train and analyse CNNs with the "
                                 "class-selectivity regularizer (loss = CE - alpha * mean SI).")
     # The deepspeed launcher passes --local_rank=N ahead of the subcommand (unless told
     # --no_local_rank); the rank itself is read from the environment.
@@ -87,21 +108,31 @@ def _extensions():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seltrain.errors import SeltrainError
+    from seltrain.errors import Interrupted, SeltrainError, is_disk_full, no_space, one_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
+    except Interrupted as e:
+        print(f"seltrain: interrupted: {one_line(e)}", file=sys.stderr, flush=True)
+        return e.exit_code
     except SeltrainError as e:
         if os.environ.get("SELTRAIN_DEBUG"):
             raise
-        print(f"seltrain: error: {e}", file=sys.stderr, flush=True)
+        print(f"seltrain: error: {one_line(e)}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
-        print("seltrain: interrupted; the last checkpoint is kept, continue with --resume",
-              file=sys.stderr)
+        print("seltrain: interrupted", file=sys.stderr, flush=True)
         return 130
+    except OSError as e:
+        # A full disk anywhere a command writes (metrics, TensorBoard, analysis outputs) is
+        # the user's to fix, not a bug: one line naming where.
+        if not is_disk_full(e) or os.environ.get("SELTRAIN_DEBUG"):
+            raise
+        print(f"seltrain: error: {no_space(e.filename, 'its output')}",
+              file=sys.stderr, flush=True)
+        return 3
 
 
 if __name__ == "__main__":

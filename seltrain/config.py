@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
@@ -70,7 +71,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = choice("resnet20", ("resnet20", "resnet56", "resnet18", "resnet50", "cnn7",
-                                    "vgg16_bn"))
+                                    "vgg16_bn", "vgg16"))
 
 
 @dataclass
@@ -111,6 +112,9 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     seed: int = 0
     deterministic: bool = True
+    # cuDNN benchmarking: auto = on when CUDA is present and deterministic is off (fastest
+    # conv kernels, found by timing, so runs differ in the last bits; README "On a GPU").
+    cudnn_benchmark: Union[bool, str] = choice("auto", ("auto", True, False))
     eval_batch_size: int = 512
     # When to evaluate the test split: after every epoch, or only after the epochs whose
     # validation accuracy beats every earlier one (the epochs a run's best record can come
@@ -163,6 +167,57 @@ class Config:
 
 # --------------------------------------------------------------------------- loading
 
+class _NotFinite(ConfigError):
+    """nan/inf for a float key: decisive even inside Optional/Union types."""
+
+
+# Allowed values of every numeric key whose range is obvious: (what the message says, test).
+# None passes for Optional keys (the message says "or null"); floats are finite already.
+# tests/unit_tests/test_config_ranges.py checks that every int/float key is listed here.
+def _at_least(lo):
+    return lambda v: v >= lo
+
+
+RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "data.val_size": ("a count >= 0 or a fraction in [0, 1)",
+                      lambda v: v >= 0 and not (isinstance(v, float) and v >= 1)),
+    "data.split_seed": (">= 0", _at_least(0)),
+    "data.num_workers": (">= 0", _at_least(0)),
+    "data.limit_train": (">= 1 or null", _at_least(1)),
+    "data.image_size": (">= 1 or null", _at_least(1)),
+    "data.synthetic.num_classes": (">= 2", _at_least(2)),
+    "data.synthetic.image_size": (">= 4", _at_least(4)),
+    "data.synthetic.channels": ("1 or 3", lambda v: v in (1, 3)),
+    "data.synthetic.train_size": (">= 1", _at_least(1)),
+    "data.synthetic.test_size": (">= 1", _at_least(1)),
+    "data.synthetic.seed": (">= 0", _at_least(0)),
+    "selectivity.alpha": ("a finite number", lambda v: True),
+    "selectivity.eps": ("> 0", lambda v: v > 0),
+    "train.epochs": (">= 1", _at_least(1)),
+    "train.batch_size": (">= 1", _at_least(1)),
+    "train.lr": ("> 0", lambda v: v > 0),
+    "train.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "train.weight_decay": (">= 0", _at_least(0)),
+    "train.milestones": ("a list of epochs >= 1", lambda v: all(m >= 1 for m in v)),
+    "train.gamma": ("> 0", lambda v: v > 0),
+    "train.warmup_epochs": (">= 0", _at_least(0)),
+    "train.label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "train.grad_clip": ("> 0 or null (no clipping)", lambda v: v > 0),
+    "train.seed": (">= 0", _at_least(0)),
+    "train.eval_batch_size": (">= 1", _at_least(1)),
+    "train.max_steps_per_epoch": (">= 1 or null (whole epochs)", _at_least(1)),
+}
+
+
+def _check_range(key: str, val, src: str) -> None:
+    rule = RANGES.get(key)
+    if rule is None or val is None:
+        return
+    what, ok = rule
+    if not ok(val):
+        raise ConfigError(f"{key} must be {what}, got {val!r} ({src})")
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -178,6 +233,8 @@ def _coerce(value: Any, tp, key: str, where: str):
                 continue
             try:
                 return _coerce(value, arg, key, where)
+            except _NotFinite:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got "
@@ -198,13 +255,19 @@ def _coerce(value: Any, tp, key: str, where: str):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-7" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-7" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # nan/inf would pass every range check below and poison training much later.
+            if not math.isfinite(number):
+                raise _NotFinite(f"{key} must be a finite number, got {value!r} ({where})")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -227,7 +290,10 @@ def _build(cls, data: dict, prefix: str, where: dict[str, str], default_where: s
             raise ConfigError(f"unknown key '{key}' ({src}){hint}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
-            kwargs[k] = _build(tp, v if v is not None else {}, key + ".", where, default_where)
+            if v is None:  # `data=` or an empty `data:`: never fall back to the defaults
+                raise ConfigError(f"section '{key}' is empty ({src}); give its keys "
+                                  f"({key}.<key>=value) or leave the section out")
+            kwargs[k] = _build(tp, v, key + ".", where, default_where)
             continue
         val = _coerce(v, tp, key, src)
         choices = fields[k].metadata.get("choices")
@@ -237,6 +303,7 @@ def _build(cls, data: dict, prefix: str, where: dict[str, str], default_where: s
             what = {"model.arch": "model", "data.dataset": "dataset"}.get(key, "value")
             raise ConfigError(f"unknown {what} '{val}' for {key} ({src}){hint}; choose one of: "
                               f"{', '.join(map(str, choices))}")
+        _check_range(key, val, src)
         kwargs[k] = val
     return cls(**kwargs)
 
@@ -260,11 +327,14 @@ def apply_overrides(data: dict, overrides: list[str], where: dict[str, str]) -> 
         key, value = parse_override(text)
         node = data
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)
             if not isinstance(nxt, dict):
                 nxt = {}
                 node[p] = nxt
+                # train.lr.x=1 turns train.lr into a section: an error about it is this
+                # override's, not the recipe's.
+                where[".".join(parts[:i + 1])] = f"override '{text}'"
             node = nxt
         node[parts[-1]] = value
         where[key] = f"override '{text}'"
@@ -272,17 +342,28 @@ def apply_overrides(data: dict, overrides: list[str], where: dict[str, str]) -> 
 
 
 def read_yaml(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder, not a recipe file; give a YAML such as "
+                          "configs/quickstart.yaml")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text YAML file (binary byte at offset {e.start}); "
+                          "give a recipe such as configs/quickstart.yaml") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path} is not valid YAML{at}: {problem}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     if data is None:
-        return {}
+        # An empty recipe would silently train the defaults: almost surely the wrong file.
+        raise ConfigError(f"{path} is empty; a recipe needs at least one section (data, model, "
+                          "selectivity, train, run), e.g. configs/quickstart.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of sections (data, model, ...)")
     return data
@@ -298,9 +379,10 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config saved as a dict (checkpoints, Ray trials); same checks as files."""
-    cfg = _build(Config, data, "", {}, "in saved config")
+def config_from_dict(data: dict, where: str = "in saved config") -> Config:
+    """Rebuild a Config saved as a dict (checkpoints, Ray trials); same checks as files.
+    ``where`` names the source in error messages (a search recipe's space, for instance)."""
+    cfg = _build(Config, data, "", {}, where)
     validate(cfg)
     return cfg
 
@@ -321,6 +403,14 @@ def validate(cfg: Config) -> None:
     vs = cfg.data.val_size
     if vs < 0 or (isinstance(vs, float) and vs >= 1):
         raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {vs}")
+    name = cfg.run.name
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise ConfigError(f"run.name must be a plain folder name inside run.out_dir (no '/', "
+                          f"not '.' or '..'), got {name!r}; put the folder in run.out_dir")
+    if t.cudnn_benchmark is True and t.deterministic:
+        raise ConfigError("train.cudnn_benchmark=true picks conv kernels by timing, which "
+                          "train.deterministic=true rules out; set one of them false (or "
+                          "cudnn_benchmark=auto)")
     if cfg.data.loader == "ffcv" and not cfg.data.ffcv.train:
         raise ConfigError("data.loader is ffcv but data.ffcv.train is not set; write the "
                           "splits with `seltrain data write` and set data.ffcv.train/val/test")

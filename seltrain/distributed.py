@@ -166,45 +166,83 @@ def teardown(ctx: DistContext) -> None:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward is again a sum over ranks: every rank's output is
-    sum_s x_s, so dL/dx_s = sum_r dL/dy_r."""
+    """Sum over ranks, in place, with the sum's gradient.
+
+    Forward: all-reduces ``t`` in place and returns it: no copy. ``t`` must be a buffer made
+    for this (``all_reduce_stats`` packs a fresh one with ``torch.cat``), not a leaf or a view
+    and saved by no other node; ``mark_dirty`` tells autograd, which would raise at backward
+    rather than compute with overwritten values if it had been saved.
+
+    Backward: every rank's output is y = sum_s x_s, so dL/dx_r = sum_s dL/dy_s. With
+    ``replicated`` the caller promises that every rank uses y the same way (the SI term of the
+    loss is the same function of the global statistics on every rank), so dL/dy_s is the same
+    on every rank and the sum is world_size * dL/dy_r: no collective at all. Otherwise the
+    gradients are all-reduced, into a copy (autograd may hand the same gradient tensor to
+    other nodes).
+
+    On NCCL a "synchronous" all-reduce does not stop the host: it orders the compute stream
+    after the collective, which is the dependency SI has anyway (nothing in the step can run
+    between the statistics and SI), so ``async_op`` would buy nothing here.
+    """
 
     @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
-        out = t.clone()
-        dist.all_reduce(out)
-        return out
+    def forward(ctx, t: Tensor, replicated: bool) -> Tensor:
+        ctx.replicated = replicated
+        dist.all_reduce(t)
+        ctx.mark_dirty(t)
+        return t
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor):
+        if ctx.replicated:
+            return grad * dist.get_world_size(), None
         grad = grad.clone()
         dist.all_reduce(grad)
-        return grad
+        return grad, None
 
 
 def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool = False,
-                     bf16: bool = False) -> tuple[list[Tensor], Tensor]:
+                     bf16: bool = False, max_rows: int | None = None,
+                     replicated: bool = True) -> tuple[list[Tensor], Tensor]:
     """Sum per-class statistics over ranks, with gradients: one bucketed collective.
 
-    Every layer's [K, U_l] sums and the [K] counts are concatenated into one flat buffer and
-    all-reduced once (``_AllReduceSum``: its backward is an all-reduce of the gradients,
-    which under DDP's gradient averaging makes the result equal to single-process training
-    on the concatenated batch; METHODS.md section 2).
+    The [K, U_l] sums (the fused regularizer passes one [K, sum U] buffer) and the [K] counts
+    are packed into one fresh flat buffer and all-reduced once, in place (``_AllReduceSum``).
+    Under DDP's gradient averaging the result equals single-process training on the
+    concatenated batch (METHODS.md section 2). ``replicated`` (default): every rank uses the
+    reduced statistics the same way, so the backward pass needs no collective (see
+    ``_AllReduceSum``); pass False for a rank-dependent use.
 
-    ``present_only`` first all-reduces the counts alone (K floats) and then ships only the
-    rows of classes present in the global batch; ``bf16`` halves the payload's bytes.
+    ``present_only`` first all-reduces the counts alone (K floats) and then ships only rows of
+    classes present in the global batch. With ``max_rows`` (an upper bound on the classes a
+    global batch can hold: the global batch size) it ships a fixed ``max_rows`` rows, present
+    classes first, which needs no host sync; when ``max_rows >= K`` nothing can be saved that
+    way and the dense path is used. Without ``max_rows`` it ships exactly the present rows,
+    which costs one host sync (``nonzero``) per step. ``bf16`` halves the payload's bytes.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return sums, counts
-    all_reduce = _AllReduceSum.apply
+
+    def all_reduce(t: Tensor) -> Tensor:
+        return _AllReduceSum.apply(t, replicated)
+
+    k = counts.shape[0]
+    if present_only and max_rows is not None and max_rows >= k:
+        present_only = False
     if present_only:
-        counts = all_reduce(counts)
-        rows = (counts > 0).nonzero().squeeze(1)
+        counts = counts.detach().clone()  # counts never need gradients (they come from labels)
+        dist.all_reduce(counts)
+        if max_rows is None:
+            rows = (counts > 0).nonzero().squeeze(1)  # exactly the present rows: a host sync
+        else:
+            # A static row count, present classes first (ascending), then absent ones (zero
+            # on every rank, so shipping them changes nothing): no host sync.
+            rows = torch.sort((counts == 0).to(torch.int32), stable=True).indices[:max_rows]
         parts = [s.index_select(0, rows) for s in sums]
     else:
         parts = list(sums)
     widths = [p.shape[1] for p in parts]
-    k = parts[0].shape[0]
+    n_rows = parts[0].shape[0]
     flat = torch.cat([p.reshape(-1) for p in parts] + ([] if present_only else [counts]))
     dtype = flat.dtype
     if bf16:
@@ -212,8 +250,8 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
     flat = all_reduce(flat).to(dtype)
     out, off = [], 0
     for w in widths:
-        out.append(flat[off:off + k * w].view(k, w))
-        off += k * w
+        out.append(flat[off:off + n_rows * w].view(n_rows, w))
+        off += n_rows * w
     if present_only:
         full = []
         for s, o in zip(sums, out):

@@ -97,8 +97,9 @@ class DDPEngine:
 # Used when engine is deepspeed and neither train.deepspeed_config nor deepspeed_inline is set:
 # the same as configs/deepspeed/zero1_bf16.json (ZeRO-1 partitions optimizer state only, so
 # it is exact against DDP; bf16.enabled follows train.bf16 anyway).
-DEFAULT_DEEPSPEED = {"zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True,
-                     "steps_per_print": 1_000_000}
+DEFAULT_DEEPSPEED = {"zero_optimization": {"stage": 1, "overlap_comm": True,
+                                           "contiguous_gradients": True},
+                     "zero_allow_untested_optimizer": True, "steps_per_print": 1_000_000}
 
 
 def deepspeed_config(t, world_size: int, say=print) -> dict:
@@ -182,8 +183,11 @@ class DeepSpeedEngine:
         self.ctx = ctx
         if not dist.is_initialized():
             # One process: DeepSpeed insists on a process group (and otherwise probes MPI);
-            # a private one-rank gloo group needs no MASTER_ADDR or free port.
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            # a private one-rank group needs no MASTER_ADDR or free port. NCCL on a GPU, as
+            # distributed.setup would choose: DeepSpeed's collectives then run on the device.
+            cuda = ctx.device.type == "cuda"
+            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0,
+                                    world_size=1, device_id=ctx.device if cuda else None)
         # DeepSpeed asserts these are set even when the group exists (Ray Train, one process).
         for key, value in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank),
                            ("WORLD_SIZE", ctx.world_size)):
@@ -204,10 +208,16 @@ class DeepSpeedEngine:
             # DeepSpeed's bf16 keeps the weights in bf16 (fp32 masters in the optimizer), which
             # torch.autocast does not expect: CPU autocast runs BatchNorm in fp32 and then
             # meets bf16 weights. So the input is cast instead and autocast is switched off.
-            # DeepSpeed casts parameters but not buffers; CPU BatchNorm wants one dtype.
-            for buf in self._weights.buffers():
-                if buf.is_floating_point():
-                    buf.data = buf.data.to(torch.bfloat16)
+            # DeepSpeed casts parameters but not buffers, and the BatchNorm running statistics
+            # should stay float32: in bf16 a running-average update smaller than 2^-8 of the
+            # statistic is lost. CUDA's BatchNorm updates float32 running statistics next to
+            # bf16 weights (a mixed-dtype TensorIterator), so there they stay float32. The CPU
+            # kernel insists that they have the weights' dtype (torch 2.14: "expected scalar
+            # type BFloat16 but found Float"), so on the CPU, and only there, they are cast.
+            if ctx.device.type == "cpu":
+                for buf in self._weights.buffers():
+                    if buf.is_floating_point():
+                        buf.data = buf.data.to(torch.bfloat16)
             self.module = _BF16Forward(self._weights)
             self._forward = _BF16Forward(self.model)
 
@@ -220,6 +230,28 @@ class DeepSpeedEngine:
     def step(self) -> None:
         # Clips (gradient_clipping), steps the optimizer and the LR schedule, zeroes grads.
         self.model.step()
+        if self.ctx.distributed:
+            self._sync_buffers()
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank, as DDP's
+        ``broadcast_buffers`` keeps them. DeepSpeed never syncs buffers after ``initialize``:
+        each rank's statistics would follow its own shard, the sharded evaluation would mix
+        as many networks as ranks, and ``--resume`` (rank 0's statistics in the checkpoint,
+        loaded on every rank) would end with other numbers than an uninterrupted run (found
+        by tests/integration_tests/test_deepspeed_launcher.py). One broadcast per dtype."""
+        import torch.distributed as dist
+
+        groups: dict = {}
+        for buf in self._weights.buffers():
+            groups.setdefault((buf.dtype, buf.device), []).append(buf)
+        for bufs in groups.values():
+            flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for b in bufs:
+                b.data.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def lr(self) -> float:
         return self.model.get_lr()[0]

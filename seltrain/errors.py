@@ -2,6 +2,10 @@
 
 The CLI prints ``seltrain: error: <message>`` and exits with ``exit_code``; no traceback.
 """
+from __future__ import annotations
+
+import errno
+import os
 
 
 class SeltrainError(Exception):
@@ -26,3 +30,49 @@ class CheckpointError(SeltrainError):
 class TrainingError(SeltrainError):
     """Training cannot go on (a NaN/inf loss, for instance); the last good checkpoint stays."""
     exit_code = 4
+
+
+class Interrupted(SeltrainError):
+    """Ctrl-C (SIGINT): the message says what was kept and how to continue."""
+    exit_code = 130
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line.
+
+    A torch DataLoader worker re-raises its worker's exception as ``type(e)(text)`` where the
+    text is "Caught X in DataLoader worker ...\\nOriginal Traceback ...\\nX: message": the
+    user's message is the last line, after the exception's name.
+    """
+    text = str(e).strip()
+    if "\nOriginal Traceback" in text:
+        last = text.splitlines()[-1]
+        name = f"{type(e).__name__}: "
+        text = last.split(name, 1)[1] if name in last else last
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def is_disk_full(e: BaseException, folder: str | None = None) -> bool:
+    """ENOSPC/EDQUOT, also when a library wrapped it: torch's zip writer says only "unexpected
+    pos" or "file write failed" when a write comes up short, so with ``folder`` a failed
+    write into a folder with (nearly) no free space counts as a full disk too."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+        return True
+    if folder is not None:
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 1 << 20
+    return False
+
+
+def no_space(path: str | None, what: str) -> str:
+    """The one line for a full disk (or quota) while writing ``what`` into ``path``."""
+    if not path:
+        return f"no space left on the device while writing {what}; free space and run again"
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return f"no space left on {folder} while writing {what}; free space there (or choose a " \
+           f"folder with room) and run again"

@@ -5,9 +5,64 @@ Other ranks get a sink whose methods do nothing, so the loop never branches on r
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 
 import numpy as np
+
+from seltrain.errors import CheckpointError, TrainingError, is_disk_full, no_space
+
+
+def strict_json(value):
+    """``value`` with NaN/inf as None and numpy scalars as Python numbers: strict JSON
+    (bare NaN, which Python's json writes by default, breaks most other JSON readers)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_records(path: str) -> tuple[list[dict], bool]:
+    """The records of a metrics.jsonl and whether its last line was torn.
+
+    A crash mid-append leaves a last line that is not valid JSON: it is dropped (the epoch it
+    belonged to is not in the checkpoint either). A bad line anywhere else is corruption.
+    Used by ``--resume`` (which rewrites the file) and ``seltrain report`` (which only reads).
+    """
+    if not os.path.exists(path):
+        return [], False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    records, torn = [], False
+    numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
+    for k, (n, ln) in enumerate(numbered):
+        try:
+            rec = json.loads(ln)
+            if not isinstance(rec, dict) or "epoch" not in rec:
+                raise ValueError("not an epoch record")
+        except ValueError:
+            if k == len(numbered) - 1:
+                torn = True
+                break
+            raise CheckpointError(f"{path}:{n} is not an epoch record (corrupt file); restore "
+                                  "it, or delete that line") from None
+        records.append(rec)
+    return records, torn
+
+
+def _write_records(path: str, records: list[dict]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class NullSink:
@@ -15,7 +70,8 @@ class NullSink:
     def scalars(self, values: dict, step): ...
     def histogram(self, tag, values, step): ...
     def epoch(self, record: dict): ...
-    def summary(self, summary: dict, hparams: dict, metrics: dict): ...
+    def hparams(self, hparams: dict, metric_tags: list[str]): ...
+    def summary(self, summary: dict): ...
     def image(self, tag, png_path, step): ...
     def flush(self): ...
     def close(self): ...
@@ -23,12 +79,15 @@ class NullSink:
 
 class RunSink(NullSink):
     def __init__(self, run_dir: str, *, tensorboard: bool = True, resume_epoch: int | None = None,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, history: list[dict] | None = None):
+        """``history``: on resume, the checkpoint's copy of every epoch record up to
+        ``resume_epoch``, from which a missing, torn or short metrics.jsonl is rebuilt."""
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl = os.path.join(run_dir, "metrics.jsonl")
+        self.records: list[dict] = []  # what metrics.jsonl holds, in strict-JSON form
         if resume_epoch is not None:
-            self._truncate_jsonl(resume_epoch)
+            self._truncate_jsonl(resume_epoch, history)
         elif os.path.exists(self.jsonl):
             os.unlink(self.jsonl)
         self.tb = None
@@ -39,13 +98,40 @@ class RunSink(NullSink):
             # resumed run's curves do not double back on themselves.
             self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step)
 
-    def _truncate_jsonl(self, last_epoch: int) -> None:
-        if not os.path.exists(self.jsonl):
-            return
-        with open(self.jsonl) as f:
-            keep = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
-        with open(self.jsonl, "w") as f:
-            f.writelines(keep)
+    def _truncate_jsonl(self, last_epoch: int, history: list[dict] | None = None) -> None:
+        """Keep the records of epochs 0..last_epoch (the checkpoint's), drop later ones.
+
+        A torn last line is dropped; missing records are rebuilt from ``history`` and said
+        so; without a history (checkpoints of older versions) a gap is refused, because
+        resuming would leave the run with silently missing epochs."""
+        records, torn = read_records(self.jsonl)
+        keep = [r for r in records if r["epoch"] <= last_epoch]
+        want = list(range(last_epoch + 1))
+        name = os.path.basename(self.jsonl)
+        if history is not None and [r["epoch"] for r in history] == want:
+            if [strict_json(r) for r in keep] != history:
+                got = {r["epoch"] for r in keep}
+                missing = [e + 1 for e in want if e not in got]
+                what = f"epochs {_span(missing)} were missing" if missing else \
+                    "its records differed"
+                print(f"seltrain: rebuilt {self.jsonl} from checkpoints/last.pt ({what}"
+                      f"{'; a torn last line was dropped' if torn else ''})",
+                      file=sys.stderr, flush=True)
+            keep = history
+        else:
+            if [r["epoch"] for r in keep] != want:
+                got = [r["epoch"] + 1 for r in keep]
+                raise CheckpointError(
+                    f"{self.jsonl} holds epochs [{_span(got) or 'none'}] but checkpoints/last.pt "
+                    f"is after epoch {last_epoch + 1} and carries no copy to rebuild the file "
+                    f"from; restore {name}, or move the run folder away and train again")
+            if torn:
+                print(f"seltrain: dropped a torn last line of {self.jsonl} (a crash mid-write)",
+                      file=sys.stderr, flush=True)
+            keep = [strict_json(r) for r in keep]
+        if keep != records or torn or not os.path.exists(self.jsonl):
+            _write_records(self.jsonl, keep)
+        self.records = list(keep)
 
     def scalar(self, tag, value, step):
         if self.tb is not None:
@@ -68,18 +154,48 @@ class RunSink(NullSink):
         self.tb.add_image(tag, img, step, dataformats="HWC")
 
     def epoch(self, record: dict):
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        rec = strict_json(record)
+        try:
+            with open(self.jsonl, "a") as f:
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
+        except OSError as e:
+            if is_disk_full(e):  # a torn line may be left: --resume repairs it
+                raise TrainingError(no_space(self.jsonl, "metrics.jsonl") + "; the last "
+                                    "checkpoint is kept, continue with --resume") from None
+            raise
+        self.records.append(rec)
 
-    def summary(self, summary: dict, hparams: dict, metrics: dict):
+    def hparams(self, hparams: dict, metric_tags: list[str]):
+        """List this run in TensorBoard's HParams tab from its start: ``hparams`` (key ->
+        value) and the scalar tags that hold its metrics, which the trainer writes every epoch
+        (``scalars``), so a run stopped early (ASHA) or failed shows its last values.
+
+        The experiment and session-start summaries go into the run's own event folder (next
+        to its scalars), as ``add_hparams(run_name=".")`` would put them, but without the
+        metric values that add_hparams writes only once, at the end. TensorBoard keeps the
+        first of each, so a resumed run writing them again changes nothing."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                 for k, v in hparams.items()}
+        experiment, session_start, _ = hparams_summaries(clean, dict.fromkeys(metric_tags, 0.0))
+        writer = self.tb._get_file_writer()  # SummaryWriter's own path for raw Summary protos
+        writer.add_summary(experiment)
+        writer.add_summary(session_start)
+        self._hparams_written = True
+
+    def summary(self, summary: dict):
         tmp = os.path.join(self.run_dir, ".summary.json.tmp")
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=2)
         os.replace(tmp, os.path.join(self.run_dir, "summary.json"))
-        if self.tb is not None:
-            # run_name="." keeps the hparams in this run's own event folder, so the HParams
-            # dashboard lines it up with the run's scalars (and with other runs in a sweep).
-            self.tb.add_hparams(hparams, metrics, run_name=".")
+        if self.tb is not None and getattr(self, "_hparams_written", False):
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            # Session end (status: success) marks the run as finished in the HParams tab.
+            self.tb._get_file_writer().add_summary(hparams_summaries({}, {})[2])
 
     def flush(self):
         if self.tb is not None:
@@ -88,3 +204,15 @@ class RunSink(NullSink):
     def close(self):
         if self.tb is not None:
             self.tb.close()
+
+
+def _span(epochs: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    out, i = [], 0
+    while i < len(epochs):
+        j = i
+        while j + 1 < len(epochs) and epochs[j + 1] == epochs[j] + 1:
+            j += 1
+        out.append(str(epochs[i]) if i == j else f"{epochs[i]}-{epochs[j]}")
+        i = j + 1
+    return ", ".join(out)

@@ -49,8 +49,21 @@ def resolve_layers(model: nn.Module, spec) -> list[str]:
 
 
 def unit_activation(out: Tensor) -> Tensor:
-    """[N, C, H, W] -> spatial mean [N, C]; [N, F] stays as is."""
-    return out.mean(dim=(2, 3)) if out.dim() == 4 else out.flatten(1)
+    """[N, C, H, W] -> spatial mean [N, C]; [N, F] stays as is.
+
+    Under bf16/fp16 autocast the feature map is bf16/fp16, and a plain ``mean`` would round
+    each unit's activation to 8 (or 11) mantissa bits before SI ever sees it: the float32 SI
+    and the float64 dataset SI would start from rounded values. The mean is accumulated and
+    returned in float32 instead (float64 maps stay float64, for gradcheck).
+
+    Written as a sum divided by H * W (what ``mean`` computes) because the backward of a sum
+    is an expanded view of the [N, C] gradient, where ``mean``'s materialises an [N, C, H, W]
+    one: a pass less over every probed feature map in the regularizer's backward.
+    """
+    if out.dim() != 4:
+        return out.flatten(1)
+    dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+    return out.sum(dim=(2, 3), dtype=dtype) / (out.shape[2] * out.shape[3])
 
 
 class Probe:

@@ -13,6 +13,14 @@ Everything here is written on class *statistics* (per-class sums [K, U] and coun
 same code serves a mini-batch (differentiable, for the regularizer), a whole dataset streamed
 batch by batch (exact reported SI), and the multi-rank case, where sums and counts are summed
 across ranks before SI is taken.
+
+The regularizer is fused across layers (``selectivity_penalty``): every probed layer's units
+are concatenated into one [N, sum U] matrix, so one one-hot, one GEMM, one (optional)
+all-reduce and one ``si_from_stats`` serve all layers, and the per-layer means come from one
+GEMV. SI is per unit, so concatenating units changes no number; the per-layer form it replaced
+(``selectivity_penalty_per_layer_reference``) launched about 30 forward and 40 backward kernels
+per layer (~1,100 per step for ResNet50's 16 blocks), which on a GPU left the step
+launch-bound and put many tiny kernels first in the backward pass.
 """
 from __future__ import annotations
 
@@ -57,14 +65,15 @@ def si_from_stats(sums: Tensor, counts: Tensor, *, eps: float = 1e-7) -> Tensor:
     Only classes with a non-zero count take part. Written with masks, not boolean indexing,
     so it never syncs the host on a GPU and keeps a static shape for torch.compile.
     Conventions: a dead unit (every present class mean is 0) gets SI = 0; with fewer than two
-    classes present SI is undefined and is reported as 0.
+    classes present SI is undefined and is reported as 0. The rows of absent classes are sums
+    over no samples, hence 0, so the sum over present classes needs no mask.
     """
     present = counts > 0  # [K]
     n_present = present.sum()
     means = sums / counts.clamp(min=1).unsqueeze(1)  # [K, U]; absent rows are 0
     neg_inf = torch.finfo(means.dtype).min
     mu_max = torch.where(present.unsqueeze(1), means, neg_inf).max(dim=0).values  # [U]
-    total = (means * present.unsqueeze(1).to(means.dtype)).sum(dim=0)
+    total = means.sum(dim=0)  # absent rows add exact zeros (a mask would cost a [K, U] pass)
     mu_rest = (total - mu_max) / (n_present - 1).clamp(min=1).to(means.dtype)
     si = (mu_max - mu_rest) / (mu_max + mu_rest + eps)
     alive = (mu_max > 0) & (n_present >= 2)
@@ -77,14 +86,15 @@ def class_selectivity(acts: Tensor, labels: Tensor, num_classes: int, *, eps: fl
     """Per-unit class selectivity index [U] of activations ``acts`` [N, U]; differentiable.
 
     ``sync="global"`` sums the class statistics over all ranks of the default process group
-    with an autograd-aware all-reduce (its backward is also an all-reduce), so every rank gets
-    the SI of the global batch; ``"local"`` uses this rank's slice only.
+    with an autograd-aware all-reduce (its backward is also an all-reduce, as the caller may
+    use the result differently on each rank), so every rank gets the SI of the global batch;
+    ``"local"`` uses this rank's slice only.
     """
     sums, counts = class_stats(acts, labels, num_classes)
     if sync == "global":
         from seltrain.distributed import all_reduce_stats
 
-        (sums,), counts = all_reduce_stats([sums], counts)
+        (sums,), counts = all_reduce_stats([sums], counts, replicated=False)
     elif sync != "local":
         raise ValueError(f"sync must be 'global' or 'local', got {sync!r}")
     return si_from_stats(sums, counts, eps=eps)
@@ -92,14 +102,77 @@ def class_selectivity(acts: Tensor, labels: Tensor, num_classes: int, *, eps: fl
 
 StatsReducer = Callable[[list[Tensor], Tensor], tuple[list[Tensor], Tensor]]
 
+# [sum U, L] matrices of 1/U_l: the per-layer means of a concatenated [sum U] vector as one
+# GEMV (deterministic, no atomics, one kernel each way). Cached because building one on a GPU
+# from a Python list is a host-to-device copy, i.e. a sync, every step.
+_SEGMENT_MEANS: dict[tuple, Tensor] = {}
+
+
+def _segment_mean_matrix(widths: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
+    key = (widths, dtype, str(device))
+    m = _SEGMENT_MEANS.get(key)
+    if m is None:
+        m = torch.zeros(sum(widths), len(widths), dtype=dtype)
+        off = 0
+        for i, w in enumerate(widths):
+            m[off:off + w, i] = 1.0 / w
+            off += w
+        m = m.to(device)
+        if len(_SEGMENT_MEANS) > 64:  # a long-lived process probing many models
+            _SEGMENT_MEANS.clear()
+        _SEGMENT_MEANS[key] = m
+    return m
+
 
 def selectivity_penalty(layer_acts: Sequence[Tensor], labels: Tensor, num_classes: int, *,
                         eps: float = 1e-7, reduce: StatsReducer | None = None
                         ) -> tuple[Tensor, Tensor]:
     """mu_SI = mean over layers of (mean over units of SI), and the per-layer means [L].
 
-    ``reduce`` (for the global mode) receives every layer's sums plus the shared counts at
-    once, so a multi-rank run pays one bucketed collective per step, not one per layer.
+    Fused across layers (module docstring): the layers' units are concatenated into one
+    [N, sum U] matrix, so the class statistics are one GEMM with one shared one-hot (the counts
+    are the same for every layer), SI is one ``si_from_stats`` on [K, sum U], and the per-layer
+    means one GEMV. ``reduce`` (the global mode) receives that one [K, sum U] buffer and the
+    counts, so a multi-rank run pays one collective per step whatever the number of layers.
+    Equal to ``selectivity_penalty_per_layer_reference`` (values and gradients: float64 to
+    1e-12, float32 to rounding; tests/unit_tests/test_selectivity.py).
+    """
+    if not layer_acts:
+        raise ValueError("selectivity_penalty needs at least one layer's activations")
+    widths = tuple(a.shape[1] for a in layer_acts)
+    acts = layer_acts[0] if len(layer_acts) == 1 else torch.cat(list(layer_acts), dim=1)
+    sums, counts = class_stats(acts, labels, num_classes)
+    if reduce is not None:
+        (sums,), counts = reduce([sums], counts)
+    si = _si_in_column_blocks(sums, counts, eps)  # [sum U]
+    per_layer = si @ _segment_mean_matrix(widths, si.dtype, si.device)
+    return per_layer.mean(), per_layer
+
+
+# The CPU form. A GPU is launch-bound on the regularizer and takes the fused form as it is.
+# A CPU is not, and there si_from_stats' ~20 [K, sum U] passes (forward and backward) over
+# the whole buffer (ResNet50 at 1000 classes: 60 MB a pass) made the fused form slower than
+# the per-layer one; over contiguous column blocks that stay in cache it is not
+# (benchmarks/bench_step.py --compare-per-layer: "penalty_ms_fwd_bwd"). SI is per column, so
+# the blocks change no number.
+CPU_FORM = True
+CPU_COLUMN_BLOCK = 256
+
+
+def _si_in_column_blocks(sums: Tensor, counts: Tensor, eps: float) -> Tensor:
+    if not (CPU_FORM and sums.device.type == "cpu") or sums.shape[1] <= CPU_COLUMN_BLOCK:
+        return si_from_stats(sums, counts, eps=eps)
+    return torch.cat([si_from_stats(s.contiguous(), counts, eps=eps)
+                      for s in sums.split(CPU_COLUMN_BLOCK, dim=1)])
+
+
+def selectivity_penalty_per_layer_reference(layer_acts: Sequence[Tensor], labels: Tensor,
+                                            num_classes: int, *, eps: float = 1e-7,
+                                            reduce: StatsReducer | None = None
+                                            ) -> tuple[Tensor, Tensor]:
+    """The regularizer in its earlier per-layer form: one one-hot, GEMM and ``si_from_stats``
+    per layer. Kept ONLY as the reference that the tests and ``benchmarks/bench_step.py
+    --compare-per-layer`` hold the fused ``selectivity_penalty`` against; do not train with it.
     """
     stats = [class_stats(a, labels, num_classes) for a in layer_acts]
     sums = [s for s, _ in stats]
@@ -116,32 +189,46 @@ class SelectivityAccumulator:
     Accumulates in float64 so the order of batches (or of ranks) moves the result by at most
     ~1e-16 relative, and reported SI is the SI of true dataset class means, not an average of
     per-batch SIs (METHODS.md section 1, "Reported selectivity").
+
+    Every layer's sums live in one [K, sum U] buffer (``flat``; ``sums[name]`` are column views
+    of it), so a batch is one GEMM, a multi-rank evaluation all-reduces one buffer, and SI is
+    one ``si_from_stats``, as in the fused regularizer.
     """
 
     def __init__(self, layer_units: dict[str, int], num_classes: int, device=None):
         self.num_classes = num_classes
-        self.sums = {name: torch.zeros(num_classes, u, dtype=torch.float64, device=device)
-                     for name, u in layer_units.items()}
+        self.names = list(layer_units)
+        self.widths = [int(layer_units[n]) for n in self.names]
+        self.flat = torch.zeros(num_classes, sum(self.widths), dtype=torch.float64,
+                                device=device)
         self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.sums = dict(zip(self.names, self._split(self.flat)))
+
+    def _split(self, t: Tensor) -> list[Tensor]:
+        return list(t.split(self.widths, dim=-1))
 
     @torch.no_grad()
     def update(self, layer_acts: dict[str, Tensor], labels: Tensor) -> None:
         onehot = torch.nn.functional.one_hot(labels.long(), self.num_classes).to(torch.float64)
-        for name, acts in layer_acts.items():
-            self.sums[name] += onehot.t() @ acts.to(torch.float64)
+        if list(layer_acts) == self.names:
+            acts = torch.cat([layer_acts[n] for n in self.names], dim=1).to(torch.float64)
+            self.flat.addmm_(onehot.t(), acts)
+        else:  # a subset of the layers (or another order): layer by layer
+            for name, acts in layer_acts.items():
+                self.sums[name].addmm_(onehot.t(), acts.to(torch.float64))
         self.counts += onehot.sum(0)
 
     def state(self) -> tuple[list[Tensor], Tensor]:
-        return [self.sums[n] for n in self.sums], self.counts
+        return [self.sums[n] for n in self.names], self.counts
 
     def load_reduced(self, sums: list[Tensor], counts: Tensor) -> None:
-        for name, s in zip(self.sums, sums):
-            self.sums[name] = s
+        for name, s in zip(self.names, sums):
+            self.sums[name].copy_(s)
         self.counts = counts
 
     def si(self, eps: float = 1e-7) -> dict[str, Tensor]:
-        return {n: si_from_stats(s, self.counts, eps=eps) for n, s in self.sums.items()}
+        return dict(zip(self.names, self._split(si_from_stats(self.flat, self.counts, eps=eps))))
 
     def class_means(self) -> dict[str, Tensor]:
         c = self.counts.clamp(min=1).unsqueeze(1)
-        return {n: s / c for n, s in self.sums.items()}
+        return dict(zip(self.names, self._split(self.flat / c)))

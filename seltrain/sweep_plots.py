@@ -51,12 +51,14 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     a = by_alpha["alpha"].to_numpy(float)
     std = lambda c: np.nan_to_num(by_alpha[c].to_numpy(float))  # noqa: E731 - one seed: no bar
+    # One trial per alpha has no spread to draw: say so instead of promising error bars.
+    label = "mean +- std over seeds" if (by_alpha["n"] > 1).any() else "one seed per alpha"
     paths = []
 
     plt, fig, ax = _axes()
     _trial_points(ax, trials, "test_acc")
     ax.errorbar(a, by_alpha["test_acc_mean"], yerr=std("test_acc_std"), fmt="o-", capsize=3,
-                label="mean +- std over seeds")
+                label=label)
     _alpha_axis(ax, a)
     ax.set_ylabel("test accuracy")
     ax.set_title("Test accuracy against alpha")
@@ -66,7 +68,7 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     plt, fig, ax = _axes()
     _trial_points(ax, trials, "test_si")
     ax.errorbar(a, by_alpha["test_si_mean"], yerr=std("test_si_std"), fmt="o-", capsize=3,
-                color="C1", label="mean +- std over seeds")
+                color="C1", label=label)
     _alpha_axis(ax, a)
     ax.set_ylabel("mean class selectivity (test)")
     ax.set_title("Mean SI against alpha")

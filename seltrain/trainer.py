@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from functools import partial
 from typing import Callable
@@ -21,18 +22,25 @@ import torch
 from torch.nn import functional as F
 
 from seltrain import distributed
+from seltrain import checkpoint
 from seltrain.checkpoint import rng_state, set_rng_state
 from seltrain.config import Config, config_from_dict
 from seltrain.data import DevicePreprocess, RankSharding, build_data
 from seltrain.engine import build_engine
-from seltrain.errors import CheckpointError, ConfigError, TrainingError
-from seltrain.metrics import NullSink, RunSink
+from seltrain.errors import (CheckpointError, ConfigError, SeltrainError, TrainingError,
+                             is_disk_full)
+from seltrain.metrics import NullSink, RunSink, read_records
 from seltrain.models import build_model
 from seltrain.probes import Probe, resolve_layers
 from seltrain.selectivity import SelectivityAccumulator, selectivity_penalty
 
 # Steps between progress-bar / TensorBoard step scalars (and batch-SI readings at alpha = 0).
 LOG_EVERY = 20
+# Recipe keys every run lists in TensorBoard's HParams tab (a search adds its searched keys),
+# and the metric tags listed against them (written every epoch by Trainer._hparam_metrics).
+HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", "train.lr",
+               "train.batch_size", "train.epochs")
+HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs")
 # Keys that may change between an interrupted run and its resumption.
 _RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir")
 
@@ -50,14 +58,27 @@ def _test_kill(global_step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool,
+                    cudnn_benchmark: bool | str = "auto") -> None:
+    """Seed every RNG, and choose between bitwise reproducibility and cuDNN's fastest kernels.
+
+    ``deterministic``: deterministic algorithms only and no cuDNN benchmarking, so a run (and
+    its resumption) is bitwise reproducible. ``cudnn_benchmark``: ``"auto"`` benchmarks conv
+    algorithms when CUDA is present and determinism is off (the first steps at each new input
+    shape pay for the search; ResNet50 commonly gains 5-20% after that); benchmarking picks
+    kernels by timing, so two runs may differ in the last bits (config.validate refuses it
+    together with ``deterministic``).
+    """
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+    if cudnn_benchmark == "auto":
+        cudnn_benchmark = torch.cuda.is_available() and not deterministic
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and not deterministic
     if deterministic:
-        torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # Set both ways: an earlier Trainer in this process (a Ray worker, a test) may have set it.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -70,11 +91,27 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _file_in_the_way(path: str) -> str | None:
+    """The first existing component of ``path`` that is a file (makedirs cannot pass it)."""
+    probe = os.path.abspath(path)
+    while True:
+        if os.path.exists(probe):
+            return probe if not os.path.isdir(probe) else None
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.DistContext | None = None, *,
                  resume: bool = False, run_dir: str | None = None,
-                 report: Callable[[dict, str], None] | None = None):
+                 report: Callable[[dict, str], None] | None = None,
+                 hparam_keys: list[str] | None = None):
+        """``hparam_keys``: recipe keys to list in TensorBoard's HParams tab besides
+        HPARAM_KEYS (a search passes the keys it searches)."""
         self.cfg = cfg
+        self.hparam_keys = list(dict.fromkeys([*HPARAM_KEYS, *(hparam_keys or [])]))
         self.ctx = ctx or distributed.setup()
         self.run_dir = run_dir or cfg.run_dir()
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
@@ -86,7 +123,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the world "
                               f"size {self.ctx.world_size}; pick a multiple of it")
         self.local_batch = t.batch_size // self.ctx.world_size
-        seed_everything(t.seed, t.deterministic)
+        seed_everything(t.seed, t.deterministic, t.cudnn_benchmark)
         self.create_data()
         self.create_model()
         self.create_engine()
@@ -149,75 +186,105 @@ class Trainer:
         eps = cfg.selectivity.eps
         self.forward_model.train()
         self.data.train.set_epoch(epoch)
-        loss_sum = ce_sum = 0.0
-        n_steps = 0
-        n_images = 0
-        last_si = float("nan")
+        reduce = self.reduce
+        if reduce is not None and cfg.selectivity.sync_present_only:
+            # The global batch bounds the classes one step can hold: with that bound the
+            # present-only payload has a static size and needs no host sync (distributed.py).
+            reduce = partial(reduce, max_rows=t.batch_size)
+        # The step never reads the device: loss and CE sums stay there and are read, in one
+        # transfer, every LOG_EVERY steps and at the end of the epoch, where the NaN check
+        # runs too (a non-finite step makes the running sum non-finite for good), so a GPU's
+        # host can run ahead. float64 sums of the float32 losses are the same additions, in
+        # the same order, as the Python-float sums they replace.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # loss, CE
+        last_si = None  # the last batch SI read, still on the device
+        unchecked = (0, global_step)  # first (step, global step) not yet checked for NaN
+        n_steps = n_images = 0
         show = self.ctx.is_main and cfg.run.progress
         from tqdm import tqdm
+
+        def read(last: tuple[int, int], *scalars) -> list[float]:
+            """The running sums and ``scalars`` as Python floats (one host transfer). Raises if
+            the loss went non-finite, naming the steps from the last check to ``last``, the
+            (step, global step) just taken."""
+            nonlocal unchecked
+            vals = torch.cat([sums, *(s.detach().double().reshape(1) for s in scalars)])
+            vals = vals.tolist()
+            if not math.isfinite(vals[0]):
+                (s0, g0), (s1, g1) = unchecked, last
+                raise TrainingError(
+                    f"loss became {vals[0]} in epoch {epoch + 1}, steps {s0}-{s1} (global steps "
+                    f"{g0}-{g1}); the last good checkpoint is kept in {self.ckpt_dir}; lower "
+                    "train.lr or |selectivity.alpha|, or set train.grad_clip")
+            unchecked = (last[0] + 1, last[1] + 1)
+            return vals
 
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
                    disable=None if show else True, leave=False, dynamic_ncols=True)
         t0 = time.perf_counter()
-        for step, (xb, yb) in enumerate(self.data.train):
-            if step >= self.steps_per_epoch:
-                break
-            x, y = self.preprocess(xb, yb)
-            read_si = self.alpha != 0 or (global_step % LOG_EVERY == 0 and not t.compile)
-            if read_si and self.alpha == 0:
-                self.probe.attach()
-            with self.autocast():
-                logits = self.forward_model(x)
-                ce = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
-            loss = ce
-            if read_si:
-                acts = self.probe.pop()
-                # SI in float32 outside autocast: the max-minus-mean-of-rest is too lossy in bf16.
-                with torch.autocast(self.ctx.device.type, enabled=False), \
-                        (torch.no_grad() if self.alpha == 0 else contextlib.nullcontext()):
-                    mu_si, _ = selectivity_penalty(acts, y, k, eps=eps, reduce=self.reduce)
-                if self.alpha != 0:
-                    loss = ce - self.alpha * mu_si
-                else:
-                    self.probe.detach()
-            self.engine.backward(loss)
-            self.engine.step()
-            if _KILL_AT_STEP is not None:
-                _test_kill(global_step, self.ctx.rank)
-            loss_val = loss.item()
-            if not math.isfinite(loss_val):
-                raise TrainingError(
-                    f"loss became {loss_val} at epoch {epoch + 1} step {step} (global step "
-                    f"{global_step}); the last good checkpoint is kept in {self.ckpt_dir}; lower "
-                    "train.lr or |selectivity.alpha|, or set train.grad_clip")
-            ce_val = ce.item()
-            loss_sum += loss_val
-            ce_sum += ce_val
-            n_steps += 1
-            n_images += x.shape[0] * self.ctx.world_size
-            if read_si:
-                last_si = float(mu_si.detach())
-            if global_step % LOG_EVERY == 0:
-                ips = n_images / max(1e-9, time.perf_counter() - t0)
-                sink.scalars({"train/loss": loss_val, "train/ce": ce_val,
-                              "train/reg": loss_val - ce_val, "train/lr": self.engine.lr(),
-                              "train/images_per_s": ips}, global_step)
+        batches = self.preprocess.batches(self.data.train, limit=self.steps_per_epoch)
+        step = -1
+        try:
+            for step, (x, y) in enumerate(batches):
+                read_si = self.alpha != 0 or (global_step % LOG_EVERY == 0 and not t.compile)
+                if read_si and self.alpha == 0:
+                    self.probe.attach()
+                with self.autocast():
+                    logits = self.forward_model(x)
+                    ce = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
+                loss = ce
                 if read_si:
-                    sink.scalar("train/batch_si", last_si, global_step)
-                bar.set_postfix(loss=f"{loss_val:.3f}", si=f"{last_si:.3f}", img_s=f"{ips:.0f}")
-            global_step += 1
-            bar.update(1)
-        bar.close()
-        elapsed = time.perf_counter() - t0
+                    acts = self.probe.pop()
+                    # SI in float32 outside autocast: max-minus-mean-of-rest is too lossy in bf16.
+                    with torch.autocast(self.ctx.device.type, enabled=False), \
+                            (torch.no_grad() if self.alpha == 0 else contextlib.nullcontext()):
+                        mu_si, _ = selectivity_penalty(acts, y, k, eps=eps, reduce=reduce)
+                    if self.alpha != 0:
+                        loss = ce - self.alpha * mu_si
+                    else:
+                        self.probe.detach()
+                    last_si = mu_si.detach()
+                self.engine.backward(loss)
+                self.engine.step()
+                if _KILL_AT_STEP is not None:
+                    _test_kill(global_step, self.ctx.rank)
+                sums += torch.stack([loss.detach(), ce.detach()]).double()
+                n_steps += 1
+                n_images += x.shape[0] * self.ctx.world_size
+                if global_step % LOG_EVERY == 0:
+                    _, _, loss_val, ce_val, *si = read((step, global_step), loss, ce,
+                                                       *([mu_si] if read_si else []))
+                    ips = n_images / max(1e-9, time.perf_counter() - t0)
+                    sink.scalars({"train/loss": loss_val, "train/ce": ce_val,
+                                  "train/reg": loss_val - ce_val, "train/lr": self.engine.lr(),
+                                  "train/images_per_s": ips}, global_step)
+                    if si:
+                        sink.scalar("train/batch_si", si[0], global_step)
+                    bar.set_postfix(loss=f"{loss_val:.3f}",
+                                    si=f"{si[0] if si else math.nan:.3f}", img_s=f"{ips:.0f}")
+                global_step += 1
+                bar.update(1)
+        finally:
+            batches.close()
+            bar.close()
+        loss_sum, ce_sum, *si = read((step, global_step - 1),
+                                     *([last_si] if last_si is not None else []))
+        elapsed = time.perf_counter() - t0  # after the read: the device has caught up
         return {"train_loss": loss_sum / max(1, n_steps), "train_ce": ce_sum / max(1, n_steps),
-                "train_batch_si": last_si, "lr": self.engine.lr(),
+                "train_batch_si": si[0] if si else float("nan"), "lr": self.engine.lr(),
                 "images_per_s": n_images / max(1e-9, elapsed),
                 "train_time_s": elapsed}, global_step
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
-        """Accuracy and exact dataset-level SI per probed layer, gathered over all ranks."""
+        """Accuracy and exact dataset-level SI per probed layer, gathered over all ranks.
+
+        Batches come through ``DevicePreprocess.batches``, which hands each batch to the
+        device completely before the next is drawn: FFCV's borrowed buffers are rewritten as
+        soon as the next batch is drawn, and nothing in this loop syncs the host per batch.
+        The numbers are read from the device once, at the end.
+        """
         model = self.engine.module  # unwrapped: uneven eval shards must not meet DDP collectives
         was_training = model.training
         model.eval()
@@ -229,8 +296,7 @@ class Trainer:
         attached = bool(self.probe._handles)
         if want_si:
             self.probe.attach()
-        for xb, yb in loader:
-            x, y = self.preprocess(xb, yb)
+        for x, y in self.preprocess.batches(loader):
             with self.autocast():
                 logits = model(x)
             correct[0] += (logits.argmax(1) == y).sum()
@@ -240,17 +306,20 @@ class Trainer:
         if want_si and not attached:
             self.probe.detach()
         model.train(was_training)
-        if acc is not None:
-            sums, counts = acc.state()
-            distributed.all_reduce_sum(correct, *sums, counts)
-        else:
+        if acc is None:
             distributed.all_reduce_sum(correct)
-        out = {"acc": float(correct[0] / correct[1].clamp(min=1)), "n": int(correct[1])}
-        if acc is not None:
-            si = acc.si(self.cfg.selectivity.eps)
-            out["si_per_layer"] = {n: float(v.mean()) for n, v in si.items()}
-            out["si"] = float(np.mean(list(out["si_per_layer"].values())))
-            out["si_units"] = {n: v.cpu().numpy() for n, v in si.items()}
+            c = correct.tolist()
+            return {"acc": c[0] / max(c[1], 1.0), "n": int(c[1])}
+        distributed.all_reduce_sum(correct, acc.flat, acc.counts)
+        si = acc.si(self.cfg.selectivity.eps)
+        means = torch.stack([v.mean() for v in si.values()])
+        host = torch.cat([correct, means, *si.values()]).cpu().numpy()  # one transfer
+        c, per_layer = host[:2], host[2:2 + len(si)]
+        units = np.split(host[2 + len(si):], np.cumsum(acc.widths)[:-1])
+        out = {"acc": float(c[0] / max(c[1], 1.0)), "n": int(c[1])}
+        out["si_per_layer"] = {n: float(v) for n, v in zip(si, per_layer)}
+        out["si"] = float(np.mean(list(out["si_per_layer"].values())))
+        out["si_units"] = dict(zip(si, units))
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -279,60 +348,237 @@ class Trainer:
         ckpt = self.engine.load(last)
         self._check_resumable(ckpt["config"])
         set_rng_state(ckpt["rng"])
+        # Every epoch's record up to the checkpoint (older checkpoints: none), from which
+        # RunSink rebuilds a missing, torn or short metrics.jsonl.
+        self._resume_history = json.loads(ckpt["history"]) if "history" in ckpt else None
+        best = json.loads(ckpt["best"])
         if self.ctx.is_main:
             print(f"resuming {self.run_dir} after epoch {ckpt['epoch'] + 1}", flush=True)
-        return (ckpt["epoch"] + 1, ckpt["global_step"], json.loads(ckpt["best"]),
-                json.loads(ckpt["throughput"]))
+            if best.get("epoch") == ckpt["epoch"]:
+                self._repair_best(last, ckpt["epoch"])
+        return (ckpt["epoch"] + 1, ckpt["global_step"], best, json.loads(ckpt["throughput"]))
+
+    def _repair_best(self, last: str, epoch: int) -> None:
+        """The last epoch was a new best, so best.pt must equal last.pt; a crash (or a full
+        disk) between writing last.pt and copying it to best.pt leaves an older best.pt."""
+        path = self._ckpt("best")
+        try:
+            ok = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"] \
+                == epoch
+        except Exception:  # noqa: BLE001 - missing or unreadable: rewrite it from last.pt
+            ok = False
+        if not ok:
+            checkpoint.atomic_copy(last, path)
+            print(f"seltrain: restored {path} from last.pt (epoch {epoch + 1} was the best; "
+                  "the copy had not been made)", file=sys.stderr, flush=True)
 
     def _save(self, name: str, epoch: int, global_step: int, best: dict,
               throughput: list) -> str:
         path = self._ckpt(name)
-        self.engine.save(path, {"epoch": epoch, "global_step": global_step,
-                                "best": json.dumps(best), "throughput": json.dumps(throughput),
-                                "config": self.cfg.to_dict(), "rng": rng_state(),
-                                "layer_names": list(self.layer_names),
-                                "arch": self.cfg.model.arch,
-                                "num_classes": self.info.num_classes,
-                                "in_channels": self.info.channels,
-                                "image_size": self.data.image_size})
+        records = getattr(getattr(self, "sink", None), "records", None)
+        extra = {"epoch": epoch, "global_step": global_step,
+                 "best": json.dumps(best), "throughput": json.dumps(throughput),
+                 "config": self.cfg.to_dict(), "rng": rng_state(),
+                 "layer_names": list(self.layer_names),
+                 "arch": self.cfg.model.arch,
+                 "num_classes": self.info.num_classes,
+                 "in_channels": self.info.channels,
+                 "image_size": self.data.image_size}
+        if records is not None:  # rank 0: a copy of metrics.jsonl (strict JSON text)
+            extra["history"] = json.dumps(records, allow_nan=False)
+        try:
+            self.engine.save(path, extra)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            if not is_disk_full(e, self.ckpt_dir):
+                raise
+            raise CheckpointError(f"no space left on {self.ckpt_dir} while writing {name}.pt; "
+                                  "the previous checkpoints are kept: free space there and "
+                                  "continue with --resume") from None
         return path
+
+    def _checkpoint(self, epoch: int, global_step: int, best: dict, throughput: list,
+                    new_best: bool) -> str:
+        """last.pt, then best.pt as a byte copy of it when this epoch is a new best.
+
+        In this order a crash or a full disk can never leave a best.pt newer than last.pt or
+        without one; a best.pt left older than last.pt's best record is restored on resume
+        (``_repair_best``). Rank 0 tells every rank whether it worked (a broadcast, which
+        also serves as the barrier), so a failed write ends all ranks with its one line."""
+        err, path = None, None
+        try:
+            path = self._save("last", epoch, global_step, best, throughput)
+            if new_best and self.ctx.is_main:
+                checkpoint.atomic_copy(path, self._ckpt("best"))
+        except SeltrainError as e:
+            if not self.ctx.distributed:
+                raise
+            err = e
+        err = distributed.broadcast_object(err)
+        if err is not None:
+            raise err
+        return path
+
+    # ------------------------------------------------------------------ the run folder
+    def _claim_run_folder(self):
+        """Rank 0 creates and locks the run folder (``seltrain.runlock``), refuses to
+        overwrite an earlier run's files, and removes temporaries of dead writers. Every rank
+        learns the outcome (one broadcast), so a refusal ends all ranks with the same line
+        instead of leaving the others waiting. Returns the lock (None on other ranks)."""
+        lock, err, own = None, None, None
+        if self.ctx.is_main:
+            try:
+                lock = self._lock_and_check()
+            except Exception as e:
+                if not self.ctx.distributed:
+                    raise
+                # Never leave the other ranks waiting: they get a one-line error (a bug
+                # keeps its traceback on rank 0).
+                own = e
+                err = e if isinstance(e, SeltrainError) else CheckpointError(
+                    f"rank 0 could not prepare the run folder {self.run_dir} "
+                    f"({type(e).__name__}: {e})")
+        err = distributed.broadcast_object(err)
+        if own is not None:
+            raise own
+        if err is not None:
+            raise err
+        return lock
+
+    def _lock_and_check(self):
+        from seltrain.runlock import LOCK_NAME, RunLock
+
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as e:
+            blocker = _file_in_the_way(self.run_dir)
+            why = f"{blocker} is a file, not a folder" if blocker else e.strerror
+            raise ConfigError(f"cannot create the run folder {self.run_dir}: {why}; set "
+                              "run.out_dir to a folder you can write") from None
+        try:
+            lock = RunLock(os.path.join(self.run_dir, LOCK_NAME),
+                           what=f"run folder {self.run_dir}",
+                           fix="wait for that run to end, or set another run.name").acquire()
+        except OSError as e:
+            if is_disk_full(e):
+                raise CheckpointError(f"no space left on {self.run_dir}; free space there and "
+                                      "run again") from None
+            raise ConfigError(f"cannot lock the run folder {self.run_dir} ({e.strerror}); "
+                              "set run.out_dir to a folder you can write") from None
+        try:
+            self._refuse_to_overwrite()
+            for folder, patterns, what in (
+                    (self.ckpt_dir, (".tmp-*.pt",), "checkpoint"),
+                    (self.run_dir, ("metrics.jsonl.tmp-*", ".summary.json.tmp",
+                                    ".config.yaml.tmp-*"), "metrics")):
+                removed = checkpoint.remove_stale_temporaries(folder, patterns)
+                if removed:
+                    print(f"seltrain: removed {len(removed)} temporary file(s) left in "
+                          f"{folder} by an interrupted {what} write: {', '.join(removed)}",
+                          file=sys.stderr, flush=True)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    def _earlier_run_files(self) -> list[str]:
+        """What an earlier run left here that a new run would overwrite."""
+        found = [os.path.join("checkpoints", f) for f in sorted(os.listdir(self.ckpt_dir))
+                 if f.endswith(".pt") and not f.startswith(".")] \
+            if os.path.isdir(self.ckpt_dir) else []
+        ds = os.path.join(self.ckpt_dir, "deepspeed")
+        if os.path.isdir(ds) and os.listdir(ds):
+            found.append("checkpoints/deepspeed/ (ZeRO shards)")
+        found += [f for f in ("metrics.jsonl", "summary.json")
+                  if os.path.exists(os.path.join(self.run_dir, f))]
+        return found
+
+    def _refuse_to_overwrite(self) -> None:
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        found = self._earlier_run_files()
+        has_last = os.path.exists(self._ckpt("last"))
+        if not (self.resume or restarted):
+            if has_last:
+                raise ConfigError(f"{self.run_dir} already holds {self._ckpt('last')}; pass "
+                                  "--resume to continue that run, or set run.name to start a "
+                                  "new one")
+            if found:
+                raise ConfigError(f"{self.run_dir} already holds {', '.join(found)} from an "
+                                  "earlier run, which a new run would overwrite; set run.name "
+                                  "to start a new run, or move those files away")
+            return
+        if has_last:
+            return
+        # Resuming without last.pt starts from scratch, which is right only where no epoch
+        # was ever checkpointed: a crash before the first last.pt leaves at most epoch 1's
+        # metrics line (and DeepSpeed shards without the .pt that commits them).
+        records = read_records(os.path.join(self.run_dir, "metrics.jsonl"))[0]
+        later = [f for f in found if f in ("checkpoints/best.pt", "summary.json")]
+        if later or any(r.get("epoch", 0) > 0 for r in records):
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: it holds {', '.join(found)} but no "
+                "checkpoints/last.pt to continue from (deleted, or lost); restore last.pt, or "
+                "set run.name to start a new run")
 
     # ------------------------------------------------------------------ the job
     def fit(self) -> dict:
+        """The whole run, with the run folder locked for its life (see _claim_run_folder)."""
+        lock = self._claim_run_folder()
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
+        self._resume_history = None
         start_epoch, global_step, best, throughput = self._maybe_resume()
         if ctx.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
+            tmp = os.path.join(self.run_dir, f".config.yaml.tmp-{os.getpid()}")
+            with open(tmp, "w") as f:  # atomic: `seltrain report` reads it at any time
                 f.write(cfg.to_yaml())
+            os.replace(tmp, os.path.join(self.run_dir, "config.yaml"))
             sink = RunSink(self.run_dir, tensorboard=cfg.run.tensorboard,
                            resume_epoch=start_epoch - 1 if start_epoch else None,
-                           resume_step=global_step if start_epoch else None)
+                           resume_step=global_step if start_epoch else None,
+                           history=self._resume_history)
         else:
             sink = NullSink()
+        self.sink = sink
+        if ctx.is_main:
+            flat = _flatten(cfg.to_dict())
+            sink.hparams({k: flat.get(k) for k in self.hparam_keys}, list(HPARAM_METRICS))
         try:
             for epoch in range(start_epoch, cfg.train.epochs):
                 train_stats, global_step = self.train_epoch(epoch, sink, global_step)
                 record = self._end_of_epoch(epoch, train_stats, sink, best)
                 throughput.append(train_stats["images_per_s"])
-                if self._is_new_best(record, best):
+                new_best = self._is_new_best(record, best)
+                if new_best:
                     best = {k: record[k] for k in ("epoch", "val_acc", "test_acc", "test_si",
                                                    "test_si_per_layer") if k in record}
-                    self._save("best", epoch, global_step, best, throughput)
-                ckpt_path = self._save("last", epoch, global_step, best, throughput)
-                distributed.barrier()
+                self._hparam_metrics(sink, best, epoch)
+                ckpt_path = self._checkpoint(epoch, global_step, best, throughput, new_best)
                 if self.report is not None:
                     self.report(record, ckpt_path)
             summary = self._summary(best, throughput)
             if ctx.is_main:
-                sink.summary(summary, {"alpha": self.alpha, "seed": cfg.train.seed,
-                                       "arch": cfg.model.arch, "dataset": cfg.data.dataset},
-                             {"hparam/val_acc": summary["val_acc"] or 0.0,
-                              "hparam/test_acc": summary["test_acc"],
-                              "hparam/test_si": summary["test_si"]})
+                sink.summary(summary)
             return summary
         finally:
             sink.close()
+
+    @staticmethod
+    def _hparam_metrics(sink, best: dict, epoch: int) -> None:
+        """The HParams tab's metrics after every epoch: the best epoch's numbers so far (what
+        summary.json will hold) and the epochs run, flushed at once, so a run that ASHA stops
+        or that fails later is listed with them."""
+        values = {"hparam/val_acc": best.get("val_acc"), "hparam/test_acc": best.get("test_acc"),
+                  "hparam/test_si": best.get("test_si"), "hparam/epochs": epoch + 1}
+        sink.scalars({k: v for k, v in values.items() if v is not None}, epoch)
+        sink.flush()
 
     def _is_new_best(self, record: dict, best: dict) -> bool:
         """Whether ``record`` beats ``best`` on the selection metric: val accuracy, or test
@@ -379,9 +625,12 @@ class Trainer:
 
     @torch.no_grad()
     def orientation_osi(self) -> dict:
-        """Mean OSI per probed conv layer on 432 gratings (12 orientations x 4 phases x 9
-        frequencies at the model's input size, normalised like the data; Ukita), once per
-        epoch. Every rank computes the same numbers on its own replica."""
+        """Mean OSI per probed layer on Ukita's 432 gratings (12 orientations x 4 phases x 9
+        harmonic frequencies at the model's input size, each min-max scaled to [0, 1],
+        normalised like the data: ``orientation.stimuli``), read at the probe points (the
+        post-ReLU outputs, for cnn7 before BatchNorm), once per epoch. Every probed layer
+        counts, fully connected ones included, as his grating_analysis.py analyses fc1 (and
+        fc1, fc2 of VGG16). Every rank computes the same numbers on its own replica."""
         from seltrain.analysis import orientation
 
         model = self.engine.module
@@ -390,18 +639,10 @@ class Trainer:
         if not hasattr(self, "_gratings"):
             self._gratings = orientation.stimuli(self.data.image_size, self.info.channels,
                                                  self.info.mean, self.info.std)
-            # conv layers only: a linear unit has no receptive field to orient
-            from seltrain.analysis.capture import layer_outputs
-
-            points = model.probe_points()
-            (outs, _, _), = layer_outputs(model, {n: points[n] for n in self.layer_names},
-                                          self._gratings[0, 0, :1], device=self.ctx.device)
-            self._osi_layers = [n for n in self.layer_names if outs[n].dim() == 4]
         try:
             with torch.autocast(self.ctx.device.type, enabled=False):
-                return orientation.mean_osi_per_layer(model, self._osi_layers, self._gratings,
-                                                      device=self.ctx.device) \
-                    if self._osi_layers else {}
+                return orientation.mean_osi_per_layer(model, list(self.layer_names),
+                                                      self._gratings, device=self.ctx.device)
         finally:
             if attached:
                 self.probe.attach()

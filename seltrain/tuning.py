@@ -1,6 +1,6 @@
 """Alpha searches with Ray Tune: search recipes in tune/, one TorchTrainer per trial.
 
-    seltrain tune --search alpha [--set train.epochs=30] [--dry-run] [--resume]
+    seltrain tune --search alpha [--set train.epochs=30] [--dry-run] [--resume] [--verbose]
                   [--address auto] [--num-cpus N] [--num-gpus N] [--storage DIR] [--name NAME]
     seltrain report EXPERIMENT_DIR
 
@@ -8,16 +8,25 @@ A search recipe (``tune/*.yaml``) names a base training recipe, the space (grid 
 sampled distributions over any ``section.key`` of the training recipe), the seeds, the metric,
 the scheduler (ASHA or none), the resources of one trial, and where results go. It is parsed
 with the same strictness as training recipes (``seltrain.config``): an unknown key, an empty
-space or a trial larger than the cluster is one line and exit code 2.
+space or a trial larger than the machine (or than every node type of the cluster) is one line
+and exit code 2.
 
 Each Tune trial runs Ray's Train V2 pattern: a small driver function builds a
 ``ray.train.torch.TorchTrainer`` with the trial's workers, and each worker runs the very
 ``Trainer`` that ``seltrain train`` runs (``distributed.setup()`` joins Ray Train's process
 group). Every epoch, the workers report the epoch's metrics with a checkpoint (the run's
 ``checkpoints/`` folder) to Ray Train, and ``TuneReportCallback`` forwards them, with the
-checkpoint's path, to Tune, where ASHA may stop the trial. Killing a Tune trial kills the
-TorchTrainer's controller and workers with it (Ray actors share their owner's fate), so an
-ASHA-stopped trial frees its CPUs/GPUs for the next.
+checkpoint's path, to Tune, where ASHA may stop the trial.
+
+Freeing a stopped trial's workers is Ray Train's job: its placement-group cleaner sees the
+trial's controller die and removes the workers' placement group. It asks the State API, so
+the local Ray starts its dashboard (127.0.0.1, a free port) and a cluster must run one
+(``ray[default]``); seltrain refuses to start a search without it (``_check_state_api``).
+
+Lost nodes (spot reclaims): Ray Train's FailureConfig restarts a trial's workers from its last
+checkpoint, Tune's max_failures restarts the trial itself (see ``_trial``); both retry
+``max_failures`` times. The console is seltrain's (``seltrain.search_console``); Ray's own
+chatter appears with ``--verbose``.
 
 Experiment layout (``<storage>/<name>/``)::
 
@@ -29,7 +38,9 @@ Experiment layout (``<storage>/<name>/``)::
     <Tune's own experiment state>   what ``--resume`` restores
 
 ``tensorboard --logdir <storage>/<name>`` shows every trial side by side; the HParams tab lists
-the searched keys and the seed against final val/test accuracy and test SI.
+every trial from its first epoch (stopped and failed ones too) with the searched keys, the seed
+and trainer.HPARAM_KEYS, against the best val accuracy so far, the test accuracy and SI of
+that epoch, and the epochs run.
 """
 from __future__ import annotations
 
@@ -117,6 +128,11 @@ class SchedulerConfig:
 
 @dataclass
 class ResourcesConfig:
+    """One trial: ``workers`` Ray Train workers (DDP ranks), each with these CPUs and GPUs.
+
+    A one-worker trial may take a fraction of a GPU (0.25: four CIFAR-sized trials share one
+    GPU). A trial of several workers takes whole GPUs: its ranks talk over NCCL, which refuses
+    two ranks on one device."""
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -250,6 +266,15 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
     r = recipe.resources
     if r.workers < 1 or r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
         raise ConfigError(f"resources need workers >= 1 and non-negative cpus/gpus ({where})")
+    g = r.gpus_per_worker
+    if g > 1 and g != int(g):
+        raise ConfigError(f"resources.gpus_per_worker={g:g}: give a fraction below 1 (trials "
+                          f"share a GPU) or a whole number ({where})")
+    if r.workers > 1 and 0 < g < 1:
+        raise ConfigError(f"resources.gpus_per_worker={g:g} with workers={r.workers} puts "
+                          f"several NCCL ranks of one trial on one GPU, which fails; give each "
+                          f"worker a whole GPU, or set workers: 1 to share GPUs between trials "
+                          f"({where})")
     if recipe.max_concurrent_trials < 1 or recipe.max_failures < 0 or recipe.num_samples < 1:
         raise ConfigError(f"max_concurrent_trials and num_samples must be >= 1 and "
                           f"max_failures >= 0 ({where})")
@@ -301,7 +326,7 @@ def trial_config(base: dict, params: dict, where: str = "trial"):
                 node[p] = value
             else:
                 node = node[p]
-    return config_from_dict(data)
+    return config_from_dict(data, where=where)  # base values passed already: blame the space
 
 
 def enumerate_trials(recipe: SearchRecipe) -> list[dict]:
@@ -345,6 +370,76 @@ def local_resources(num_cpus: float | None, num_gpus: float | None) -> tuple[flo
             have_gpu if num_gpus is None else num_gpus)
 
 
+def _autoscaler_node_types(gcs_address: str) -> dict | None:
+    """{node type: resources} from the autoscaling config of the cluster at ``gcs_address``,
+    read on its head node; None when the cluster has no autoscaler that seltrain can read.
+
+    Ray keeps the node types only in the autoscaler's config file (``ray up`` writes it to
+    ~/ray_bootstrap_config.yaml on the head; ``ray start --autoscaling-config`` names it) and
+    reports placement groups that no node type can hold nowhere a driver can read (a trial
+    just waits; ray-project/ray#18018, #20043), so a zero-CPU task on the head reads the file
+    named on its monitor's command line.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})
+    def read_types(gcs: str):
+        import psutil
+        import yaml
+
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if not any(c.endswith(os.path.join("autoscaler", "_private", "monitor.py")) or
+                       c.endswith(os.path.join("autoscaler", "v2", "monitor.py")) for c in cmd):
+                continue
+            args = dict(c.split("=", 1) for c in cmd if c.startswith("--") and "=" in c)
+            path = args.get("--autoscaling-config")
+            if args.get("--gcs-address") != gcs or not path:
+                continue
+            with open(os.path.expanduser(path)) as f:
+                config = yaml.safe_load(f)
+            return {name: dict(t.get("resources") or {})
+                    for name, t in (config.get("available_node_types") or {}).items()}
+        return None
+
+    try:
+        types = ray.get(read_types.remote(gcs_address), timeout=60)
+    except Exception:  # noqa: BLE001 - no head resource (Ray Client), psutil missing, unreadable
+        return None
+    # A type without resources leaves them to the provider (filled in at launch): unknown.
+    return types if types and all(types.values()) else None
+
+
+def check_cluster_resources(recipe: SearchRecipe, gcs_address: str) -> None:
+    """Refuse a trial whose worker no node of the cluster can hold, now or after scaling.
+
+    One worker's CPUs and GPUs must fit on one node (Ray Train places a worker on one node;
+    several workers may spread). A node type of the autoscaling config or a node alive now
+    that fits is enough; with neither known (no readable autoscaler) and no node fitting now,
+    the trials wait for nodes and seltrain says so."""
+    import ray
+
+    r = recipe.resources
+    need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+
+    def fits(res: dict) -> bool:
+        return all(res.get(k, 0) >= v for k, v in need.items() if v > 0)
+
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    types = _autoscaler_node_types(gcs_address)
+    if any(fits(res) for res in alive) or (types and any(fits(t) for t in types.values())):
+        return
+    want = f"{r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU"
+    if types is not None:
+        offer = "; ".join(f"{name}: {t.get('CPU', 0):g} CPU, {t.get('GPU', 0):g} GPU"
+                          for name, t in types.items())
+        raise ConfigError(f"one worker of a trial asks for {want} but no node type of the "
+                          f"cluster offers that ({offer}) ({recipe.path}); lower "
+                          "resources.cpus_per_worker/gpus_per_worker, or add a node type")
+    print(f"seltrain: no node of the cluster offers one trial worker's {want} now; its trials "
+          "wait until the cluster grows", file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------- a trial
 
 def _trial_dirname(params: dict, trial_id: str) -> str:
@@ -359,87 +454,152 @@ def _trial_params(config: dict, keys: list[str]) -> dict:
     return {k: config[k] for k in keys if k in config}
 
 
-PG_KEY = "workers_placement_group"
+def trial_name(config: dict, keys: list[str], trial_id: str) -> str:
+    """The trial's folder name under trials/ (``alpha-1_seed0_<id>``); the console uses it
+    too, so what it prints names a folder."""
+    return _trial_dirname(_trial_params(config, keys), trial_id)
 
 
-class _ReleaseWorkers:
-    """Tune callback: free a trial's worker placement group when the trial ends or is stopped.
+def _tune_trial_name(keys: list[str], trial) -> str:
+    return trial_name(trial.config, keys, trial.trial_id)
 
-    Train V2 makes the workers' placement group from its controller actor; a placement group
-    outlives the actor that made it (it belongs to the job), and Train's own cleaner finds dead
-    controllers through the State API, which needs the dashboard (ray[default]). When ASHA
-    stops a trial its driver and controller die, so without this the stopped trial's CPUs/GPUs
-    stay reserved and the next trial waits for them forever. The workers report the group's id
-    as a metric; removing the group also ends the worker processes in it.
-    """
 
-    def __new__(cls):
-        from ray import tune
+# The driver writes a fresh token here before the trials start; every Ray Train worker reads
+# it back on its own node before training, so trial folders on a path the worker nodes do not
+# share fail at the first trial's start with one line, not at the end (or never, with every
+# node writing its own copy).
+STORAGE_TOKEN = ".seltrain_storage_check"
 
-        class Release(tune.Callback):
-            def _release(self, trial):
-                pg_id = (trial.last_result or {}).get(PG_KEY)
-                if not pg_id:
-                    return
-                from ray._raylet import PlacementGroupID
-                from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-                try:
-                    remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
-                except Exception:  # noqa: BLE001 - already removed by a clean shutdown
-                    pass
+class StorageNotSharedError(ConfigError):
+    """A worker node cannot read the token the driver wrote into the trial folders' root."""
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._release(trial)
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._release(trial)
+def _check_storage_shared(path: str, token: str) -> None:
+    try:
+        with open(path) as f:
+            ok = f.read().strip() == token
+    except OSError:
+        ok = False
+    if not ok:
+        import ray
 
-            def on_trial_recover(self, iteration, trials, trial, **info):
-                self._release(trial)
+        node_id = ray.get_runtime_context().get_node_id()
+        node = f"{ray.util.get_node_ip_address()}, node {node_id[-8:]}"
+        raise StorageNotSharedError(
+            f"the trial folders' root {os.path.dirname(path)} is not shared with the worker "
+            f"nodes: {node} cannot read {os.path.basename(path)}, which the driver wrote "
+            "there; put storage (or trials_dir) on a folder every node mounts (NFS), or use "
+            "s3:// storage, then continue with --resume")
 
-        return Release()
+
+def _checkpoint_epoch(path: str) -> int | None:
+    """The epoch a seltrain checkpoint file was written after; None if it is unreadable."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - missing, torn or foreign: treat as absent
+        return None
 
 
 def _train_worker(loop_config: dict) -> None:
-    """One Ray Train worker: the same Trainer as ``seltrain train``, reporting every epoch."""
+    """One Ray Train worker: the same Trainer as ``seltrain train``, reporting every epoch.
+
+    On a restart (a lost node or worker, under Ray Train's FailureConfig, or a Tune retry)
+    the trial continues from the newer of two copies of its last checkpoint: the run folder's
+    ``checkpoints/last.pt`` (written before each report, so it may be one epoch ahead of what
+    Ray Train recorded) and Ray Train's copy (the only one when trial folders sit on
+    node-local disk, as with s3:// storage, and the trial moved to another node).
+    """
     import ray.train
 
     from seltrain import distributed
     from seltrain.trainer import Trainer
 
+    check = loop_config.get("storage_check")
+    if check is not None:
+        _check_storage_shared(check["path"], check["token"])
     cfg = config_from_dict(loop_config["config"])
     run_dir = loop_config["run_dir"]
     ctx = distributed.setup()  # joins the gloo/NCCL group Ray Train made
     last = os.path.join(run_dir, "checkpoints", "last.pt")
     restored = ray.train.get_checkpoint()
-    if restored is not None and ctx.is_main and not os.path.exists(last):
-        # Trial folders on node-local disk (s3:// storage): continue from Ray's copy.
+    if restored is not None and ctx.is_main:
         with restored.as_directory() as d:
-            os.makedirs(os.path.dirname(last), exist_ok=True)
-            for f in os.listdir(d):
-                shutil.copy2(os.path.join(d, f), os.path.join(run_dir, "checkpoints", f))
+            ours = _checkpoint_epoch(last) if os.path.exists(last) else None
+            theirs = _checkpoint_epoch(os.path.join(d, "last.pt"))
+            if theirs is not None and (ours is None or theirs > ours):
+                shutil.copytree(d, os.path.dirname(last), dirs_exist_ok=True)
+    resumed_after = _checkpoint_epoch(last) if ctx.is_main and os.path.exists(last) else None
     distributed.barrier()
-    pg = ray.util.get_current_placement_group()
-    pg_id = pg.id.hex() if pg is not None else ""
+    first = True
 
     def report(record: dict, ckpt_path: str) -> None:
+        nonlocal first
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) or v is None}
         metrics = {k: (float("nan") if v is None else v) for k, v in metrics.items()}
         metrics["epochs_done"] = record["epoch"] + 1
+        if first and resumed_after is not None:
+            metrics["resumed_after_epoch"] = resumed_after + 1  # the console says so, once
+        first = False
         ckpt = None
         if ctx.is_main:
-            metrics[PG_KEY] = pg_id
             ckpt = ray.train.Checkpoint.from_directory(os.path.dirname(ckpt_path))
         ray.train.report(metrics, checkpoint=ckpt)
 
     # resume=True: a restarted or restored trial continues from its own last.pt.
-    Trainer(cfg, ctx, run_dir=run_dir, resume=True, report=report).fit()
+    trainer = Trainer(cfg, ctx, run_dir=run_dir, resume=True, report=report,
+                      hparam_keys=loop_config.get("hparam_keys"))
+    _fit_when_unlocked(trainer)
     distributed.teardown(ctx)
 
 
+def _fit_when_unlocked(trainer) -> None:
+    """``trainer.fit()``, waiting while the run folder's lock is held by another host.
+
+    A trial restarted after its node was lost runs on another node, and the lost worker's
+    lock (seltrain.runlock) names a host whose heartbeat stops only with the node: the lock
+    counts as stale after STALE_S. Failing at once would spend a retry of ``max_failures``
+    per attempt, all within seconds; waiting for the lock to go stale costs at most that long.
+    """
+    import socket
+
+    from seltrain.runlock import LOCK_NAME, STALE_S
+
+    deadline = time.time() + STALE_S + 60
+    while True:
+        try:
+            return trainer.fit()
+        except ConfigError as e:
+            held = LOCK_NAME in str(e) and " is in use by pid " in str(e) \
+                and f" on {socket.gethostname()} " not in str(e)
+            if not held or time.time() > deadline:
+                raise
+            if trainer.ctx.is_main:
+                print(f"seltrain: waiting for the lock of a lost worker to go stale: {e}",
+                      file=sys.stderr, flush=True)
+            time.sleep(15)
+
+
+def _scaling_config(r: dict):
+    """Ray Train's ScalingConfig for one trial's workers (``r``: ResourcesConfig as a dict)."""
+    import ray.train
+
+    gpus = r["gpus_per_worker"]
+    return ray.train.ScalingConfig(
+        num_workers=r["workers"], use_gpu=gpus > 0,
+        resources_per_worker={"CPU": r["cpus_per_worker"], **({"GPU": gpus} if gpus else {})})
+
+
 def _trial(config: dict, base: dict, settings: dict) -> None:
-    """One Tune trial (the Train V2 "driver" function): a TorchTrainer over its workers."""
+    """One Tune trial (the Train V2 "driver" function): a TorchTrainer over its workers.
+
+    Two layers of retries, both from the recipe's ``max_failures``: Ray Train's FailureConfig
+    restarts the trial's workers (on other nodes when theirs were lost, e.g. a spot reclaim)
+    from the last checkpoint without Tune noticing; Tune's restarts this function itself when
+    the node holding it is lost, or when Ray Train gives up.
+    """
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -459,19 +619,17 @@ def _trial(config: dict, base: dict, settings: dict) -> None:
                      "test_acc": s["test_acc"], "test_si": s["test_si"],
                      "epochs_done": s["epochs"], "already_done": True})
         return
-    r = settings["resources"]
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=r["workers"], use_gpu=r["gpus_per_worker"] > 0,
-            resources_per_worker={"CPU": r["cpus_per_worker"],
-                                  **({"GPU": r["gpus_per_worker"]}
-                                     if r["gpus_per_worker"] > 0 else {})}),
+        train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir,
+                           "storage_check": settings["storage_check"],
+                           "hparam_keys": settings["hparam_keys"]},
+        scaling_config=_scaling_config(settings["resources"]),
         run_config=ray.train.RunConfig(
             # Same name on a restart: Train V2 restores the run's latest checkpoint.
             name=name, storage_path=settings["train_storage"],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
             callbacks=[TuneReportCallback()]))
     trainer.fit()
 
@@ -505,17 +663,19 @@ def _param_space(recipe: SearchRecipe) -> dict:
     return space
 
 
-def _settings(recipe: SearchRecipe) -> dict:
+def _settings(recipe: SearchRecipe, storage_check: dict | None = None) -> dict:
     train_storage = (recipe.exp_dir + "/ray_train") if recipe.is_uri else \
         os.path.join(recipe.exp_dir, "ray_train")
-    return {"keys": list(recipe.space) + ["train.seed"], "trial_root": recipe.trial_root,
-            "train_storage": train_storage, "resources": dataclasses.asdict(recipe.resources)}
+    keys = list(recipe.space) + ["train.seed"]
+    return {"keys": keys, "hparam_keys": keys, "trial_root": recipe.trial_root,
+            "train_storage": train_storage, "resources": dataclasses.asdict(recipe.resources),
+            "max_failures": recipe.max_failures, "storage_check": storage_check}
 
 
-def _trainable(recipe: SearchRecipe, base: dict):
+def _trainable(recipe: SearchRecipe, base: dict, storage_check: dict | None = None):
     from ray import tune
 
-    fn = tune.with_parameters(_trial, base=base, settings=_settings(recipe))
+    fn = tune.with_parameters(_trial, base=base, settings=_settings(recipe, storage_check))
     # The driver only waits on its TorchTrainer; the workers hold the CPUs and GPUs. Tune
     # refuses an all-zero request, so the driver asks for a token 1 MiB of Ray's "memory".
     return tune.with_resources(fn, {"CPU": 0, "memory": 2 ** 20})
@@ -546,25 +706,136 @@ def print_plan(recipe: SearchRecipe, base: dict, out=sys.stdout) -> None:
         print(f"  {i:<4} " + "  ".join(f"{str(t[k]):>18}" for k in keys), file=out)
 
 
-def _init_ray(args, recipe: SearchRecipe) -> None:
+# ray.init(address=...) on an address where no Ray answers retries for minutes; the CLI gives
+# up after this long with one line (seconds for a refused host:port, see _probe_gcs).
+CONNECT_TIMEOUT_S = 60.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _probe_gcs(address: str) -> None:
+    """A ``host:port`` with nothing listening is a one-line error now, not a minutes-long
+    retry inside ray.init; ``auto`` and ``ray://`` are left to Ray (and the watchdog)."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"no Ray cluster answers at --address {address} "
+                          f"({getattr(e, 'strerror', None) or e}); start one (ray up CONFIG, or "
+                          "ray start --head) or fix the address; without --address the search "
+                          "runs on a local Ray") from None
+
+
+def _connect(address: str, verbose: bool) -> None:
+    import threading
+
     import ray
 
+    _probe_gcs(address)
+    # Quiet: the driver's C++ core writes each failed GCS connect straight to stderr (file
+    # descriptor 2, past Python's logging); while ray.init runs, fd 2 goes to /dev/null and
+    # what the user reads is seltrain's one line. A Python error still surfaces, after it.
+    stderr = os.dup(2)
+
+    def give_up():
+        os.write(stderr, f"seltrain: error: no Ray cluster answered at --address {address} "
+                         f"within {CONNECT_TIMEOUT_S:.0f} s; start one (ray up CONFIG, or ray "
+                         "start --head) or fix the address\n".encode())
+        os._exit(2)  # ray.init is blocked in native code: nothing else can stop it
+
+    watchdog = threading.Timer(CONNECT_TIMEOUT_S, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    if not verbose:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+    try:
+        ray.init(address=address, log_to_driver=verbose,
+                 logging_level="INFO" if verbose else "ERROR")
+    except ConnectionError as e:
+        raise ConfigError(f"--address {address}: {str(e).splitlines()[0]} Start one (ray up "
+                          "CONFIG, or ray start --head), or drop --address to run on a local "
+                          "Ray") from None
+    finally:
+        watchdog.cancel()
+        os.dup2(stderr, 2)
+        os.close(stderr)
+
+
+def _check_state_api(address: str) -> None:
+    """Ray Train frees the workers of a trial that Tune stopped (ASHA) only through its
+    placement-group cleaner, which asks the State API (the dashboard, ray[default]) whether
+    the trial's controller is still alive. Without it every stopped trial keeps its CPUs and
+    GPUs, and the search stalls once they are all held: refuse to start instead."""
+    try:
+        from ray.util.state import list_nodes
+
+        list_nodes(address=address, limit=1, timeout=20, raise_on_missing_output=False)
+    except Exception as e:  # noqa: BLE001 - missing package, no dashboard, or unreachable
+        raise ConfigError(
+            f"Ray's State API is not reachable ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''}); trials stopped early would "
+            "keep their CPUs/GPUs. Install ray[default] (pip install 'seltrain[cluster]') and "
+            "start the cluster with its dashboard") from None
+
+
+def _init_ray(args, recipe: SearchRecipe) -> None:
+    """Start (or join) Ray with its console quiet unless --verbose.
+
+    Quiet means: worker and raylet output not forwarded (log_to_driver), Ray's loggers at
+    ERROR, and Tune's own tables off (run_search); seltrain's console (search_console) prints
+    what the trials report instead."""
+    import ray
+
+    verbose = bool(getattr(args, "verbose", False))
     if args.address:
-        ray.init(address=args.address, log_to_driver=True)
-        res = ray.cluster_resources()
-        cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
-        r = recipe.resources
-        if r.workers * r.cpus_per_worker > cpus or r.workers * r.gpus_per_worker > gpus:
-            # An autoscaling cluster may grow; say so, and let Ray wait for the nodes.
-            print(f"seltrain: warning: the cluster has {cpus:g} CPU, {gpus:g} GPU now; one "
-                  "trial needs more, so trials wait for the autoscaler", file=sys.stderr)
+        _connect(args.address, verbose)
+        gcs = ray.get_runtime_context().gcs_address
+        if not args.address.startswith("ray://"):
+            _check_state_api(gcs)
+        check_cluster_resources(recipe, gcs)
         return
     cpus, gpus = local_resources(args.num_cpus, args.num_gpus)
     check_resources(recipe, cpus, gpus, "this machine (as allowed)")
     tmp = os.environ.get("SELTRAIN_RAY_TMP", os.path.join("/tmp", f"seltrain_ray_{os.getuid()}"))
-    ray.init(num_cpus=int(math.ceil(cpus)), num_gpus=int(gpus), include_dashboard=False,
-             _temp_dir=tmp, log_to_driver=True, configure_logging=True,
-             logging_level="WARNING")
+    port = _free_port()
+    # Ray Train's placement-group cleaner (a Ray actor) calls the State API without an
+    # address, so Ray finds one by scanning this machine for clusters, and with several here
+    # fails or picks another's (ray-project/ray#25639, #36554); an actor it cannot find counts
+    # as dead, so the cleaner would free a live trial's workers. The raylet, and every worker
+    # it starts, inherits this variable, which points the State API at this cluster.
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=int(math.ceil(cpus)), num_gpus=int(gpus), include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port, _temp_dir=tmp,
+             log_to_driver=verbose, configure_logging=True,
+             logging_level="INFO" if verbose else "ERROR")
+    _check_state_api(os.environ["RAY_API_SERVER_ADDRESS"])
+
+
+def _write_storage_token(recipe: SearchRecipe) -> dict | None:
+    """Write a fresh token into the trial folders' root for the workers to read back (see
+    STORAGE_TOKEN); None when that root is node-local by design (s3:// without trials_dir)."""
+    import uuid
+
+    if recipe.is_uri and not recipe.trials_dir:
+        return None
+    os.makedirs(recipe.trial_root, exist_ok=True)
+    path = os.path.join(recipe.trial_root, STORAGE_TOKEN)
+    token = uuid.uuid4().hex
+    with open(path + ".tmp", "w") as f:
+        f.write(token)
+    os.replace(path + ".tmp", path)
+    return {"path": path, "token": token}
 
 
 def run_search(args) -> int:
@@ -583,21 +854,30 @@ def run_search(args) -> int:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
+    from seltrain.search_console import Console, StopOnFatal, quiet_ray
+
     exp_dir = recipe.exp_dir
-    if not recipe.is_uri:
-        os.makedirs(exp_dir, exist_ok=True)
-        os.makedirs(recipe.trial_root, exist_ok=True)
     restorable = tune.Tuner.can_restore(exp_dir)
     if restorable and not args.resume:
         raise ConfigError(f"{exp_dir} already holds an experiment; pass --resume to continue it, "
                           "or --name to start a new one")
     if args.resume and not restorable:
         raise ConfigError(f"nothing to resume in {exp_dir}; run without --resume to start")
+    verbose = bool(getattr(args, "verbose", False))
     _init_ray(args, recipe)
-    trainable = _trainable(recipe, base)
+    if not recipe.is_uri:  # only now: a search that cannot start leaves no folders behind
+        os.makedirs(exp_dir, exist_ok=True)
+        os.makedirs(recipe.trial_root, exist_ok=True)
+    trainable = _trainable(recipe, base, _write_storage_token(recipe))
+    console = Console(recipe, base, verbose=verbose)
+    # Tune's JSON/CSV results (for ResultGrid and --resume) but not its TensorBoard logger:
+    # each trial's seltrain run folder carries the TensorBoard events.
+    callbacks = [console, JsonLoggerCallback(), CSVLoggerCallback()]
     if args.resume:
         # Finished trials stay as they are; unfinished and errored ones continue from their
-        # checkpoints (the driver resumes each run folder's last.pt).
+        # checkpoints (the driver resumes each run folder's last.pt). Tune restores its run
+        # config (callbacks, stopper) from the experiment state; the console pickled there
+        # unpickles as this process's console (Console.__reduce__).
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=_param_space(recipe))
     else:
@@ -618,37 +898,40 @@ def run_search(args) -> int:
                 max_concurrent_trials=recipe.max_concurrent_trials,
                 # A reused actor would keep its previous trial's TorchTrainer alive.
                 reuse_actors=False,
+                # Tune's own name for a trial (its tables with --verbose, its logs) is the
+                # trial's run folder name; Tune's trial folders stay trial_<id>.
+                trial_name_creator=partial(_tune_trial_name, list(recipe.space) + ["train.seed"]),
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=recipe.name, storage_path=recipe.storage,
                 failure_config=tune.FailureConfig(max_failures=recipe.max_failures),
-                # Tune's JSON/CSV results (for ResultGrid and --resume) but not its TensorBoard
-                # logger: each trial's seltrain run folder carries the TensorBoard events.
-                callbacks=[_ReleaseWorkers(), JsonLoggerCallback(), CSVLoggerCallback()],
-                verbose=1))
+                stop=StopOnFatal(console), callbacks=callbacks,
+                verbose=1 if verbose else 0))
         _write_experiment_info(recipe, base)
+    console.header(exp_dir, args.address)
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    with quiet_ray(verbose):
+        grid = tuner.fit()
     wall = time.perf_counter() - t0
-    errors = [r for r in grid if r.error is not None]
-    unfinished = [t for t in grid._experiment_analysis.trials
-                  if t.status not in ("TERMINATED", "ERROR")]
+    if console.fatal:
+        raise ConfigError(console.fatal)
+    n_failed = grid.num_errors
+    unfinished = len(grid) - grid.num_terminated - n_failed
     if recipe.is_uri:
         print(f"results are in {exp_dir}; trial folders in {recipe.trial_root}")
         report_dir = recipe.trial_root
     else:
         report_dir = exp_dir
     report_experiment(report_dir, metric=recipe.metric, mode=recipe.mode)
-    print(f"tune wall time {wall:.0f} s; {len(grid)} trials, {len(errors)} failed, "
-          f"{len(unfinished)} unfinished")
-    for r in errors:
-        print(f"  failed: {r.path}: {str(r.error).splitlines()[0][:200]}", file=sys.stderr)
+    print(f"\nsearch wall time {wall:.0f} s; {console.summary_line(len(grid), n_failed)}")
+    print(f"TensorBoard (every trial, HParams tab, sweep figures): tensorboard --logdir "
+          f"{report_dir}")
     if unfinished:
         print(f"seltrain: interrupted; continue with: seltrain tune --search {args.search} "
               f"--resume{' --name ' + args.name if args.name else ''}"
               f"{' --storage ' + args.storage if args.storage else ''}", file=sys.stderr)
         return 130
-    return 1 if errors else 0
+    return 1 if n_failed else 0
 
 
 def _write_experiment_info(recipe: SearchRecipe, base: dict) -> None:
@@ -684,9 +967,8 @@ def collect_trials(exp_dir: str) -> list[dict]:
             cfg = yaml.safe_load(f)
         records = []
         jsonl = os.path.join(run, "metrics.jsonl")
-        if os.path.exists(jsonl):
-            with open(jsonl) as f:
-                records = [json.loads(ln) for ln in f if ln.strip()]
+        from seltrain.metrics import read_records  # skips a torn last line (crash mid-write)
+        records = read_records(jsonl)[0]
         complete = os.path.exists(os.path.join(run, "summary.json"))
         key = "val_acc" if records and records[0].get("val_acc") is not None else "test_acc"
         best = max(records, key=lambda r: r[key]) if records else {}
@@ -753,12 +1035,19 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
         print(f"\n{len(df)} trials in {exp_dir} ({len(done)} complete, "
               f"{int(df['stopped_early'].sum())} stopped early)", file=out)
         print(show.to_string(index=False), file=out)
-        print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
-              "std over seeds):", file=out)
-        print(agg.to_string(index=False), file=out)
-    print(f"\nbest alpha by {col}: {best['alpha']:g} ({col} {best[col]:.4f}, test_acc "
-          f"{best['test_acc_mean']:.4f} +- {0 if math.isnan(best['test_acc_std']) else best['test_acc_std']:.4f}, "
-          f"test_si {best['test_si_mean']:.4f})", file=out)
+        if (agg["n"] > 1).any():  # with one trial per alpha the table above says it all
+            print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
+                  "std over seeds):", file=out)
+            print(agg.to_string(index=False), file=out)
+
+    def spread(c: str) -> str:  # "+- std" only where there is a spread to show
+        n, sd = best["n"], best[c.replace("_mean", "_std")]
+        return "" if n < 2 or math.isnan(sd) else f" +- {sd:.4f}"
+
+    print(f"\nbest alpha by {col}: {best['alpha']:g} ({col} {best[col]:.4f}{spread(col)}, "
+          f"test_acc {best['test_acc_mean']:.4f}{spread('test_acc_mean')}, test_si "
+          f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
+          f"{'' if best['n'] > 1 else '; one seed'})", file=out)
     plots = sweep_plots.plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
     extra = {}
     if analyses:
@@ -807,6 +1096,9 @@ def register(subparsers) -> None:
     t.add_argument("--storage", default=None,
                    help="override the recipe's storage: a folder, an NFS path or s3://...")
     t.add_argument("--name", default=None, help="experiment name (default: the recipe's)")
+    t.add_argument("--verbose", action="store_true",
+                   help="also show Ray's own console: Tune's tables, Ray Train's and the "
+                        "workers' logs, the raylet's warnings")
     t.set_defaults(func=run_search)
 
     r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment")

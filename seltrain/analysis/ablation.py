@@ -8,6 +8,28 @@
 - ``unit_attributes`` and ``correlations``: the L1 norm of each unit's incoming weights and
   its mean activation, and Spearman correlations between those (and SI) and the drops.
 
+Where a unit is zeroed
+----------------------
+A layer is named by its probe (the post-ReLU activation SI is read from), but its units are
+zeroed at the model's *ablation point* (``capture.ablation_layer``,
+seltrain/models/probed.py): the tensor the next layer receives, so an ablated unit sends it
+exactly 0. Zhou et al.'s code (davidbau/dissect, experiment/intervention_experiment.py,
+``test_perclass_pra``) sets ``x[:, units] = 0`` on a layer's output through nethook's
+``edit_layer``; Ukita's zeroes the BatchNorm outputs. For cnn7 (conv -> ReLU -> BN) the
+ablation point is the BN; elsewhere it is the probe itself. Results name both (``layer`` and
+``ablated_module``).
+
+Incoming-weight L1
+------------------
+Where a BatchNorm normalises the unit's channel right after its conv/linear (ResNets,
+vgg16_bn: conv -> BN; cnn7: conv -> ReLU -> BN), the raw L1 of the conv's weights carries no
+information: BN divides the scale out (scaling the conv by c scales the running std by c).
+``unit_attributes`` therefore reports by default the L1 of the BN-folded effective weight,
+``sum |w| * |gamma| / sqrt(running_var + eps)``, which is what the next layer effectively
+sees, and the raw L1 beside it; ``l1_weights`` in the result says which one ``l1_norm`` is.
+(The ReLU in cnn7 sits between conv and BN, but ReLU is positively homogeneous, so the same
+fold holds for the magnitude.)
+
 Fast by construction
 --------------------
 The naive method runs the whole network once per ablated unit. The fast method splits the
@@ -19,8 +41,8 @@ forward after the layer, so with the same per-sample numerics the logits are bit
 ones of the naive method.
 
 Supported models: any model torch.fx can trace in eval mode (plain chains / nn.Sequential,
-torchvision ResNets and VGGs, CIFAR-style ResNets, seltrain's cnn7, resnet20/56, resnet18/50
-and vgg16_bn), where the layer's module runs exactly once per forward pass and the rest of
+torchvision ResNets and VGGs, CIFAR-style ResNets, seltrain's cnn7, resnet20/56, resnet18/50,
+vgg16_bn and vgg16), where the layer's module runs exactly once per forward pass and the rest of
 the network reads the input only through that layer's output (true for every chain and
 for residual blocks, whose skips stay inside a block). Otherwise ``split_at`` raises
 ``UnsupportedModelError`` and the analyses fall back to the naive method with a warning.
@@ -53,8 +75,9 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seltrain.analysis.capture import (LayerError, eval_mode, iterate_batches, layer_outputs,
-                                       model_device, num_batches, resolve_layer, unit_responses)
+from seltrain.analysis.capture import (LayerError, ablation_layer, eval_mode, iterate_batches,
+                                       layer_outputs, model_device, num_batches, resolve_layer,
+                                       unit_responses)
 
 # Below this many images per batch, per-sample CPU GEMM results can depend on the batch size
 # (measured: batches of 1-3, 5-7 and 9-11 rows take another MKL path), so such batches are run
@@ -172,11 +195,13 @@ def _ablation_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[in
                      ) -> Iterator[tuple[Tensor, Sequence[int] | None, Tensor]]:
     """The engine behind every ablation analysis. Per batch, yield ``(y, None, logits[1, B, K])``
     for the intact network, then ``(y, ids, logits[R, B, K])`` for the unit sets ``ids``
-    (indices into ``make_unit_sets(U)``). Logits are float32 on the CPU. ``info`` receives
-    the layer's path, its number of units and the method actually used."""
-    name, module = resolve_layer(model, layer)
+    (indices into ``make_unit_sets(U)``). Logits are float32 on the CPU. Units are zeroed at
+    ``layer``'s ablation point (``capture.ablation_layer``). ``info`` receives the layer's
+    path, the ablated module's path, its number of units and the method actually used."""
     info = {} if info is None else info
-    info["layer"] = name
+    info["layer"] = resolve_layer(model, layer)[0]
+    name, module = ablation_layer(model, layer)
+    info["ablated_module"] = name
     device = torch.device(device) if device is not None else model_device(model)
     if units_per_pass is None:
         units_per_pass = UNITS_PER_PASS.get(device.type, 16)
@@ -242,6 +267,26 @@ def _class_hits(yb: Tensor, logits: Tensor, num_classes: int) -> tuple[np.ndarra
     return hits @ onehot, onehot.sum(0)
 
 
+def _class_predictions(logits: Tensor, num_classes: int) -> np.ndarray:
+    """Images predicted as each class [R, K] of one batch."""
+    pred = logits.argmax(-1).numpy()  # [R, B]
+    return np.stack([np.bincount(p, minlength=num_classes)[:num_classes] for p in pred]
+                    ).astype(np.float64)
+
+
+def balanced_class_accuracy(correct: np.ndarray, predicted: np.ndarray, counts: np.ndarray
+                            ) -> np.ndarray:
+    """Per class, the balanced accuracy of "is it this class?" as a binary decision,
+    (recall + true-negative rate) / 2, as dissect's ``test_perclass_pra`` scores a class
+    (davidbau/dissect, experiment/intervention_experiment.py). ``correct``/``predicted``:
+    [..., K] correct and predicted counts per class, ``counts`` [K] images per class. NaN
+    where a class or its complement is absent."""
+    n = counts.sum()
+    recall = _ratio(correct, counts)
+    true_neg = (n - counts) - (predicted - correct)
+    return (recall + _ratio(true_neg, n - counts)) / 2
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
@@ -257,7 +302,11 @@ def single_unit_ablation(model: nn.Module, layer: str | nn.Module, x, y=None,
     ``baseline_acc``, ``baseline_class_acc[K]``, ``ablated_acc[U]``, ``ablated_class_acc[U, K]``,
     ``overall_drop[U]`` (baseline minus ablated accuracy), ``class_drops[U, K]``,
     ``max_class_drop[U]``, ``class_drop_std[U]`` (population std over classes), plus
-    ``class_counts[K]``, ``n_images``, ``layer`` and ``method``. Classes absent from the data
+    ``class_counts[K]``, ``n_images``, ``layer``, ``ablated_module`` (where units are zeroed,
+    module docstring) and ``method``. Beside the per-class accuracy (recall, METHODS.md sec.
+    3), dissect's per-class score: ``baseline_class_balanced_acc[K]``,
+    ``ablated_class_balanced_acc[U, K]`` and ``class_balanced_drops[U, K]``
+    (``balanced_class_accuracy``). Classes absent from the data
     have NaN accuracies and are skipped by the summaries. ``num_classes`` defaults to the
     number of logits. ``fast``: the split-network method (module docstring) or the naive
     one; ``units_per_pass``: ablations per tail pass (default ``UNITS_PER_PASS``: 1 on CPU,
@@ -274,28 +323,37 @@ def single_unit_ablation(model: nn.Module, layer: str | nn.Module, x, y=None,
         k = num_classes or logits.shape[-1]
         if correct is None:
             correct, base, counts = np.zeros((info["units"], k)), np.zeros(k), np.zeros(k)
+            predicted, base_predicted = np.zeros((info["units"], k)), np.zeros(k)
         hits, n = _class_hits(yb, logits, k)
+        preds = _class_predictions(logits, k)
         if ids is None:
             base += hits[0]
+            base_predicted += preds[0]
             counts += n
         else:
             correct[list(ids)] += hits
+            predicted[list(ids)] += preds
     if correct is None:
         raise ValueError("no data: x is empty")
     n_images = counts.sum()
     base_class = _ratio(base, counts)
     abl_class = _ratio(correct, counts[None])
     drops = base_class[None] - abl_class
+    base_bal = balanced_class_accuracy(base, base_predicted, counts)
+    abl_bal = balanced_class_accuracy(correct, predicted, counts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows only with no data
         max_drop, drop_std = np.nanmax(drops, 1), np.nanstd(drops, 1)
     return {
-        "layer": name, "method": info["method"], "n_images": int(n_images),
+        "layer": name, "ablated_module": info["ablated_module"], "method": info["method"],
+        "n_images": int(n_images),
         "class_counts": counts.astype(np.int64),
         "baseline_acc": float(base.sum() / n_images), "baseline_class_acc": base_class,
         "ablated_acc": correct.sum(1) / n_images, "ablated_class_acc": abl_class,
         "overall_drop": (base.sum() - correct.sum(1)) / n_images,
         "class_drops": drops, "max_class_drop": max_drop, "class_drop_std": drop_std,
+        "baseline_class_balanced_acc": base_bal, "ablated_class_balanced_acc": abl_bal,
+        "class_balanced_drops": base_bal[None] - abl_bal,
     }
 
 
@@ -360,6 +418,7 @@ def cumulative_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, si=
         "random_mean": rand.mean(0) if n_random else np.full(len(fractions), np.nan),
         "random_std": rand.std(0) if n_random else np.full(len(fractions), np.nan),
         "baseline_acc": base / n_images, "n_images": int(n_images), "method": info["method"],
+        "ablated_module": info["ablated_module"],
     }
 
 
@@ -405,18 +464,79 @@ def incoming_weight_module(model: nn.Module, layer: str | nn.Module, x_example: 
     raise LayerError(f"found no conv/linear layer feeding '{name}'; pass weight_module")
 
 
+def folding_batchnorm(model: nn.Module, weight_module: nn.Module, x_example: Tensor
+                      ) -> tuple[str, nn.Module] | None:
+    """The BatchNorm that normalises ``weight_module``'s output channels on their way to the
+    next layer: the first BN whose input *is* the weight module's output (conv -> BN), or the
+    output of a ReLU module applied to it (conv -> ReLU -> BN, cnn7), with one feature per
+    output channel. Found by following tensor identity through forward hooks on one pass of
+    ``x_example``; None when no such BN exists (vgg16, a plain linear head). A BN on another
+    path (a shortcut's) never receives that tensor, so it is never picked."""
+    width = weight_module.weight.shape[0]
+    derived: list[Tensor] = []  # the weight module's output, and ReLU(it)
+    found: list[nn.Module] = []
+
+    def on_weight(_m, _i, out):
+        derived.append(out)
+
+    def on_relu(_m, inp, out):
+        if any(inp[0] is t for t in derived):
+            derived.append(out)
+
+    def on_bn(m, inp, _out):
+        if not found and m.num_features == width and any(inp[0] is t for t in derived):
+            found.append(m)
+
+    handles = [weight_module.register_forward_hook(on_weight)]
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            handles.append(m.register_forward_hook(on_relu))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            handles.append(m.register_forward_hook(on_bn))
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(x_example.to(model_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    if not found:
+        return None
+    return resolve_layer(model, found[0])
+
+
+def batchnorm_scale(bn: nn.Module) -> np.ndarray | None:
+    """|gamma| / sqrt(running_var + eps) per channel (eval-mode BN), or None for a BN that
+    keeps no running statistics (it normalises by batch statistics, which no fold captures)."""
+    if bn.running_var is None:
+        return None
+    var = bn.running_var.detach().double().cpu()
+    gamma = bn.weight.detach().double().cpu().abs() if bn.weight is not None \
+        else torch.ones_like(var)
+    return (gamma / torch.sqrt(var + bn.eps)).numpy()
+
+
+L1_WEIGHTS = ("bn_folded", "raw")
+
+
 def unit_attributes(model: nn.Module, layer: str | nn.Module, x, y=None, *,
                     num_classes: int | None = None, weight_module: str | nn.Module | None = None,
-                    batch_size: int = 256, device=None) -> dict:
+                    l1_weights: str = "bn_folded", batch_size: int = 256, device=None) -> dict:
     """Per-unit attributes for correlating with ablation drops (Zhou et al. 2018).
 
     ``l1_norm[U]``: L1 norm of each unit's incoming weights (the conv/linear that produces the
-    unit, see ``incoming_weight_module``, or ``weight_module``); ``mean_activation[U]``: mean
-    over images of the unit's (spatially averaged) activation. With labels also
+    unit, see ``incoming_weight_module``, or ``weight_module``). With ``l1_weights="bn_folded"``
+    (default) and a BatchNorm on the channel (``folding_batchnorm``), the L1 of the BN-folded
+    effective weight ``w * gamma / sqrt(running_var + eps)`` (module docstring: BN cancels
+    the raw scale); otherwise, or with ``"raw"``, the raw L1. ``l1_weights`` in the result
+    says which was used, ``l1_batchnorm`` names the BN folded in (or None) and
+    ``l1_norm_raw[U]`` is always the raw L1. ``mean_activation[U]``: mean over images of the
+    unit's (spatially averaged) activation at its probe. With labels also
     ``class_means[U, K]`` (NaN for absent classes) and ``preferred_class[U]`` (argmax of the
     class means). ``num_classes`` defaults to the largest label + 1 of the first batch, so
     pass it when streaming batches.
     """
+    if l1_weights not in L1_WEIGHTS:
+        raise ValueError(f"l1_weights '{l1_weights}': use one of {', '.join(L1_WEIGHTS)}")
     name, module = resolve_layer(model, layer)
     total, sums, counts, first, n_images = None, None, None, None, 0
     for outs, xb, yb in layer_outputs(model, {name: module}, x, y, batch_size=batch_size,
@@ -441,11 +561,18 @@ def unit_attributes(model: nn.Module, layer: str | nn.Module, x, y=None, *,
         w_name, w_module = incoming_weight_module(model, module, first)
     else:
         w_name, w_module = resolve_layer(model, weight_module)
-    l1 = w_module.weight.detach().double().cpu().abs().flatten(1).sum(1).numpy()
-    if len(l1) != total.shape[0]:
-        raise LayerError(f"'{w_name}' has {len(l1)} outputs but '{name}' has {total.shape[0]} "
+    raw = w_module.weight.detach().double().cpu().abs().flatten(1).sum(1).numpy()
+    if len(raw) != total.shape[0]:
+        raise LayerError(f"'{w_name}' has {len(raw)} outputs but '{name}' has {total.shape[0]} "
                          "units; pass another weight_module")
-    result = {"layer": name, "weight_module": w_name, "l1_norm": l1,
+    l1, used, bn_name = raw, "raw", None
+    if l1_weights == "bn_folded":
+        bn = folding_batchnorm(model, w_module, first)
+        scale = None if bn is None else batchnorm_scale(bn[1])
+        if scale is not None:
+            l1, used, bn_name = raw * scale, "bn_folded", bn[0]
+    result = {"layer": name, "weight_module": w_name, "l1_norm": l1, "l1_weights": used,
+              "l1_batchnorm": bn_name, "l1_norm_raw": raw,
               "mean_activation": (total / n_images).numpy()}
     if sums is not None:
         means = _ratio(sums.numpy(), counts.numpy()[:, None]).T  # [U, K]

@@ -3,7 +3,8 @@
 A layer is given either as a probe name (``model.probe_points()[name]``, see
 seltrain/models/probed.py), a submodule path (``model.get_submodule(path)``) or the module
 itself. Its forward *output* is what the analyses read: [N, C, H, W] for a conv layer, where
-a unit is a channel, or [N, F] for a linear layer (METHODS.md section 1).
+a unit is a channel, or [N, F] for a linear layer (METHODS.md section 1). Ablations zero the
+layer's *ablation point* instead (``ablation_layer``): the tensor the next layer receives.
 
 Data is given either as tensors ``x`` [N, ...] (float, already normalised) and ``y`` [N]
 (int64), cut into batches here, or as an iterable of ``(x, y)`` batches (a DataLoader) with
@@ -46,6 +47,23 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         if m is module:
             return path, module
     raise LayerError(f"the given module is not part of {type(model).__name__}")
+
+
+def ablation_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """(submodule path, module) whose output an ablation of ``layer``'s units zeroes.
+
+    For a probe (given by its name, or its module or module path), the model's ablation point
+    (``model.ablation_points()``, seltrain/models/probed.py): the tensor the next layer
+    receives, so an ablated unit sends it exactly zero. For cnn7 that is the BatchNorm after
+    the probed ReLU (Ukita zeroes ``bn1``...``bn7``); for every other seltrain model it is the
+    probe point itself. Any other layer is ablated where given."""
+    path, module = resolve_layer(model, layer)
+    if hasattr(model, "ablation_points"):
+        targets = model.ablation_points()
+        for name, m in model.probe_points().items():
+            if m is module:
+                return resolve_layer(model, targets[name])
+    return path, module
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,18 +1,38 @@
 """Dimensionality of layer representations (Leavitt & Morcos 2020; METHODS.md section 5).
 
-Per layer, the number of principal components needed to explain a fraction (95% by default;
-the paper's exact threshold is unconfirmed) of the variance of the layer's representation
-over a set of inputs: clean, corrupted (``robustness.corrupted_batches``) or adversarial
-(``robustness.adversarial_batches``).
+Per layer, the number of principal components needed to explain a fraction (``threshold``,
+95% by default; the paper's exact threshold is unconfirmed) of the variance of a set of
+layer outputs. Two readings are reported side by side, because the papers' text leaves open
+which one carries the claim that "adversarial samples cause a larger increase in early-layer
+dimensionality than corrupted samples" (ICLR 2021 version, arXiv 2010.07693):
 
-The representation is the layer's whole output flattened (every channel at every position),
-as in Leavitt & Morcos; ``spatial="mean"`` uses the spatially averaged unit activations
-instead (C features per conv layer, the units of METHODS.md section 1).
+* ``representation``: the dimensionality of the layer's representation of the (clean,
+  corrupted or adversarial) inputs themselves; the *increase* is perturbed minus clean.
+* ``change``: the dimensionality of the perturbation-induced change, the perturbed minus the
+  clean representation of the same images (row n of one minus row n of the other). The
+  workshop version of the paper (arXiv 2007.04440) words it this way: "the dimensionality of
+  the change in the representation due to perturbation".
+
+No code of either paper is public (searched: the authors' names and the titles in the code
+corpus; Omkar-Ranadive/Class-Selective-Neurons holds selectivity, ablation and CKA code but
+no dimensionality or gradient analysis), so how the paper computed PCA (which samples, which
+layer tensor) is unconfirmed too: seltrain centres the features over the samples and takes
+the eigenvalues of their covariance.
+
+The representation is the layer's whole output flattened (every channel at every position);
+``spatial="mean"`` uses the spatially averaged unit activations instead (C features per conv
+layer, the units of METHODS.md section 1). N bounds the answer (at most N - 1 components
+vary), so compare layers, conditions and networks at equal N.
+
+Memory: the clean features of every layer are held while the perturbed ones stream, so the
+peak is about 3 x N x D x 4 bytes for the largest layer (clean, perturbed, change); use
+``spatial="mean"`` or fewer images for very wide layers.
 """
 from __future__ import annotations
 
+import math
 from contextlib import closing
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,26 +43,51 @@ from seltrain.analysis.capture import layer_outputs, resolve_layer, unit_respons
 # Slack when comparing a cumulative variance ratio with the threshold: with equal variances
 # per component the sum can land a few ulps below an exactly reachable threshold.
 _TOLERANCE = 1e-9
+# Columns of float64 per chunk of the Gram product: bounds the float64 copy of the features
+# to N x 4096 x 8 bytes however wide the layer is.
+_CHUNK = 4096
+
+READINGS = {
+    "representation": "principal components for the threshold share of the variance of the "
+                      "layer's representation of the inputs (clean, corrupted or adversarial)",
+    "change": "principal components for the threshold share of the variance of the "
+              "perturbation-induced change: the perturbed minus the clean representation of "
+              "the same images",
+}
 
 
 def explained_variance_ratio(features) -> np.ndarray:
     """PCA explained-variance ratios, largest first, of ``features`` [N, D] (centred here).
-    Computed from the smaller Gram matrix (N x N or D x D) in float64. All zeros when the
-    features do not vary."""
-    x = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features)
-    x = x.detach().double().cpu().flatten(1)
-    x = x - x.mean(0, keepdim=True)
-    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    Computed in float64 from the smaller Gram matrix (N x N, accumulated over column chunks,
+    or D x D). All zeros when the features do not vary."""
+    x = features if isinstance(features, Tensor) else torch.as_tensor(np.asarray(features))
+    x = x.detach().cpu().flatten(1)
+    n, d = x.shape
+    if n <= d:
+        gram = torch.zeros(n, n, dtype=torch.float64)
+        for i in range(0, d, _CHUNK):
+            c = x[:, i:i + _CHUNK].double()
+            c = c - c.mean(0, keepdim=True)
+            gram += c @ c.T
+    else:
+        c = x.double()
+        c = c - c.mean(0, keepdim=True)
+        gram = c.T @ c
     ev = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)
     total = ev.sum()
     return (ev / total).numpy() if total > 0 else np.zeros(len(ev))
 
 
+def check_threshold(threshold: float) -> float:
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    return threshold
+
+
 def n_components(features, threshold: float = 0.95) -> int:
     """Smallest k whose first k principal components explain at least ``threshold`` of the
     variance of ``features`` [N, D]; 0 for features that do not vary."""
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    check_threshold(threshold)
     ratio = explained_variance_ratio(features)
     if ratio.sum() == 0:
         return 0
@@ -54,12 +99,17 @@ def layer_features(model: nn.Module, layers: Sequence[str | nn.Module] | str | n
                    *, spatial: str = "flatten", max_samples: int | None = None,
                    batch_size: int = 256, device=None) -> dict[str, np.ndarray]:
     """Representations [N, D] (float32) of each layer, in one pass over ``x`` (tensor or
-    batches of (x, y)); at most ``max_samples`` images."""
+    batches of (x, y)); at most ``max_samples`` images. Keys are the layers as given (probe
+    names or module paths)."""
     if spatial not in ("flatten", "mean"):
         raise ValueError(f"spatial must be 'flatten' or 'mean', got '{spatial}'")
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
-    named = dict(resolve_layer(model, layer) for layer in layers)
+    resolved = [resolve_layer(model, layer) for layer in layers]
+    # keyed as given (a probe name such as cnn7's "conv1" is not its module path "relu1")
+    keys = {path: layer if isinstance(layer, str) else path
+            for layer, (path, _) in zip(layers, resolved)}
+    named = dict(resolved)
     feats: dict[str, list[Tensor]] = {n: [] for n in named}
     seen = 0
     with closing(layer_outputs(model, named, x, batch_size=batch_size, device=device,
@@ -73,7 +123,16 @@ def layer_features(model: nn.Module, layers: Sequence[str | nn.Module] | str | n
             seen += take
             if max_samples is not None and seen >= max_samples:
                 break
-    return {n: torch.cat(v).numpy() for n, v in feats.items()}
+    return {keys[p]: torch.cat(v).numpy() for p, v in feats.items()}
+
+
+def feature_dimensionality(features: np.ndarray, threshold: float = 0.95,
+                           spatial: str = "flatten") -> dict:
+    """One reading of features [N, D]: ``n_components`` at ``threshold``, ``n_features``,
+    ``n_samples``, and the settings."""
+    return {"n_components": n_components(features, threshold),
+            "n_features": int(features.shape[1]), "n_samples": int(features.shape[0]),
+            "threshold": threshold, "spatial": spatial}
 
 
 def layer_dimensionality(model: nn.Module, layers, x, threshold: float = 0.95, *,
@@ -82,8 +141,81 @@ def layer_dimensionality(model: nn.Module, layers, x, threshold: float = 0.95, *
     """Per layer: ``n_components`` at ``threshold``, ``n_features`` (D), ``n_samples`` (N).
     Note that N bounds the answer (at most N - 1 components vary), so compare layers and
     conditions at equal N."""
+    check_threshold(threshold)
     feats = layer_features(model, layers, x, spatial=spatial, max_samples=max_samples,
                            batch_size=batch_size, device=device)
-    return {n: {"n_components": n_components(f, threshold), "n_features": int(f.shape[1]),
-                "n_samples": int(f.shape[0]), "threshold": threshold, "spatial": spatial}
-            for n, f in feats.items()}
+    return {n: feature_dimensionality(f, threshold, spatial) for n, f in feats.items()}
+
+
+def perturbed_dimensionality(model: nn.Module, clean_features: Mapping[str, np.ndarray],
+                             perturbed, threshold: float = 0.95, *, spatial: str = "flatten",
+                             batch_size: int = 256, device=None) -> dict[str, dict]:
+    """Both readings for one perturbation. ``clean_features``: ``layer_features`` of the clean
+    images (its keys name the layers); ``perturbed``: the same images perturbed, in the same
+    order (tensor or batches, e.g. ``robustness.corrupted_batches`` of the clean batches).
+    Returns {layer: {"representation": {...}, "change": {...}}}, each reading as
+    ``layer_dimensionality`` gives it."""
+    check_threshold(threshold)
+    feats = layer_features(model, list(clean_features), perturbed, spatial=spatial,
+                           batch_size=batch_size, device=device)
+    out = {}
+    for name, pert in feats.items():
+        clean = clean_features[name]
+        if pert.shape != clean.shape:
+            raise ValueError(f"layer {name}: perturbed features {pert.shape} do not pair with "
+                             f"the clean ones {clean.shape}; pass the same images in the same "
+                             "order")
+        rep = feature_dimensionality(pert, threshold, spatial)
+        np.subtract(pert, clean, out=pert)  # in place: the change, without a third copy
+        out[name] = {"representation": rep,
+                     "change": feature_dimensionality(pert, threshold, spatial)}
+    return out
+
+
+def mean_reading(results: Sequence[Mapping[str, Mapping]]) -> dict[str, dict]:
+    """The per-layer mean of ``n_components`` over several results of one reading
+    ({layer: {...}}, e.g. one per corruption); other fields from the first."""
+    first = results[0]
+    return {n: {**first[n], "n_components": float(np.mean([r[n]["n_components"]
+                                                           for r in results]))}
+            for n in first}
+
+
+def perturbation_dimensionality(model: nn.Module, layers, clean,
+                                perturbed: Mapping[str, Iterable], threshold: float = 0.95, *,
+                                spatial: str = "flatten", max_samples: int | None = None,
+                                batch_size: int = 256, device=None) -> dict:
+    """Both readings for clean inputs and each named perturbation of them.
+
+    ``clean``: a tensor or batches; ``perturbed``: {condition: the same images perturbed, in
+    the same order}. Returns ``{"representation": {"clean": {layer: ...}, cond: ...},
+    "change": {cond: {layer: ...}}, "increase": {cond: {layer: representation[cond] -
+    representation["clean"]}}}``."""
+    clean_feats = layer_features(model, layers, clean, spatial=spatial,
+                                 max_samples=max_samples, batch_size=batch_size, device=device)
+    res = {"representation": {"clean": {n: feature_dimensionality(f, threshold, spatial)
+                                        for n, f in clean_feats.items()}},
+           "change": {}}
+    for cond, x in perturbed.items():
+        r = perturbed_dimensionality(model, clean_feats, x, threshold, spatial=spatial,
+                                     batch_size=batch_size, device=device)
+        res["representation"][cond] = {n: v["representation"] for n, v in r.items()}
+        res["change"][cond] = {n: v["change"] for n, v in r.items()}
+    res["increase"] = increase(res["representation"])
+    return res
+
+
+def increase(representation: Mapping[str, Mapping[str, Mapping]]) -> dict[str, dict]:
+    """{condition: {layer: components(condition) - components(clean)}} for every condition
+    but clean."""
+    clean = representation["clean"]
+    return {c: {n: r[n]["n_components"] - clean[n]["n_components"] for n in r}
+            for c, r in representation.items() if c != "clean"}
+
+
+def early_layers(layers: Sequence[str], n: int | None = None) -> list[str]:
+    """The "early" layers of the abstract's claim: the first ``n``, by default the first third
+    (rounded up) of the analysed layers, which for a ResNet20's 9 blocks is stage 1. Where the
+    paper drew the line is unconfirmed."""
+    n = math.ceil(len(layers) / 3) if not n else n
+    return list(layers[:max(1, min(n, len(layers)))])

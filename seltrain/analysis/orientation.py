@@ -1,22 +1,80 @@
-"""Orientation selectivity of units (Ukita; METHODS.md section 4).
+"""Orientation selectivity of units (Ukita 2020; METHODS.md section 4).
 
-Stimuli are full-field sinusoidal gratings: 12 orientations (15 degree steps), 4 phases
-(0/90/180/270 degrees) and 9 spatial frequencies with periods log-spaced from about 40 px down
-to about 4.4 px at 32x32, scaled in proportion to the image size. They are grayscale in
-[0, 1], copied to the model's channels and normalised like its data.
+Matched to the author's code, ukky17/ori_selectivity_CNN (Keras): grating.py
+(``create_gratings``, ``create_grating``), grating_analysis.py (``get_oristats`` and the
+permuted-grating control) and ablation.py (``ablation_selective``, ``cross_entropy``,
+``plot_impact_tuned``). Every deviation is listed at the end of this docstring.
 
-Orientation convention: a grating of orientation theta varies along the direction theta,
-measured counter-clockwise from the image's horizontal axis with x to the right and y up
-(rows run down). theta = 0 gives vertical stripes, theta = 90 horizontal ones:
+Stimuli
+-------
+Full-field sinusoidal gratings: 12 orientations theta_o = 180 o / 12 degrees, 4 phases
+phi_p = 360 p / 4 degrees and 9 spatial frequencies. His frequency for an image of side S is
+k_s = pi / (S / 2 + 4) * (s + 1) rad/px, s = 0..8, i.e. harmonic periods
 
-    g(x, y) = 0.5 + 0.5 * cos(2 pi (x cos(theta) + y sin(theta)) / period + phase)
+    P_s = (S + 8) / (s + 1) px:  at 32 px 40, 20, 13.3, 10, 8, 6.7, 5.7, 5, 4.4 (CIFAR-10);
+                                 at 224 px 232, 116, ..., 25.8 (his ImageNet VGG16);
+                                 at 64 px 72, 36, ..., 8 (Tiny ImageNet).
 
-A unit's response is the spatial mean of its post-ReLU output. Per unit: the max over phase,
-then the spatial frequency with the largest response, and the 12-point tuning curve R(theta)
-at that frequency. Indices (units with zero response get 0):
+Coordinates are whole pixels about the pixel ``S // 2`` (his ``np.ogrid`` minus ``h // 2``):
+x = column - S // 2 to the right, y = S // 2 - row up. A grating of orientation theta varies
+along the direction theta, counter-clockwise from the horizontal (theta = 0: vertical
+stripes, 90: horizontal ones), and phase 0 puts a crest on that centre pixel:
+
+    g(x, y) = cos(2 pi (x cos(theta) + y sin(theta)) / P + phi)
+
+Each grating is then min-max scaled to [0, 1] on its own (the 40 px one spans less than a
+period, so its raw range is not [-1, 1]), copied to the model's channels and normalised like
+its data (``stimuli``).
+
+Responses and indices
+---------------------
+A unit's response is the spatial mean of its probe output (post-ReLU; for cnn7 the ReLU
+before BatchNorm, his Keras ``layer1``...``layer6``, ``fc1``). Per unit: the max over phase,
+then the spatial frequency holding the largest response (ties: the lowest), and the
+12-point tuning curve R(theta) there. Units whose tuning curve is all zero get OSI = gOSI = 0
+and a NaN preferred orientation and orientation range, as in his code.
 
     OSI  = (R_pref - R_orth) / (R_pref + R_orth),       orth = pref + 90 degrees
     gOSI = |sum_k R(theta_k) exp(2 i theta_k)| / sum_k R(theta_k)
+
+Controls (his grating_analysis.py)
+----------------------------------
+* **Permuted gratings** (``null_indices``): the 432 stimuli shuffled, so each (orientation,
+  phase, frequency) slot shows a random grating; the same indices computed on the shuffled
+  responses form the null distribution of OSI and gOSI. His permutation is
+  ``np.random.permutation(432)`` over his stimulus order (frequency, orientation, phase) after
+  ``np.random.seed(0)``; ``null_indices(seed=0)`` draws exactly that permutation (legacy
+  ``RandomState``) in that order. The shuffle is applied to the responses rather than to the
+  images, which is the same thing in eval mode (each image's response does not depend on its
+  batch); tests/unit_tests/test_analysis_orientation.py checks it on a network.
+* **Orientation range across frequencies** (``orientation_range``): for the frequencies whose
+  best response (max over orientation and phase) is strictly above the midpoint of the
+  unit's largest and smallest such response, the preferred orientation at each; the range
+  is the shortest arc of the 180-degree orientation circle covering them, i.e. 180 minus the
+  largest circular gap. 0 means the unit prefers one orientation at every frequency it
+  responds to.
+
+Top/bottom-gOSI ablation (his ablation.py)
+------------------------------------------
+Units strictly above ``np.percentile(gOSI, 100 - p)`` (top) and strictly below
+``np.percentile(gOSI, p)`` (bottom), p = 50: units tied with the median are in neither
+group, and the groups can differ in size. They are zeroed at the layer's ablation point
+(``capture.ablation_layer``: for cnn7 the BatchNorm output, his ``bn1``...``bn7``), so the
+next layer receives 0. The per-image cross-entropy is his: the softmax probability of the
+true class clipped to [1e-7, 1 - 1e-7] (Keras ``K.epsilon()``), then -log; the increase is
+ablated minus intact per image, reported as its mean and SEM with his population standard
+deviation (``np.std``, ddof = 0) over sqrt(n images).
+
+Deviations from his code, and why
+---------------------------------
+* Normalisation: he subtracts the per-pixel mean image of his training set; seltrain
+  normalises gratings exactly as the model's own training data (per-channel mean and std),
+  which is what "like the training data" means for a seltrain model.
+* A unit that responds (not all zero) with the same peak at every frequency has no frequency
+  strictly above the midpoint; his code raises there (``np.argmax`` of an empty array). Here
+  all frequencies count.
+* OSI's orthogonal orientation is the sampled one closest to pref + 90 degrees, his
+  ``pref + n_ori // 2`` for an even number of orientations (the only case he used).
 """
 from __future__ import annotations
 
@@ -25,43 +83,49 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from seltrain.analysis.ablation import _ablation_logits, ablate
-from seltrain.analysis.capture import (iterate_batches, layer_outputs, num_batches, resolve_layer,
-                                       unit_responses)
+from seltrain.analysis.capture import (ablation_layer, iterate_batches, layer_outputs,
+                                       num_batches, resolve_layer, unit_responses)
 
 GOSI_THRESHOLD = 0.33  # Ukita's cut-off for an orientation-selective unit
+CE_CLIP = 1e-7  # Keras K.epsilon(): his cross_entropy clips probabilities to [eps, 1 - eps]
+
+
+def grating_periods(size: int, frequencies: int = 9) -> np.ndarray:
+    """Periods in px of Ukita's spatial frequencies for images of side ``size``:
+    k_s = pi / (size / 2 + 4) * (s + 1) rad/px, so P_s = (size + 8) / (s + 1)."""
+    return (size + 8.0) / np.arange(1, frequencies + 1)
 
 
 def grating_parameters(size: int, orientations: int = 12, phases: int = 4,
-                       frequencies: int = 9, *, max_period: float | None = None,
-                       min_period: float | None = None) -> dict[str, np.ndarray]:
-    """Orientations (degrees, evenly over [0, 180)), phases (degrees, evenly over [0, 360))
-    and periods (px, log-spaced from ``max_period`` down to ``min_period``; by default
-    40 * size / 32 and 4.4 * size / 32)."""
-    max_period = 40.0 * size / 32 if max_period is None else max_period
-    min_period = 4.4 * size / 32 if min_period is None else min_period
+                       frequencies: int = 9) -> dict[str, np.ndarray]:
+    """Orientations (degrees, evenly over [0, 180)), phases (degrees, evenly over [0, 360)),
+    periods (px, ``grating_periods``) and the centre pixel (row = column = ``size // 2``)."""
     return {"orientations_deg": np.arange(orientations) * 180.0 / orientations,
             "phases_deg": np.arange(phases) * 360.0 / phases,
-            "periods_px": np.geomspace(max_period, min_period, frequencies)}
+            "periods_px": grating_periods(size, frequencies),
+            "centre_px": size // 2}
 
 
-def gratings(size: int, orientations: int = 12, phases: int = 4, frequencies: int = 9, *,
-             max_period: float | None = None, min_period: float | None = None) -> Tensor:
-    """Sinusoidal gratings in [0, 1], float32 [n_orient, n_phase, n_freq, 1, size, size]."""
-    p = grating_parameters(size, orientations, phases, frequencies,
-                           max_period=max_period, min_period=min_period)
-    c = (size - 1) / 2
-    coords = torch.arange(size, dtype=torch.float64) - c
-    xx, yy = coords[None, :], -coords[:, None]  # x to the right, y up
+def gratings(size: int, orientations: int = 12, phases: int = 4, frequencies: int = 9
+             ) -> Tensor:
+    """Sinusoidal gratings, each min-max scaled to [0, 1] on its own (module docstring),
+    float32 [n_orient, n_phase, n_freq, 1, size, size]. A grating with no contrast at all
+    (only possible for a 1-px image) is mid-grey, 0.5."""
+    p = grating_parameters(size, orientations, phases, frequencies)
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    xx, yy = coords[None, :], -coords[:, None]  # x to the right, y up, whole pixels
     theta = torch.as_tensor(np.deg2rad(p["orientations_deg"]))[:, None, None, None, None]
     phase = torch.as_tensor(np.deg2rad(p["phases_deg"]))[None, :, None, None, None]
     period = torch.as_tensor(p["periods_px"])[None, None, :, None, None]
     along = xx * torch.cos(theta) + yy * torch.sin(theta)  # [n_or, 1, 1, size, size]
-    g = 0.5 + 0.5 * torch.cos(2 * math.pi * along / period + phase)
+    g = torch.cos(2 * math.pi * along / period + phase)
+    lo = g.amin(dim=(-2, -1), keepdim=True)
+    span = g.amax(dim=(-2, -1), keepdim=True) - lo
+    g = torch.where(span > 0, (g - lo) / torch.where(span > 0, span, 1), 0.5)
     return g.unsqueeze(3).float()
 
 
@@ -78,7 +142,8 @@ def stimuli(size: int, channels: int, mean: Sequence[float], std: Sequence[float
 
 def grating_responses(model: nn.Module, layer: str | nn.Module, stim: Tensor, *,
                       batch_size: int = 256, device=None) -> np.ndarray:
-    """Unit responses [U, n_orient, n_phase, n_freq] to ``stim`` (from ``stimuli``)."""
+    """Unit responses [U, n_orient, n_phase, n_freq] to ``stim`` (from ``stimuli``), read at
+    the layer's probe (post-ReLU output, spatially averaged)."""
     name, module = resolve_layer(model, layer)
     grid = stim.shape[:3]
     acts = [unit_responses(outs[name]).double().cpu()
@@ -115,9 +180,11 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def preferred_orientation(R: np.ndarray, orientations_deg=None) -> np.ndarray:
-    """The orientation (degrees) of each unit's largest response."""
+    """The orientation (degrees) of each unit's largest response (ties: the first); NaN for
+    a unit whose tuning curve is all zero (his ``pref_oris``)."""
     R = np.asarray(R, dtype=np.float64)
-    return _angles(R.shape[1], orientations_deg)[R.argmax(1)]
+    pref = _angles(R.shape[1], orientations_deg)[R.argmax(1)]
+    return np.where((R ** 2).sum(1) > 0, pref, np.nan)
 
 
 def osi(R: np.ndarray, orientations_deg=None) -> np.ndarray:
@@ -148,33 +215,137 @@ def fraction_selective(gosi_values: np.ndarray, threshold: float = GOSI_THRESHOL
     return float((g > threshold).mean()) if g.size else math.nan
 
 
-def gosi_split_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, gosi_values=None, *,
-                        fraction: float = 0.5, fast: bool = True, batch_size: int = 256,
-                        device=None) -> dict:
-    """Ablate the top ``fraction`` of ``layer``'s units by gOSI, and as a control the bottom
-    ``fraction`` (Ukita). ``floor(fraction * U)`` units each; ties keep unit order.
+def orientation_range(responses: np.ndarray, orientations_deg=None) -> np.ndarray:
+    """How far a unit's preferred orientation moves across spatial frequencies (Ukita's
+    ``ori_ranges``), degrees in [0, 180) per unit, from responses [U, n_or, n_phase, n_f].
 
-    Returns ``baseline_ce`` (mean per-image cross-entropy), ``baseline_acc`` and, for "top"
-    and "bottom": ``units``, ``ce_increase_mean``, ``ce_increase_sem`` (over images, ddof=1),
+    Max over phase; the frequencies whose best response is strictly above
+    (max + min) / 2 of the unit's per-frequency best responses (all frequencies when those
+    are all equal, where his code would raise); the preferred orientation at each of them
+    (ties: the first); the range is 180 minus the largest gap between those orientations on
+    the 180-degree circle. NaN for a unit with no response at all."""
+    responses = np.asarray(responses, dtype=np.float64)
+    over_phase = responses.max(axis=2)  # [U, n_or, n_f]
+    ang = _angles(over_phase.shape[1], orientations_deg)
+    peak = over_phase.max(axis=1)  # [U, n_f]
+    mid = (peak.max(1) + peak.min(1)) / 2
+    out = np.full(len(peak), np.nan)
+    for u in range(len(peak)):
+        if not np.any(over_phase[u] != 0):
+            continue
+        strong = peak[u] > mid[u]
+        if not strong.any():
+            strong[:] = True
+        prefs = np.sort(ang[over_phase[u][:, strong].argmax(axis=0)])
+        gaps = np.diff(np.append(prefs, prefs[0] + 180.0))
+        out[u] = 180.0 - gaps.max()
+    return out
+
+
+def _his_order(n_or: int, n_ph: int, n_f: int) -> np.ndarray:
+    """For stimulus slot j in Ukita's order (frequency, orientation, phase), the index of the
+    same stimulus in seltrain's flattened (orientation, phase, frequency) order."""
+    s, o, p = np.meshgrid(np.arange(n_f), np.arange(n_or), np.arange(n_ph), indexing="ij")
+    return ((o * n_ph + p) * n_f + s).reshape(-1)
+
+
+def stimulus_permutations(n_or: int, n_ph: int, n_f: int, n_permutations: int = 1,
+                          seed: int = 0) -> np.ndarray:
+    """[n_permutations, n_stimuli]: row r maps each stimulus slot (seltrain's flattened
+    order) to the stimulus shown there. Drawn as his code draws them: successive
+    ``np.random.RandomState(seed).permutation(n)`` over his order (frequency, orientation,
+    phase), so seed 0's first row is his shuffle."""
+    n = n_or * n_ph * n_f
+    to_ours = _his_order(n_or, n_ph, n_f)
+    from_ours = np.argsort(to_ours)
+    rng = np.random.RandomState(seed)
+    rows = []
+    for _ in range(n_permutations):
+        his = rng.permutation(n)  # his slot j shows his stimulus his[j]
+        rows.append(to_ours[his[from_ours]])  # our slot i shows our stimulus ...
+    return np.stack(rows) if rows else np.zeros((0, n), dtype=np.int64)
+
+
+def permute_responses(responses: np.ndarray, permutation: np.ndarray) -> np.ndarray:
+    """Responses [U, n_or, n_phase, n_f] with the stimuli shuffled: slot i gets the response
+    to stimulus ``permutation[i]`` (both in seltrain's flattened order)."""
+    responses = np.asarray(responses)
+    flat = responses.reshape(len(responses), -1)
+    return flat[:, np.asarray(permutation)].reshape(responses.shape)
+
+
+def null_indices(responses: np.ndarray, n_permutations: int = 1, seed: int = 0,
+                 orientations_deg=None) -> dict[str, np.ndarray]:
+    """OSI and gOSI on permuted gratings, Ukita's null distribution: ``{"osi": [P, U],
+    "gosi": [P, U], "permutations": [P, n_stimuli]}`` for P = ``n_permutations`` shuffles
+    (``stimulus_permutations``), one shuffle shared by every unit, as his code shares one
+    shuffled stimulus set across units and layers."""
+    responses = np.asarray(responses, dtype=np.float64)
+    perms = stimulus_permutations(*responses.shape[1:], n_permutations, seed)
+    osis, gosis = [], []
+    for perm in perms:
+        R = tuning_curves(permute_responses(responses, perm))[0]
+        osis.append(osi(R, orientations_deg))
+        gosis.append(gosi(R, orientations_deg))
+    shape = (len(perms), len(responses))
+    return {"osi": np.asarray(osis).reshape(shape), "gosi": np.asarray(gosis).reshape(shape),
+            "permutations": perms}
+
+
+def split_by_gosi(gosi_values: np.ndarray, percentile: float = 50.0) -> dict:
+    """Ukita's top and bottom groups (his ablation_selective): ``top`` are the units with
+    gOSI strictly above ``np.percentile(gOSI, 100 - percentile)``, ``bottom`` those strictly
+    below ``np.percentile(gOSI, percentile)`` (linear interpolation, numpy's default). Ties
+    with a threshold fall in neither group. Returns the unit indices and both thresholds."""
+    g = np.asarray(gosi_values, dtype=np.float64)
+    if not 0 < percentile <= 50:
+        raise ValueError(f"percentile {percentile}: use a value in (0, 50]")
+    hi, lo = float(np.percentile(g, 100 - percentile)), float(np.percentile(g, percentile))
+    return {"top": np.flatnonzero(g > hi), "bottom": np.flatnonzero(g < lo),
+            "threshold_top": hi, "threshold_bottom": lo}
+
+
+def clipped_cross_entropy(logits: Tensor, y: Tensor, clip: float | None = CE_CLIP) -> np.ndarray:
+    """Per-image cross-entropy as Ukita's ``cross_entropy``: -log of the softmax probability
+    of the true class, clipped to [clip, 1 - clip] (None: no clip), float64."""
+    p = torch.softmax(logits.double(), dim=-1).gather(-1, y.long()[:, None])[:, 0]
+    if clip is not None:
+        p = p.clamp(clip, 1 - clip)
+    return (-torch.log(p)).numpy()
+
+
+def gosi_split_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, gosi_values=None, *,
+                        percentile: float = 50.0, ce_clip: float | None = CE_CLIP,
+                        fast: bool = True, batch_size: int = 256, device=None) -> dict:
+    """Ablate the top-gOSI units of ``layer``, and as a control the bottom-gOSI units
+    (Ukita; ``split_by_gosi``), at the layer's ablation point (``capture.ablation_layer``),
+    and measure the per-image test cross-entropy (``clipped_cross_entropy``).
+
+    Returns ``baseline_ce`` (mean per-image cross-entropy), ``baseline_acc``, ``n_images``,
+    ``percentile``, ``threshold_top``, ``threshold_bottom``, ``layer``, ``ablated_module`` and,
+    for "top" and "bottom": ``units``, ``n_units``, ``ce_increase_mean``,
+    ``ce_increase_sem`` (his: population std over images / sqrt(n), ddof = 0),
     ``accuracy`` and ``acc_change`` (ablated minus baseline).
     """
     if gosi_values is None:
         raise ValueError("gosi_split_ablation needs gosi_values, one per unit")
     g = np.asarray(gosi_values, dtype=np.float64)
-    n = int(math.floor(fraction * len(g)))
-    groups = {"top": np.argsort(-g, kind="stable")[:n], "bottom": np.argsort(g, kind="stable")[:n]}
+    split = split_by_gosi(g, percentile)
+    groups = {"top": split["top"], "bottom": split["bottom"]}
 
     def unit_sets(units: int) -> list[Tensor]:
         if units != len(g):
             raise ValueError(f"gosi_values has {len(g)} entries but the layer has {units} units")
         return [torch.as_tensor(v) for v in groups.values()]
 
+    info: dict = {}
     base_ce, base_hit, ce, hit = [], [], {k: [] for k in groups}, {k: [] for k in groups}
     for yb, ids, logits in _ablation_logits(model, layer, x, y, unit_sets, fast=fast,
                                             units_per_pass=None, batch_size=batch_size,
-                                            device=device, desc="gOSI split ablation"):
+                                            device=device, desc="gOSI split ablation",
+                                            info=info):
         for r, lg in enumerate(logits):
-            loss = F.cross_entropy(lg.double(), yb, reduction="none").numpy()
+            loss = clipped_cross_entropy(lg, yb, ce_clip)
             correct = (lg.argmax(-1) == yb).numpy()
             if ids is None:
                 base_ce.append(loss)
@@ -185,13 +356,16 @@ def gosi_split_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, gos
                 hit[key].append(correct)
     base_ce_all, base_acc = np.concatenate(base_ce), float(np.concatenate(base_hit).mean())
     out = {"baseline_ce": float(base_ce_all.mean()), "baseline_acc": base_acc,
-           "n_images": len(base_ce_all), "fraction": fraction}
+           "n_images": len(base_ce_all), "percentile": percentile,
+           "threshold_top": split["threshold_top"],
+           "threshold_bottom": split["threshold_bottom"], "ce_clip": ce_clip,
+           "layer": info["layer"], "ablated_module": info["ablated_module"]}
     for key, units in groups.items():
         inc = np.concatenate(ce[key]) - base_ce_all
         acc = float(np.concatenate(hit[key]).mean())
-        out[key] = {"units": units, "ce_increase_mean": float(inc.mean()),
-                    "ce_increase_sem": float(inc.std(ddof=1) / math.sqrt(len(inc)))
-                    if len(inc) > 1 else math.nan,
+        out[key] = {"units": units, "n_units": len(units),
+                    "ce_increase_mean": float(inc.mean()),
+                    "ce_increase_sem": float(inc.std() / math.sqrt(len(inc))),
                     "accuracy": acc, "acc_change": acc - base_acc}
     return out
 
@@ -222,7 +396,7 @@ def shift_invariance(model: nn.Module, layer: str | nn.Module, x, shift: int = 2
     for the image and for the image shifted by ``shift`` px (``shift_images``). Returns the
     ``mean`` and ``sem`` over images and ``n``; images with a constant representation are left
     out (``n_constant``). ``ablation=(layer, units)`` zeroes those units, typically of a lower
-    layer, in both passes.
+    layer, in both passes, at that layer's ablation point (``capture.ablation_layer``).
 
     ``x``: normalised images (tensor or batches of (x, y)); shifting normalised images equals
     normalising shifted ones, as normalisation is per channel.
@@ -242,7 +416,7 @@ def shift_invariance(model: nn.Module, layer: str | nn.Module, x, shift: int = 2
         if ablation is None:
             reps = run(pair)
         else:
-            with ablate(resolve_layer(model, ablation[0])[1], ablation[1]):
+            with ablate(ablation_layer(model, ablation[0])[1], ablation[1]):
                 reps = run(pair)
         a, b = reps[:len(xb)], reps[len(xb):]
         a = a - a.mean(1, keepdim=True)
@@ -294,7 +468,7 @@ def shift_invariance_layers(model: nn.Module, layers: Sequence[str | nn.Module],
         mods[layer if isinstance(layer, str) else path] = module
     corrs: dict[str, list[np.ndarray]] = {n: [] for n in mods}
     n_constant = {n: 0 for n in mods}
-    abl = None if ablation is None else (resolve_layer(model, ablation[0])[1], ablation[1])
+    abl = None if ablation is None else (ablation_layer(model, ablation[0])[1], ablation[1])
     for xb, _ in tqdm(iterate_batches(x, None, batch_size), total=num_batches(x, batch_size),
                       desc="shift invariance", disable=None, leave=False):
         pair = torch.cat([xb, shift_images(xb, shift, dims, mode)])

@@ -7,6 +7,7 @@ pyplot, so nothing touches global backend state and plotting works on headless m
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -123,6 +124,65 @@ def orientation_distributions(osi: Mapping[str, Sequence[float]],
     return _save(fig, path, title)
 
 
+def null_distributions(osi: Mapping[str, Sequence[float]], gosi: Mapping[str, Sequence[float]],
+                       null_osi: Mapping[str, Sequence[float]],
+                       null_gosi: Mapping[str, Sequence[float]], path, *,
+                       title: str | None = None) -> Path:
+    """OSI and gOSI per layer on gratings against permuted gratings (Ukita's dist_OSI
+    figure): overlaid histograms over [0, 1] in 10 bins, OSI top row, gOSI bottom row."""
+    names = list(gosi)
+    fig, axes = _figure(2 * len(names), cols=len(names))
+    for i, name in enumerate(names):
+        for ax, real, null, label in ((axes[i], osi[name], null_osi[name], "OSI"),
+                                      (axes[len(names) + i], gosi[name], null_gosi[name],
+                                       "gOSI")):
+            real = np.asarray(real, dtype=np.float64).ravel()
+            null = np.asarray(null, dtype=np.float64).ravel()
+            # weights: fractions of units, so several permutations plot on the same scale
+            for v, color, lab in ((real, "tab:red", "gratings"), (null, "tab:blue", "permuted")):
+                ax.hist(v, bins=10, range=(0, 1), color=color, alpha=0.5, label=lab,
+                        weights=np.full(len(v), 1 / max(len(v), 1)))
+            ax.set_title(f"{name} {label}", fontsize=9)
+            ax.set_xlabel(label)
+            ax.set_ylabel("fraction of units", fontsize=7)
+            ax.legend(fontsize=7)
+    return _save(fig, path, title)
+
+
+def orientation_ranges(ranges: Mapping[str, Sequence[float]],
+                       gosi: Mapping[str, Sequence[float]], path, *, threshold: float = 0.33,
+                       bins: int = 12, title: str | None = None) -> Path:
+    """Histogram per layer of the orientation range across spatial frequencies of the units
+    with gOSI above ``threshold`` (Ukita's ori_ranges figure: 12 bins over [0, 180))."""
+    names = list(ranges)
+    fig, axes = _figure(len(names))
+    for ax, name in zip(axes, names):
+        r = np.asarray(ranges[name], dtype=np.float64)
+        r = r[(np.asarray(gosi[name], dtype=np.float64) > threshold) & np.isfinite(r)]
+        ax.hist(r, bins=bins, range=(0, 180), color="tab:orange")
+        ax.set_xticks(range(0, 181, 30))
+        ax.set_title(f"{name} (gOSI > {threshold:g}: {len(r)})", fontsize=9)
+        ax.set_xlabel("orientation range (deg)")
+        ax.set_ylabel("units")
+    return _save(fig, path, title)
+
+
+def gosi_split_ablation(results: Mapping[str, Mapping], path, *,
+                        title: str | None = None) -> Path:
+    """Test cross-entropy increase (mean +/- SEM over images) per layer when its top- and its
+    bottom-gOSI units are ablated (Ukita's plot_impact_tuned)."""
+    names = list(results)
+    fig, (ax,) = _figure(1, size=(max(4.5, 0.6 * len(names)), 3.4))
+    for key, color in (("top", "tab:red"), ("bottom", "tab:blue")):
+        ax.errorbar(range(len(names)), [results[n][key]["ce_increase_mean"] for n in names],
+                    yerr=[results[n][key]["ce_increase_sem"] for n in names], color=color,
+                    marker="o", capsize=2, label=f"{key} gOSI ablated")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("increase in test cross-entropy")
+    ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
 def tuning_curves(R, path, *, orientations_deg: Sequence[float] | None = None,
                   units: Sequence[int] | None = None, title: str | None = None) -> Path:
     """Orientation tuning curves R(theta) of some units (default: the first 16)."""
@@ -139,19 +199,29 @@ def tuning_curves(R, path, *, orientations_deg: Sequence[float] | None = None,
 
 
 def corruption_accuracy(result: Mapping, path, *, title: str | None = None) -> Path:
-    """Accuracy against severity for each corruption (``robustness.accuracy_under_corruptions``),
-    with the clean accuracy at severity 0."""
+    """Accuracy against severity for each corruption (``robustness.accuracy_under_corruptions``
+    or ``accuracy_on_released``), with the clean accuracy at severity 0, the mean over
+    corruptions in the last panel, and where the corrupted images came from in the title."""
     sev = [0, *result["severities"]]
     names = list(result["accuracy"])
-    fig, axes = _figure(len(names), cols=5, size=(2.6, 2.2))
-    for ax, name in zip(axes, names):
-        ax.plot(sev, [result["clean_acc"], *np.asarray(result["accuracy"][name])], marker="o")
+    curves = {n: [result["clean_acc"], *np.asarray(result["accuracy"][n])] for n in names}
+    if len(names) > 1:
+        curves["mean"] = [result["clean_acc"], *np.mean([np.asarray(result["accuracy"][n])
+                                                        for n in names], 0)]
+    fig, axes = _figure(len(curves), cols=5, size=(2.6, 2.2))
+    for ax, (name, acc) in zip(axes, curves.items()):
+        ax.plot(sev, acc, marker="o", color="k" if name == "mean" else None)
         ax.set_title(name, fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_xticks(sev)
         ax.set_xlabel("severity", fontsize=7)
-    return _save(fig, path, title or f"mean corruption accuracy "
-                                     f"{result['mean_corruption_accuracy']:.3f}")
+    source = result.get("source")
+    if source == "on-the-fly" and result.get("table_title"):
+        source = f"on the fly, {result['table_title']} table"
+    elif source == "released files":
+        source = f"released files ({os.path.basename(str(result.get('root', '')))})"
+    default = f"mean corruption accuracy {result['mean_corruption_accuracy']:.3f}"
+    return _save(fig, path, title or (f"{default}: {source}" if source else default))
 
 
 def attack_accuracy(results: Mapping[str, Mapping] | Mapping, path, *,
@@ -182,6 +252,71 @@ def dimensionality(results: Mapping[str, Mapping[str, Mapping]], path, *,
     ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("principal components")
     ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def dimensionality_readings(result: Mapping[str, Mapping[str, Mapping[str, Mapping]]], path, *,
+                            title: str | None = None) -> Path:
+    """Components per layer for both readings (``dimensionality.perturbation_dimensionality``):
+    left, the representation of clean, corrupted and adversarial inputs; right, the
+    perturbation-induced change (perturbed minus clean representation)."""
+    panels = {"representation (of the inputs)": result["representation"],
+              "change (perturbed - clean)": result["change"]}
+    fig, axes = _figure(2, cols=2, size=(4.6, 3.4))
+    for ax, (label, conditions) in zip(axes, panels.items()):
+        layers: list[str] = []
+        for cond, res in conditions.items():
+            layers = layers or list(res)
+            ax.plot(range(len(res)), [res[n]["n_components"] for n in res], marker="o",
+                    label=cond)
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("principal components")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def gradient_variability(means: Mapping[str, Mapping[str, float]], path, *,
+                         title: str | None = None) -> Path:
+    """Per layer, the input-gradient statistics (``gradients.layer_means``): direction
+    variability, norm CV and the share of zero gradients, each across samples (mean over
+    units) and across units (mean over images)."""
+    layers = list(means)
+    stats = (("direction", "1 - mean pairwise cosine"), ("norm_cv", "CV of gradient norm"),
+             ("zero_fraction", "share of zero gradients"))
+    fig, axes = _figure(len(stats), cols=3, size=(3.6, 3.2))
+    for ax, (stat, label) in zip(axes, stats):
+        # the share of zeros is one number per layer (the mean of one zero/non-zero table)
+        axes_ = ("across_samples",) if stat == "zero_fraction" else ("across_samples",
+                                                                       "across_units")
+        for axis, marker in zip(axes_, "os"):
+            ax.plot(range(len(layers)), [means[n][f"{axis}_{stat}"] for n in layers],
+                    marker=marker, label=axis.replace("_", " "))
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path, title)
+
+
+def panels_against(x: Sequence[float], panels: Mapping[str, Mapping[str, Sequence[float]]],
+                   path, *, xlabel: str, ylabel: str, title: str | None = None) -> Path:
+    """One panel per key of ``panels`` (e.g. a layer), each a scatter of its series against
+    ``x`` (e.g. alpha over the trials of a sweep), points joined in x order: the per-layer
+    comparisons of ``seltrain report --analyses dimensionality,gradients``."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    fig, axes = _figure(len(panels), cols=2 if len(panels) in (2, 4) else 3, size=(3.6, 2.9))
+    # the same series in every panel (e.g. one per layer): one legend, on the first panel
+    same = len({tuple(s) for s in panels.values()}) == 1
+    for i, (ax, (name, series)) in enumerate(zip(axes, panels.items())):
+        for label, y in series.items():
+            y = np.asarray(y, dtype=np.float64)
+            ax.plot(x[order], y[order], marker="o", ms=4, lw=0.8, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        if len(series) > 1 and (i == 0 or not same):
+            ax.legend(fontsize=6 if len(series) > 4 else 7)
     return _save(fig, path, title)
 
 

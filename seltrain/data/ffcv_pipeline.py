@@ -22,13 +22,30 @@ Sharding follows ``RankSharding``, exactly as the torch path:
   with no padding and no drop: every sample is seen exactly once across ranks.
 
 FFCV reuses its batch buffers: a batch's buffer is rewritten once the consumer draws the next
-batch. By default every image batch is copied (one memcpy) before it is handed out, so callers
-may keep batches. ``borrow=True`` hands out FFCV's buffer itself, valid until the next batch is
-drawn; the trainer asks for that, because ``DevicePreprocess`` turns each batch into a new
-tensor at once (the float conversion on the CPU; the host-to-device copy on a GPU), and the copy
-on the consuming thread cost ~25% of the loader's throughput at 64 px on 2 cores. Labels are
-always copied (a few KB). Batches are uint8 [B, C, H, W] in channels_last memory (FFCV decodes
-NHWC); ``DevicePreprocess`` lays them out as the recipe asks on the device.
+batch. By default every batch is copied (one memcpy) before it is handed out, so callers may
+keep batches. ``borrow=True`` hands out FFCV's buffers themselves (``reuses_buffers``), valid
+until the next batch is drawn; the trainer asks for that and draws through
+``DevicePreprocess.batches``, which finishes with each batch before drawing the next (the
+float conversion on the CPU; on a GPU a host-to-device copy that has *completed*, see below),
+because the copy on the consuming thread cost ~25% of the loader's throughput at 64 px on 2
+cores. Batches are uint8 [B, C, H, W] in channels_last memory (FFCV decodes NHWC);
+``DevicePreprocess`` lays them out as the recipe asks on the device.
+
+Why "completed" (read in ffcv 1.0.2's source): when CUDA is present FFCV's buffers are pinned.
+``Graph.allocate_memory`` (ffcv/pipeline/graph.py:356-373) allocates every buffer through
+``allocate_query`` (ffcv/pipeline/allocation_query.py:17-42), which calls ``pin_memory()`` on it
+(lines 29 and 38) and swallows the failure only when there is no CUDA. So
+``.to(device, non_blocking=True)`` returns before the copy has read the buffer. The decode
+thread fills ``batches_ahead + 2`` = 5 slots in turn (ffcv/loader/epoch_iterator.py:62-68, 81-84)
+through a queue of ``batches_ahead`` = 3 (line 43; ffcv/loader/loader.py:102), so it writes
+batch c+4 into batch c-1's slot as soon as batch c is drawn, and the CUDA event it waits on
+before reusing a slot (epoch_iterator.py:96-108, 127-129) orders GPU work only, not its own CPU
+writes. A consumer that never syncs per batch (evaluation; training once ``loss.item()`` left
+the step) would copy pixels of a later batch. FFCV's own ``ToDevice`` in the pipeline would
+overlap the copy too, but it copies on the slot's stream behind that same event and the decode
+thread's later CPU writes into the slot are not ordered after that copy either; so the copy
+stays in ``DevicePreprocess``, on its own stream, with the host waiting for it (for the copy
+alone, not for compute) before the next batch is drawn.
 """
 from __future__ import annotations
 
@@ -307,6 +324,11 @@ class FFCVLoader:
         if self.loader is not None:
             self.loader.next_epoch = epoch  # FFCV draws the order of epoch ``next_epoch``
 
+    @property
+    def reuses_buffers(self) -> bool:
+        """Batches are FFCV's own buffers, rewritten once the next batch is drawn."""
+        return self.borrow
+
     def __len__(self) -> int:
         return len(self.loader) if self.loader is not None else 0
 
@@ -328,7 +350,7 @@ class FFCVLoader:
                 # NCHW-contiguous here would be a strided permute-copy on the CPU, which cost
                 # 2/3 of the loader's throughput at 64 px on 2 cores; DevicePreprocess lays the
                 # batch out as the model wants on the device instead.
-                yield (x if self.borrow else x.clone()), y.clone()
+                yield (x, y) if self.borrow else (x.clone(), y.clone())
         finally:
             it.close()  # stop FFCV's worker thread when the consumer breaks early
 

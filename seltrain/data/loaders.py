@@ -7,10 +7,13 @@ Two kinds, one contract:
   2-core box the vectorised crop is faster than per-image PIL work, and it is bitwise
   reproducible, which resume equivalence relies on.
 - ``FileLoader`` for image folders (Tiny ImageNet, ImageNet): a torch DataLoader decoding
-  with PIL in workers, torchvision transforms, seeded per epoch.
+  with PIL in persistent workers, torchvision transforms seeded per (epoch, sample).
 
 Normalisation, channels_last and dtype happen on the device (``DevicePreprocess``), as in
-ffcv-imagenet: the loader ships compact uint8.
+ffcv-imagenet: the loader ships compact uint8. When CUDA is present every loader ships pinned
+host memory, so the host-to-device copy is truly asynchronous (from pageable memory a
+``non_blocking`` copy still makes the host wait for the GPU), and ``DevicePreprocess.batches``
+copies on a side stream that overlaps compute.
 
 Sharding (``RankSharding``): training takes each *global* batch of ``batch_size * world``
 samples from one seeded permutation and gives rank r the r-th slice, so G ranks together see
@@ -92,7 +95,8 @@ ARRAY_AUGMENT = {"cifar": (4, True), "mnist": (2, True)}
 class ArrayLoader:
     def __init__(self, split: ArraySplit, indices: np.ndarray, batch_size: int, *,
                  train: bool, info: DatasetInfo, sharding: RankSharding, seed: int = 0,
-                 augment: bool = True, drop_last: bool | None = None):
+                 augment: bool = True, drop_last: bool | None = None,
+                 pin_memory: bool | None = None):
         # NHWC uint8 -> NCHW once; contiguous so gathers stay cheap.
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)\
             .contiguous()
@@ -105,6 +109,9 @@ class ArrayLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.augment = ARRAY_AUGMENT.get(info.family, (0, False)) if (train and augment) \
             else (0, False)
+        # Pinned batches when CUDA is present (module docstring); each batch is a fresh block
+        # of torch's pinned-memory cache, which is not reused before its copy has completed.
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,29 +134,82 @@ class ArrayLoader:
     def __iter__(self):
         gen = epoch_generator(self.seed, self.epoch, salt=1)
         pad, flip = self.augment
+        pin = self.pin_memory
         for idx in self._batches():
             t = torch.from_numpy(idx)
-            x = self.images.index_select(0, t)
             if pad or flip:
-                x = _pad_crop_flip(x, pad, flip, gen)
-            yield x, self.labels.index_select(0, t)
+                x = _pad_crop_flip(self.images.index_select(0, t), pad, flip, gen)
+                x = x.pin_memory() if pin else x
+            else:  # gathered straight into pinned memory
+                x = torch.index_select(self.images, 0, t,
+                                       out=_empty_like_batch(self.images, len(t), pin))
+            yield x, torch.index_select(self.labels, 0, t,
+                                        out=_empty_like_batch(self.labels, len(t), pin))
+
+
+def _empty_like_batch(src: Tensor, n: int, pin: bool) -> Tensor:
+    return torch.empty((n, *src.shape[1:]), dtype=src.dtype, pin_memory=pin)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch (``FileLoader``)."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2 ** 63)
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, split: FileSplit, transform, channels: int):
+    """Decodes and augments one image; keys are (index, epoch) pairs.
+
+    Each sample's augmentation is seeded from (seed, epoch, index) (``sample_seed``), not from
+    a worker's RNG stream: with persistent workers a worker's stream would run on across
+    epochs, so epoch e's crops would depend on every earlier epoch (a resumed run would see
+    other crops) and on which worker got which batch (``data.num_workers``).
+    """
+
+    def __init__(self, split: FileSplit, transform, channels: int, seed: int):
         self.paths, self.labels = split.paths, np.asarray(split.labels, dtype=np.int64)
         self.transform = transform
         self.mode = "L" if channels == 1 else "RGB"
+        self.seed = seed
 
     def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
         from PIL import Image
 
-        with Image.open(self.paths[i]) as im:
-            img = im.convert(self.mode)
-        return self.transform(img), int(self.labels[i])
+        i, epoch = key
+        try:
+            with Image.open(self.paths[i]) as im:
+                img = im.convert(self.mode)
+        except Exception as e:  # noqa: BLE001 - not an image, truncated: the same fix
+            from seltrain.errors import DataError
+
+            raise DataError(f"cannot decode {self.paths[i]} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); replace or remove "
+                            "it, and list every unreadable image with `seltrain data check "
+                            "--config RECIPE`") from None
+        # torchvision's transforms draw from torch's global RNG; fork it so that a loader
+        # without workers (num_workers=0, in the training process) leaves the caller's as is.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, i))
+            x = self.transform(img)
+        return x, int(self.labels[i])
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The batch sampler of a persistent DataLoader: each pass yields the loader's current
+    epoch's batches as (index, epoch) keys."""
+
+    def __init__(self, loader: "FileLoader"):
+        self.loader = loader
+
+    def __iter__(self):
+        epoch = self.loader.epoch
+        for b in self.loader._batches():
+            yield [(int(i), epoch) for i in b]
+
+    def __len__(self):
+        return len(self.loader)
 
 
 def file_transforms(size: int, train: bool, augment: bool):
@@ -171,15 +231,22 @@ def file_transforms(size: int, train: bool, augment: bool):
 
 
 class FileLoader:
+    """Image folders through a torch DataLoader whose workers persist across epochs (starting
+    ImageNet-sized worker pools every epoch and split costs seconds each time); each sample's
+    augmentation is seeded by (seed, epoch, index), so any epoch is reproduced exactly by a
+    fresh loader set to it (resumption) and by any ``num_workers``."""
+
     def __init__(self, split: FileSplit, indices: np.ndarray, batch_size: int, *, train: bool,
                  info: DatasetInfo, sharding: RankSharding, size: int, seed: int = 0,
                  augment: bool = True, num_workers: int = 2, drop_last: bool | None = None):
-        self.dataset = _FileDataset(split, file_transforms(size, train, augment), info.channels)
+        self.dataset = _FileDataset(split, file_transforms(size, train, augment), info.channels,
+                                    seed)
         self.indices = np.asarray(indices)
         self.batch_size, self.train, self.sharding, self.seed = batch_size, train, sharding, seed
         self.drop_last = train if drop_last is None else drop_last
         self.num_workers = num_workers
         self.epoch = 0
+        self._loader = None  # made on first use, kept (with its workers) for every epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -199,29 +266,97 @@ class FileLoader:
         return len(self.indices)
 
     def __iter__(self):
-        batches = [b.tolist() for b in self._batches()]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-            generator=epoch_generator(self.seed, self.epoch, salt=2),
-            persistent_workers=False, pin_memory=torch.cuda.is_available())
-        yield from loader
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=_EpochBatches(self), num_workers=self.num_workers,
+                generator=epoch_generator(self.seed, 0, salt=2),
+                persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return iter(self._loader)
 
 
 class DevicePreprocess:
-    """uint8 batch -> normalised float on the device (optionally channels_last)."""
+    """uint8 batch -> normalised float on the device (optionally channels_last).
+
+    ``batches(loader)`` is how the trainer draws batches: ready for the model, and owned by
+    the caller. A loader may lend its own host buffers (``reuses_buffers``: FFCV with
+    ``borrow=True``, whose buffers are pinned when CUDA is present and rewritten by its CPU
+    threads as soon as the next batch is drawn; FFCV's CUDA events order GPU work only).
+    On CUDA each batch is copied on a side stream, which overlaps the copy with compute, and
+    before the next batch is drawn the host waits for that copy alone (not for compute), so
+    no asynchronous copy can read a buffer being rewritten. On the CPU the normalisation makes
+    a new tensor, and a batch that would still alias the loader's buffer is copied.
+    """
 
     def __init__(self, info: DatasetInfo, device: torch.device, channels_last: bool = False):
-        self.device = device
-        self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
+        self.device = torch.device(device)
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" \
+            else None
+        self._copied = None  # CUDA event: the last batch's host buffers have been read
+
+    def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self._copy_stream is None or x.device.type != "cpu":
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            xd = x.to(self.device, non_blocking=True)
+            yd = y.to(self.device, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record(self._copy_stream)
+        compute.wait_stream(self._copy_stream)
+        # Allocated on the copy stream, used on the compute stream: the caching allocator
+        # must not hand the memory out again before the compute stream is done with it.
+        xd.record_stream(compute)
+        yd.record_stream(compute)
+        return xd, yd
+
+    def release(self) -> None:
+        """Wait until the last batch's host buffers have been read by its copy."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.to(self.device, non_blocking=True)
+        x, y = self.to_device(x, y)
         if x.dtype == torch.uint8:
             x = (x.float() - self.mean) / self.std
         x = x.contiguous(memory_format=self.memory_format)
-        return x, y.to(self.device, non_blocking=True)
+        return x, y
+
+    def batches(self, loader, limit: int | None = None):
+        """(x, y) ready for the model from ``loader``, at most ``limit`` batches (no more are
+        drawn); see the class docstring for lent buffers."""
+        lends = getattr(loader, "reuses_buffers", False)
+        it = iter(loader)
+        n = 0
+        try:
+            while limit is None or n < limit:
+                try:
+                    xb, yb = next(it)
+                except StopIteration:
+                    return
+                x, y = self(xb, yb)
+                if lends:
+                    if _shares_memory(x, xb):  # e.g. a float batch on the CPU
+                        x = x.clone()
+                    if _shares_memory(y, yb):
+                        y = y.clone()
+                del xb, yb
+                yield x, y
+                n += 1
+                if lends:
+                    self.release()  # before the loader may rewrite the buffers just used
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # stops FFCV's thread / DataLoader workers' prefetch for this pass
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    return a.device == b.device and \
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def val_count(val_size: int | float, n: int) -> int:

@@ -412,6 +412,9 @@ def _load_tinyimagenet(root: str, split: str, download: bool) -> tuple[DatasetIn
 
     with open(os.path.join(base, "wnids.txt")) as f:
         wnids = sorted({line.strip() for line in f if line.strip()})
+    if len(wnids) < 2:
+        raise DataError(f"tinyimagenet: {os.path.join(base, 'wnids.txt')} lists {len(wnids)} "
+                        "class(es); class selectivity and accuracy need at least 2")
     index = {w: i for i, w in enumerate(wnids)}
     names = dict.fromkeys(wnids, "")
     words = os.path.join(base, "words.txt")
@@ -458,6 +461,23 @@ def _load_tinyimagenet(root: str, split: str, download: bool) -> tuple[DatasetIn
     return info, FileSplit(paths, np.asarray(labels, dtype=np.int64))
 
 
+def find_unreadable(paths: list[str], progress: bool = True) -> list[tuple[str, str]]:
+    """[(path, why)] for every image file that PIL cannot fully decode (not an image,
+    truncated, unsupported): ``seltrain data check`` runs it over a recipe's splits."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    bad = []
+    for path in tqdm(paths, desc="decoding", unit="img", disable=None if progress else True,
+                     dynamic_ncols=True):
+        try:
+            with Image.open(path) as im:
+                im.load()  # the whole image: a truncated file fails only here
+        except Exception as e:  # noqa: BLE001 - every decoder failure means the same fix
+            bad.append((path, f"{type(e).__name__}: {e}"))
+    return bad
+
+
 def _load_imagefolder(root: str, split: str) -> tuple[DatasetInfo, FileSplit]:
     """ImageNet-style ``root/{train,val}/<class>/<image>``; the "test" split is val/."""
     train_dir = os.path.join(root, "train")
@@ -489,6 +509,11 @@ def _load_imagefolder(root: str, split: str) -> tuple[DatasetInfo, FileSplit]:
         labels += [k] * len(files)
     if not paths:
         raise DataError(f"imagefolder: {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+    if len(classes) < 2:
+        # One class: every prediction is right and every unit's SI is 0 by definition, so
+        # accuracy and selectivity would both be meaningless.
+        raise DataError(f"imagefolder: {train_dir} has one class folder ({classes[0]}); class "
+                        f"selectivity and accuracy need at least 2 classes")
     info = DatasetInfo("imagefolder", len(classes), 3, 224, "imagenet", IMAGENET_MEAN,
                        IMAGENET_STD, tuple(classes))
     return info, FileSplit(paths, np.asarray(labels, dtype=np.int64))

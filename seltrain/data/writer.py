@@ -15,22 +15,28 @@ channel 0, bit-identical to the torch path's single channel.
 Beside ``FILE.beton`` goes ``FILE.beton.json``, the sidecar: dataset, split, number of samples
 and classes, the DatasetInfo the trainer needs (channels, family, mean/std, class names), the
 carve (val count, split seed) and the byte size of the .beton. The reader checks all of it.
-Both files are written under a temporary name and renamed, the sidecar last, and a stale
-sidecar is removed first: a .beton without a matching sidecar is never mistaken for complete.
+Both files are written under a temporary name and renamed, the sidecar last, and the old
+sidecar is removed just before the new .beton takes the name: a .beton without a matching
+sidecar is never mistaken for complete, and an interrupted write leaves an existing pair
+untouched. An existing file is replaced only with ``--force``. Ctrl-C, a failed worker or a full
+disk stop the write within seconds and remove its temporary file; temporaries of writers that
+died (SIGKILL) are removed, with a note, by the next write of the same file.
 """
 from __future__ import annotations
 
 import copy
 import ctypes
+import glob
 import json
 import os
+import queue
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from seltrain.errors import DataError
+from seltrain.errors import DataError, is_disk_full
 
 # Kept light at import time (numpy only): the CLI imports this module to build its parser.
 
@@ -97,7 +103,8 @@ class SplitSource:
                 return np.asarray(im.convert("RGB")), label
         except Exception as e:  # any decoder failure means the same fix
             raise DataError(f"cannot decode {path} ({type(e).__name__}: {e}); replace or "
-                            f"remove the file") from e
+                            f"remove the file (`seltrain data check` lists every unreadable "
+                            f"image of a recipe)") from e
 
 
 def split_rows(cfg, split: str):
@@ -125,7 +132,8 @@ def _worker(errors, job, *args):
     try:
         job(*args)
     except BaseException as e:  # noqa: BLE001 - anything that kills the worker is reported
-        errors.put(str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
+        errors.put(str(e) if isinstance(e, DataError) else "interrupted (SIGINT)"
+                   if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         sys.exit(1)
 
 
@@ -147,6 +155,11 @@ def _make_writer(path: str, fields: dict, num_workers: int, progress: bool, labe
         def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
             self.num_samples = num_samples
             self.prepare()
+            # SIGKILL skips every cleanup: name the metadata's shared memory beside the
+            # temporary file, so the next write of this file can free it (/dev/shm).
+            shm_note = f"{self.fname}.shm"
+            with open(shm_note, "w") as f:
+                f.write(self.metadata_sm.name)
             work: Queue = Queue()
             for todo in queue_content:
                 work.put(todo)
@@ -161,56 +174,172 @@ def _make_writer(path: str, fields: dict, num_workers: int, progress: bool, labe
             procs = [Process(target=_worker, args=(errors, work_fn, *args))
                      for _ in range(self.num_workers)]
             t0 = time.perf_counter()
+            ok = False
             try:
                 for p in procs:
                     p.start()
                 bar = tqdm(total=num_samples, desc=f"writing {label}", unit="img",
                            disable=None if progress else True, dynamic_ncols=True)
+                def check_workers():
+                    failed = [p for p in procs if p.exitcode not in (None, 0)]
+                    if failed:
+                        try:  # the worker's own words, once its queue has flushed them
+                            msg = errors.get(timeout=5)
+                        except queue.Empty:
+                            msg = f"a writer process exited with code {failed[0].exitcode}"
+                        raise DataError(f"writing {label} failed: {msg}")
+
                 seen = 0
                 while seen < num_samples:
                     now = done.value
                     bar.update(now - seen)
                     seen = now
-                    failed = [p for p in procs if p.exitcode not in (None, 0)]
-                    if failed:
-                        msg = errors.get(timeout=5) if not errors.empty() else \
-                            f"a writer process exited with code {failed[0].exitcode}"
-                        raise DataError(f"writing {label} failed: {msg}")
+                    check_workers()
                     time.sleep(0.05)
                 bar.close()
                 allocation_list = []
                 for _ in procs:
-                    allocation_list.extend(allocations.get())
+                    # A worker can still fail after the last sample is counted (its final
+                    # page flush, on a full disk): never wait for its allocations unbounded.
+                    while True:
+                        try:
+                            allocation_list.extend(allocations.get(timeout=0.5))
+                            break
+                        except queue.Empty:
+                            check_workers()
                 for p in procs:
                     p.join()
                 self.elapsed_s = time.perf_counter() - t0
                 self.finalize(allocation_list)
+                ok = True
             finally:
                 for p in procs:
                     if p.is_alive():
                         p.terminate()
+                if not ok:
+                    # Each queue's feeder thread is joined at interpreter exit; with the
+                    # workers gone, the one still pushing work into a full pipe would block
+                    # that join forever (the Ctrl-C hang). What it holds is not needed now.
+                    for q in (work, allocations, errors):
+                        q.cancel_join_thread()
+                for p in procs:
+                    if p.pid is not None:
+                        p.join(timeout=10)
                 self.metadata_sm.close()
                 self.metadata_sm.unlink()
+                os.remove(shm_note)
 
     return Writer(path, fields, num_workers=num_workers)
 
 
-def write_beton(cfg, split: str, out: str, opts: WriteOptions | None = None) -> dict:
-    """Write ``split`` of the recipe's dataset to ``out``; returns the sidecar it wrote."""
-    from seltrain.data.ffcv_pipeline import SIDECAR_FORMAT, require_ffcv, sidecar_path
+def _file_in_the_way(path: str) -> str | None:
+    """The first existing component of ``path`` that is a file (no folder can be made)."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    return None if os.path.isdir(probe) else probe
+
+
+def _prepare_out(out: str) -> None:
+    """``out``'s folder exists (made if need be) and ``out`` is not a folder."""
+    if os.path.isdir(out):
+        raise DataError(f"--out {out} is a folder; give a file name, e.g. "
+                        f"{os.path.join(out, 'train.beton')}")
+    folder = os.path.dirname(out)
+    blocker = _file_in_the_way(folder)
+    if blocker:
+        raise DataError(f"cannot write --out {out}: {blocker} is a file, not a folder; choose "
+                        "another --out")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {folder} for --out ({e.strerror}); choose another "
+                        "--out") from None
+
+
+def remove_stale_temporaries(out: str, say=None) -> list[str]:
+    """Delete ``OUT.tmp-PID`` (and sidecar temporaries) left by writers that died.
+
+    Called while holding ``out``'s lock, so no live seltrain writer of ``out`` exists; the
+    pid check also spares a writer on this host that predates the lock."""
+    from seltrain.runlock import pid_alive
+
+    removed = []
+    for tmp in sorted(glob.glob(f"{glob.escape(out)}.tmp-*") +
+                      glob.glob(f"{glob.escape(out)}.json.tmp-*")):
+        pid = tmp.rsplit(".tmp-", 1)[1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue
+        try:
+            if tmp.endswith(".shm"):  # the dead writer's shared memory (see _make_writer)
+                with open(tmp) as f:
+                    name = f.read().strip().lstrip("/")
+                if name and "/" not in name and os.path.exists(f"/dev/shm/{name}"):
+                    os.remove(f"/dev/shm/{name}")
+            os.remove(tmp)
+            removed.append(os.path.basename(tmp))
+        except FileNotFoundError:
+            pass
+    if removed:
+        (say or (lambda m: print(m, file=sys.stderr, flush=True)))(
+            f"seltrain: removed {', '.join(removed)}, left by an interrupted write")
+    return removed
+
+
+def write_beton(cfg, split: str, out: str, opts: WriteOptions | None = None, *,
+                force: bool = False) -> dict:
+    """Write ``split`` of the recipe's dataset to ``out``; returns the sidecar it wrote.
+
+    An existing ``out`` is kept unless ``force``; even then it is replaced only when the new
+    file is complete (an interrupted or failed write leaves it and its sidecar as they were).
+    A lock beside it (``.OUT.lock``, ``seltrain.runlock``) keeps two writers of one file apart.
+    """
+    from seltrain.data.ffcv_pipeline import require_ffcv
+    from seltrain.runlock import RunLock
 
     opts = opts or WriteOptions()
     opts.check()
     require_ffcv()
+    out = os.path.abspath(out)
+    _prepare_out(out)
+    lock = RunLock(os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.lock"),
+                   what=f"--out {out}", fix="wait for that write to end, or choose another "
+                   "--out").acquire()
+    try:
+        if os.path.exists(out) and not force:
+            raise DataError(f"{out} already exists; pass --force to replace it, or choose "
+                            "another --out")
+        remove_stale_temporaries(out)
+        try:
+            return _write(cfg, split, out, opts)
+        except DataError as e:
+            if "No space left on device" not in str(e):
+                raise
+            raise DataError(_no_space(out)) from None
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise DataError(_no_space(out)) from None
+    finally:
+        lock.release()
+
+
+def _no_space(out: str) -> str:
+    return (f"no space left on {os.path.dirname(out)} while writing {os.path.basename(out)}; "
+            "the partial file was removed and nothing else changed: free space there (or "
+            "choose an --out with room) and run again")
+
+
+def _write(cfg, split: str, out: str, opts: WriteOptions) -> dict:
+    from seltrain.data.ffcv_pipeline import SIDECAR_FORMAT, sidecar_path
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import worker_job_indexed_dataset
 
     info, source, rows, source_n = split_rows(cfg, split)
-    out = os.path.abspath(out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     side = sidecar_path(out)
-    if os.path.exists(side):  # a stale sidecar must never vouch for a new, partial .beton
-        os.remove(side)
     workers = opts.num_workers or os.cpu_count() or 1
     fields = {
         "image": RGBImageField(write_mode=opts.write_mode, max_resolution=opts.max_resolution,
@@ -226,6 +355,8 @@ def write_beton(cfg, split: str, out: str, opts: WriteOptions | None = None) -> 
         chunks = [indices[i:i + opts.chunksize] for i in range(0, len(indices), opts.chunksize)]
         writer._write_common(len(rows), chunks, worker_job_indexed_dataset,
                              (SplitSource(source, rows),))
+        if os.path.exists(side):  # a stale sidecar must never vouch for the new .beton
+            os.remove(side)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

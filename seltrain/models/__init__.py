@@ -2,7 +2,8 @@
 
 ``build_model(arch, num_classes, in_channels, image_size)`` returns an nn.Module with
 ``probe_points()`` (probe name -> module whose output is a post-ReLU unit activation, in
-forward order) and ``probe_groups()`` (``"all"`` and ``"blocks"``: lists of probe names).
+forward order), ``ablation_points()`` (probe name -> module whose output, zeroed, is what the
+next layer receives) and ``probe_groups()`` (``"all"`` and ``"blocks"``: lists of probe names).
 See seltrain/models/probed.py for the contract and METHODS.md sec. 1 for why these layers.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from seltrain.models.cnn7 import cnn7
 from seltrain.models.probed import ModelConfigError, Probed
 from seltrain.models.resnet_cifar import resnet20, resnet56
 from seltrain.models.resnet_tv import resnet18, resnet50
-from seltrain.models.vgg import vgg16_bn
+from seltrain.models.vgg import vgg16, vgg16_bn
 
 _BUILDERS = {
     "resnet20": lambda nc, ch, px: resnet20(nc, ch),  # global pooling: any size works
@@ -24,6 +25,7 @@ _BUILDERS = {
     "resnet50": resnet50,
     "cnn7": cnn7,
     "vgg16_bn": vgg16_bn,
+    "vgg16": vgg16,  # Ukita's VGG16: no batch norm, pools probed too
 }
 ARCHS: tuple[str, ...] = tuple(_BUILDERS)
 
@@ -31,7 +33,7 @@ ARCHS: tuple[str, ...] = tuple(_BUILDERS)
 def build_model(arch: str, num_classes: int, in_channels: int = 3,
                 image_size: int = 32) -> nn.Module:
     """``image_size`` is the input side in pixels; it picks the stem/head of resnet18/50 and
-    vgg16_bn and sizes cnn7's first dense layer."""
+    the VGGs and sizes cnn7's first dense layer."""
     if arch not in _BUILDERS:
         near = difflib.get_close_matches(arch, ARCHS, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""

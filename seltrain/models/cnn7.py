@@ -4,7 +4,11 @@ Ported from the author's Keras code: six unpadded 3x3 convs with 32, 32, 64, 64,
 channels at strides 1, 2, 1, 2, 1, 2, each ``Conv2D(activation='relu')`` followed by
 ``BatchNormalization`` -- so ReLU comes *before* BN here, unlike the ResNets -- then flatten,
 dense 512 (ReLU, then BN) and dense num_classes. The probe points are the ReLUs, i.e. the
-post-ReLU, pre-BN activations that the paper reads as the unit responses.
+post-ReLU, pre-BN activations that the paper reads as the unit responses (his
+grating_analysis.py reads the Keras layers ``layer1``...``layer6`` and ``fc1``, whose outputs
+are post-ReLU). The ablation points are the BatchNorms after them: his ablation.py zeroes
+``bn1``...``bn7``, so the next layer receives zero; zeroing the ReLU output instead would let
+BN emit beta - gamma * mu / sqrt(var + eps) for the channel (seltrain/models/probed.py).
 
 Weights start as Keras's defaults (Glorot-uniform kernels, zero biases). BatchNorm keeps
 PyTorch's defaults (momentum 0.1, eps 1e-5); Keras's are momentum 0.99 (0.01 in PyTorch's
@@ -61,6 +65,8 @@ class CNN7(Probed, nn.Module):
         self._block_probes = [f"conv{i}" for i in range(1, len(CONVS) + 1)]
         self._probe_paths = {**{c: f"relu{c[4:]}" for c in self._block_probes},
                              "fc1": "relu_fc1"}
+        self._ablation_paths = {**{c: f"bn{c[4:]}" for c in self._block_probes},
+                                "fc1": "bn_fc1"}
 
     def forward(self, x: Tensor) -> Tensor:
         for i in range(1, len(CONVS) + 1):

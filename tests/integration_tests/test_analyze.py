@@ -88,6 +88,13 @@ def test_ablation_outputs_and_baseline(runs, tmp_path):
     for f in ("cumulative_layer3.2.png", "si_vs_max_class_drop_layer3.2.png", "summary.json",
               "class_drops_layer3.2.csv"):
         assert (out / f).is_file(), f
+    # incoming-weight L1 of the BN-folded conv2 of the block, and said so
+    attrs = res["attributes"]
+    assert (attrs["weight_module"], attrs["l1_batchnorm"]) == ("layer3.2.conv2", "layer3.2.bn2")
+    assert attrs["l1_weights"] == "bn_folded" and single["ablated_module"] == "layer3.2"
+    assert not np.allclose(table["l1_norm"], table["l1_norm_raw"])
+    assert json.load(open(out / "summary.json"))["layers"]["layer3.2"]["l1_weights"] \
+        == "bn_folded"
 
 
 def test_orientation(runs):
@@ -102,12 +109,31 @@ def test_orientation(runs):
         assert np.all((np.array(L["osi"]) >= 0) & (np.array(L["osi"]) <= 1))
         assert np.all((np.array(L["gosi"]) >= 0) & (np.array(L["gosi"]) <= 1))
         ab = res["gosi_split_ablation"][layer]
-        assert ab["n_images"] == 96 and len(ab["top"]["units"]) == len(L["gosi"]) // 2
+        # strictly above / below the median gOSI (ties, e.g. dead units at 0, in neither)
+        g = np.array(L["gosi"])
+        assert ab["n_images"] == 96 and ab["threshold_top"] == pytest.approx(np.median(g))
+        assert ab["top"]["units"] == np.flatnonzero(g > np.median(g)).tolist()
+        assert ab["bottom"]["units"] == np.flatnonzero(g < np.median(g)).tolist()
+        assert ab["ablated_module"] == layer
         assert math.isfinite(ab["top"]["ce_increase_mean"])
         assert -1 <= res["shift_invariance"]["before"][layer]["mean"] <= 1
+        # the controls: one shuffle of the 432 gratings, and the orientation range
+        null = np.array(L["null_gosi"])
+        assert null.shape == (1, len(g)) and np.all((null >= 0) & (null <= 1))
+        assert L["mean_null_gosi"] == pytest.approx(null.mean())
+        rng = np.array([np.nan if v is None else v for v in L["orientation_range_deg"]])
+        ok = np.isfinite(rng)
+        assert np.all((rng[ok] >= 0) & (rng[ok] < 180) & (rng[ok] % 15 == 0))
+        assert np.array_equal(ok, np.array(L["tuning_curves"]).sum(1) > 0)  # NaN: silent
+        table = pd.read_csv(os.path.join(out, f"units_{layer}.csv"))
+        assert {"null_osi", "null_gosi", "orientation_range_deg"} <= set(table.columns)
+    np.testing.assert_allclose(res["grating_parameters"]["periods_px"], 24 / np.arange(1, 10))
+    assert sorted(res["permutations"][0]) == list(range(432))
     after = res["shift_invariance"]["after_ablation"]["layer1.0"]
     assert set(after) == {"top", "bottom"} and "layer3.2" in after["top"]
-    assert os.path.isfile(os.path.join(out, "osi_gosi.png"))
+    for f in ("osi_gosi.png", "osi_gosi_vs_permuted.png", "orientation_range.png",
+              "gosi_split_ablation.png"):
+        assert os.path.getsize(os.path.join(out, f)) > 1000, f
 
 
 def test_robustness(runs):
@@ -133,15 +159,93 @@ def test_robustness(runs):
 def test_dimensionality(runs):
     run = runs["a0"]
     _ok(run_cli("analyze", "dimensionality", run, "--layers", "layer1.0", "layer3.2",
-                "--max-images", "64", "--corruptions", "gaussian_noise", "--eps", "8/255",
-                "--steps", "2"))
+                "--max-images", "64", "--corruptions", "gaussian_noise,contrast", "--eps",
+                "8/255", "--steps", "2", "--threshold", "0.9"))
     out = os.path.join(run, "analysis", "dimensionality")
     res = json.load(open(os.path.join(out, "dimensionality.json")))
-    for cond in ("clean", "corrupted", "adversarial"):
-        for layer in ("layer1.0", "layer3.2"):
-            n = res["conditions"][cond][layer]["n_components"]
-            assert 1 <= n <= 63, (cond, layer, n)
+    layers = ("layer1.0", "layer3.2")
+    assert set(res["readings"]) == {"representation", "change", "increase"}
+    assert set(res["representation"]) == {"clean", "corrupted", "adversarial"}
+    assert set(res["change"]) == {"corrupted", "adversarial"}
+    for reading in ("representation", "change"):
+        for cond, per_layer in res[reading].items():
+            for layer in layers:
+                r = per_layer[layer]
+                assert 1 <= r["n_components"] <= 63, (reading, cond, layer, r)
+                assert r["threshold"] == 0.9 and r["n_samples"] == 64
+                # 16-px inputs: layer1.0 is 16 x 16 x 16, layer3.2 64 x 4 x 4, flattened
+                assert r["n_features"] == {"layer1.0": 4096, "layer3.2": 1024}[layer]
+        for layer in layers:  # "corrupted" is the mean over the corruptions
+            per = [res["per_corruption"][c][reading][layer]["n_components"]
+                   for c in ("gaussian_noise", "contrast")]
+            assert res[reading]["corrupted"][layer]["n_components"] == pytest.approx(
+                np.mean(per), abs=1e-12)
+    rep = res["representation"]
+    for cond in ("corrupted", "adversarial"):
+        for layer in layers:
+            assert res["increase"][cond][layer] == pytest.approx(
+                rep[cond][layer]["n_components"] - rep["clean"][layer]["n_components"])
+    table = pd.read_csv(os.path.join(out, "dimensionality.csv"))
+    assert len(table) == 10 and set(table["reading"]) == {"representation", "change"}
+    assert table["increase_over_clean"].notna().sum() == 4  # corrupted, adversarial x 2 layers
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["early_layers"] == ["layer1.0"]  # the first third of two layers
+    assert summary["early_increase_adversarial"] == res["increase"]["adversarial"]["layer1.0"]
+    assert summary["early_change_components_corrupted"] == pytest.approx(
+        res["change"]["corrupted"]["layer1.0"]["n_components"])
     assert os.path.isfile(os.path.join(out, "dimensionality.png"))
+
+    r = run_cli("analyze", "dimensionality", run, "--threshold", "1.5", "--max-images", "8")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--threshold" in r.stderr, r.stderr
+
+
+def test_gradients(runs, tmp_path):
+    from seltrain.analysis.commands import default_args, find_checkpoints, load_target
+    from seltrain.analysis.gradients import gradient_variability
+
+    run = runs["a0"]
+    out = tmp_path / "grad"
+    r = _ok(run_cli("analyze", "gradients", run, "--layers", "layer1.0", "layer3.2",
+                    "--max-images", "24", "--batch-size", "10", "--unit-block", "5",
+                    "--max-units", "20", "--out", out))
+    assert "input-gradient variability (24 images" in r.stdout
+    res = json.load(open(out / "gradients.json"))
+    assert res["wrt"] == "pixels" and "unconfirmed" in res["statistic_status"]
+    l1, l3 = res["layers"]["layer1.0"], res["layers"]["layer3.2"]
+    assert l1["units"] == list(range(16))  # 16 units: all of them
+    assert len(l3["units"]) == 20 and l3["units"] == sorted(set(l3["units"]))
+    assert max(l3["units"]) < 64
+    for layer in (l1, l3):
+        assert layer["n_samples"] == 24 and len(layer["labels"]) == 24
+        d = np.array(layer["across_samples"]["direction"], dtype=float)
+        assert np.all((d >= 0) & (d <= 24 / 23 + 1e-9))
+        assert len(layer["across_units"]["direction"]) == 24
+    summary = json.load(open(out / "summary.json"))
+    want = np.mean([np.nanmean(np.array(v["across_samples"]["direction"], dtype=float))
+                    for v in res["layers"].values()])
+    assert summary["grad_across_samples_direction"] == pytest.approx(want, rel=1e-9)
+    assert len(pd.read_csv(out / "units_layer3.2.csv")) == 20
+    assert len(pd.read_csv(out / "samples_layer1.0.csv")) == 24
+    assert (out / "gradient_variability.png").is_file()
+
+    # the same numbers from the library in one batch of 24 and blocks of 64 units
+    args = default_args("gradients", run, ["--max-images", "24", "--device", "cpu"])
+    (run_dir, ckpt), = find_checkpoints(run)
+    t = load_target(run_dir, ckpt, args)
+    ref = gradient_variability(t.model, ["layer1.0", "layer3.2"], t.data, batch_size=24,
+                               unit_block=64, std=t.info.std)
+    for stat in ("direction", "norm_cv"):
+        np.testing.assert_allclose(l1["across_samples"][stat],
+                                   ref["layer1.0"]["across_samples"][stat], rtol=1e-4)
+        np.testing.assert_allclose(l1["across_units"][stat],
+                                   ref["layer1.0"]["across_units"][stat], rtol=1e-4)
+        np.testing.assert_allclose(l3["across_samples"][stat],
+                                   ref["layer3.2"]["across_samples"][stat][l3["units"]],
+                                   rtol=1e-4)
+    assert l1["labels"] == ref["layer1.0"]["labels"].tolist()
+
+    r = run_cli("analyze", "gradients", run, "--unit-block", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--unit-block" in r.stderr
 
 
 def test_orientation_tracking(runs):
@@ -204,3 +308,34 @@ def test_bad_input_is_one_line(runs, tmp_path):
     r = run_cli("analyze", "ablation", runs["a0"], "--layers", "layer9.9")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "no layer 'layer9.9'" in r.stderr and "layer3.2" in r.stderr
+
+
+def test_report_with_dimensionality_and_gradients(runs, tmp_path):
+    exp = tmp_path / "exp3"
+    for name, run in runs.items():
+        shutil.copytree(run, exp / "trials" / name, ignore=shutil.ignore_patterns("analysis"))
+    r = _ok(run_cli("report", exp, "--analyses", "dimensionality,gradients", "--analysis-args",
+                    "--max-images 32 --layers layer1.0 layer3.2 --corruptions gaussian_noise "
+                    "--eps 8/255 --steps 1 --batch-size 16 --max-units 8"))
+    assert "analysis plots" in r.stdout
+    table = pd.read_csv(exp / "analysis_results.csv").set_index("trial")
+    assert sorted(table["alpha"]) == [-1.0, 0.0]
+    for trial in ("a0", "am1"):
+        dim = json.load(open(exp / "trials" / trial / "analysis" / "dimensionality" /
+                             "summary.json"))
+        grad = json.load(open(exp / "trials" / trial / "analysis" / "gradients" /
+                              "summary.json"))
+        for key in ("representation_components_clean", "early_increase_corrupted",
+                    "early_increase_adversarial", "early_change_components_corrupted",
+                    "early_change_components_adversarial"):
+            assert table.loc[trial, key] == pytest.approx(dim[key])
+        for key in ("grad_across_samples_direction", "grad_across_units_direction",
+                    "grad_across_samples_norm_cv", "grad_across_units_norm_cv"):
+            assert table.loc[trial, key] == pytest.approx(grad[key])
+            assert 0 < table.loc[trial, key] < 5
+    plots_dir = exp / "plots"
+    for fig in ("dimensionality_increase", "dimensionality_change", "dimensionality_clean",
+                "gradients_per_layer", "early_increase_adversarial",
+                "grad_across_samples_direction"):
+        for x in ("alpha", "si"):
+            assert (plots_dir / f"analysis_{fig}_vs_{x}.png").stat().st_size > 1000, (fig, x)

@@ -6,24 +6,41 @@ same way it continues a DDP one.
 First job: ZeRO-2 in bf16 from configs/deepspeed/zero2_bf16.json, two epochs of two steps.
 Second job: the same command with ``--resume`` loads checkpoints/last.pt and DeepSpeed's
 partitioned state beside it on both ranks, finds the run complete and rewrites its summary.
-(Resuming *mid-run* after a kill is covered for DDP by test_distributed_elastic.py; the engine
-interface is the same.) Whatever the launcher leaves in /dev/shm is removed.
+
+Kill and restart: rank 1 SIGKILLs itself at global step 2, the first step of epoch 2, just after
+epoch 1's checkpoint (SELTRAIN_TEST_KILL_AT_STEP, read by the trainer). The deepspeed launcher
+has no restarts: it sees a rank exit non-zero, terminates the other rank and exits non-zero
+itself, within seconds (it polls its ranks once a second). The user's restart is the same
+command with ``--resume`` (the fault injection is not set again); it continues from epoch 1's
+checkpoint and ends with the summary and metrics of an uninterrupted run started beside it.
+
+The /dev/shm files DeepSpeed's CPU all-reduce leaves (named for MASTER_ADDR and MASTER_PORT)
+are removed for our ports only: other jobs on the machine have their own.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, TINY, subprocess_env
 
+pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
+
 EXTENSIONS = os.path.expanduser("~/.cache/seltrain/torch_extensions")
 STEPS = 2  # per epoch
+# Global steps count from 0: step STEPS is the first of epoch 2, after epoch 1's checkpoint.
+KILL_AT = STEPS
+# Wall-clock and throughput differ between any two runs, and so does the folder.
+TIMING_KEYS = {"images_per_s", "train_time_s", "run_dir"}
+TIMEOUT_S = 400
 
 
 def _free_port() -> int:
@@ -32,11 +49,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _deepspeed(out_dir, *extra_args, **env):
+def _remove_shm(ports) -> None:
+    for name in os.listdir("/dev/shm"):
+        if name.startswith("deepspeed") and any(f"_{p}_" in name for p in ports):
+            path = os.path.join("/dev/shm", name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def _command(out_dir, port, *extra_args, **env) -> tuple[list[str], dict]:
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     # --no_local_rank: the launcher would put --local_rank=N *before* the subcommand, where
     # the top-level parser does not take it; LOCAL_RANK in the environment says the same.
-    cmd = [launcher, "--no_local_rank", "--num_gpus", "2", "--master_port", str(_free_port()),
+    cmd = [launcher, "--no_local_rank", "--num_gpus", "2", "--master_port", str(port),
            "--module",
            "seltrain", "train", "configs/synthetic.yaml", *TINY, "train.epochs=2",
            f"train.max_steps_per_epoch={STEPS}", "train.engine=deepspeed", "train.bf16=true",
@@ -49,20 +73,60 @@ def _deepspeed(out_dir, *extra_args, **env):
                               # The launcher's subprocesses find the venv's python this way.
                               PATH=os.path.dirname(sys.executable) + os.pathsep
                               + os.environ.get("PATH", ""), **env)
+    return cmd, full_env
+
+
+def _start(out_dir, port, log_name, *extra_args, **env) -> subprocess.Popen:
+    """The launcher in its own session, so that a hang is ended by its process group alone;
+    its output in a file beside the run (two run at once: pipes would fill and block)."""
+    cmd, full_env = _command(out_dir, port, *extra_args, **env)
+    os.makedirs(out_dir, exist_ok=True)
+    log = open(os.path.join(out_dir, log_name), "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    """Wait for the launcher; one still running after TIMEOUT_S is a hang: kill its group."""
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+        hung = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        hung = True
+    proc.log.close()
+    with open(proc.log.name) as f:
+        out = f.read()
+    assert not hung, f"still running after {TIMEOUT_S}s:\n{out[-4000:]}"
+    return out
+
+
+def _deepspeed(out_dir, *extra_args, ports: list, **env) -> subprocess.CompletedProcess:
+    ports.append(_free_port())
+    cmd, full_env = _command(out_dir, ports[-1], *extra_args, **env)
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=400)
+                          timeout=TIMEOUT_S)
+
+
+def _results(run_dir) -> tuple[dict, list[dict]]:
+    # parse_constant: a NaN (batch SI never read in a short alpha = 0 run) compares equal.
+    with open(run_dir / "summary.json") as f:
+        summary = json.load(f, parse_constant=str)
+    with open(run_dir / "metrics.jsonl") as f:
+        records = [json.loads(line, parse_constant=str) for line in f if line.strip()]
+    return summary, records
 
 
 def test_deepspeed_launcher_trains_and_resumes(tmp_path):
-    shm_before = set(os.listdir("/dev/shm"))
+    ports: list[int] = []
     try:
-        first = _deepspeed(tmp_path)
-        second = _deepspeed(tmp_path, "--resume")
+        first = _deepspeed(tmp_path, ports=ports)
+        second = _deepspeed(tmp_path, "--resume", ports=ports)
     finally:
-        for name in set(os.listdir("/dev/shm")) - shm_before:
-            if name.startswith("deepspeed"):
-                path = os.path.join("/dev/shm", name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        _remove_shm(ports)
     log1 = first.stdout + first.stderr
     log2 = second.stdout + second.stderr
     assert first.returncode == 0, log1[-4000:]
@@ -93,3 +157,54 @@ def test_deepspeed_launcher_trains_and_resumes(tmp_path):
     model, best, cfg = load_trained_model(str(run))
     assert cfg.train.engine == "deepspeed"
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.faults
+def test_deepspeed_sigkilled_rank_stops_the_job_and_resume_matches_uninterrupted(tmp_path):
+    ports = [_free_port(), _free_port(), _free_port()]
+    clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
+    try:
+        clean = _start(clean_dir, ports[0], "clean.log")
+        killed = _start(killed_dir, ports[1], "killed.log", SELTRAIN_TEST_KILL_AT_STEP=KILL_AT)
+        killed_out = _finish(killed)
+        # Before the restart: only epoch 1 is recorded and checkpointed.
+        with open(killed_dir / "ds" / "metrics.jsonl") as f:
+            epochs_before = [json.loads(line)["epoch"] for line in f if line.strip()]
+        last_before = torch.load(killed_dir / "ds" / "checkpoints" / "last.pt",
+                                 weights_only=True)
+        resumed = _start(killed_dir, ports[2], "resumed.log", "--resume")
+        resumed_out = _finish(resumed)
+        clean_out = _finish(clean)
+    finally:
+        _remove_shm(ports)
+
+    assert clean.returncode == 0, clean_out[-4000:]
+    # The kill happened: rank 1 died of SIGKILL, and the launcher ended the job, non-zero,
+    # instead of leaving rank 0 waiting in a collective (a hang would have failed _finish).
+    assert killed.returncode != 0
+    assert "exits with return code = -9" in killed_out, killed_out[-4000:]
+    assert "epoch 1/2" in killed_out and "epoch 2/2" not in killed_out
+    assert epochs_before == [0] and last_before["epoch"] == 0
+    assert last_before["global_step"] == KILL_AT
+
+    assert resumed.returncode == 0, resumed_out[-4000:]
+    for r in (0, 1):
+        assert (f"seltrain: rank {r} of world size 2 (local rank {r}), backend gloo, device "
+                "cpu, launcher deepspeed") in resumed_out
+    assert "resuming" in resumed_out and "after epoch 1" in resumed_out, resumed_out[-4000:]
+    assert "epoch 1/2" not in resumed_out and "epoch 2/2" in resumed_out
+
+    a, ra = _results(clean_dir / "ds")
+    b, rb = _results(killed_dir / "ds")
+    assert b["world_size"] == 2 and b["engine"] == "deepspeed" and b["epochs"] == 2
+    assert set(a) == set(b)
+    assert {k: v for k, v in a.items() if k not in TIMING_KEYS} \
+        == {k: v for k, v in b.items() if k not in TIMING_KEYS}
+    # The resumed sink truncates metrics.jsonl to the checkpoint: no duplicated epochs, and
+    # every epoch's record (train loss, val/test accuracy and SI per layer) matches.
+    assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb] == [0, 1]
+    for x, y in zip(ra, rb):
+        assert {k: v for k, v in x.items() if k not in TIMING_KEYS} \
+            == {k: v for k, v in y.items() if k not in TIMING_KEYS}, x["epoch"]
+    tags = sorted(os.listdir(killed_dir / "ds" / "checkpoints" / "deepspeed"))
+    assert [t for t in tags if t.startswith("last-")] == [f"last-step{2 * STEPS}"]

@@ -129,7 +129,11 @@ def _equivalence_worker(out: str) -> None:
     from seltrain.selectivity import class_stats
 
     for mode, kw in (("dense", {}), ("present", {"present_only": True}),
-                     ("bf16", {"bf16": True})):
+                     ("bf16", {"bf16": True}),
+                     # sync-free present-only: a static 30 rows (20 classes can be present)
+                     ("present_static", {"present_only": True, "max_rows": 30}),
+                     # the general backward (an all-reduce of the gradients)
+                     ("general", {"replicated": False})):
         stats = [class_stats(a, labels, k_big) for a in acts]
         sums, counts = distributed.all_reduce_stats([s for s, _ in stats], stats[0][1], **kw)
         weight = torch.arange(1, k_big + 1, dtype=torch.float32).unsqueeze(1)
@@ -140,6 +144,38 @@ def _equivalence_worker(out: str) -> None:
         for a in acts:
             a.grad = None
     res["payload_local"] = {"acts": [a.detach() for a in acts], "labels": labels}
+
+    # The fused penalty (one [K, sum U] buffer through the all-reduce) against the per-layer
+    # reference (one buffer per layer), values and gradients, in float64 and float32.
+    from seltrain.selectivity import (selectivity_penalty,
+                                      selectivity_penalty_per_layer_reference)
+
+    for dtype in (torch.float64, torch.float32):
+        gen = torch.Generator().manual_seed(200 + r)
+        labels = torch.randint(0, 12, (24,), generator=gen)
+        acts = [torch.rand(24, w, generator=gen, dtype=dtype) for w in (5, 9, 2)]
+        got = {"acts": acts, "labels": labels}
+        for name, fn in (("fused", selectivity_penalty),
+                         ("reference", selectivity_penalty_per_layer_reference)):
+            leaves = [a.clone().requires_grad_() for a in acts]
+            mu, per_layer = fn(leaves, labels, 12, reduce=reduce)
+            grads = torch.autograd.grad(mu + per_layer[0], leaves)
+            got[name] = (mu.detach(), per_layer.detach(), [g.clone() for g in grads])
+        res[f"fused_{str(dtype).split('.')[-1]}"] = got
+
+    # The trainer's sync-free present-only path (a static 16 rows: the global batch of 16 is
+    # below K = 100) against the dense payload: the same three training steps, bitwise.
+    from seltrain.metrics import NullSink
+
+    res["present_trainer"] = {}
+    for present in (False, True):
+        tcfg = load_config(None, TINY + [
+            "data.synthetic.num_classes=100", "train.batch_size=16", "selectivity.alpha=-1",
+            f"selectivity.sync_present_only={present}", "train.max_steps_per_epoch=3",
+            "data.augment=false", f"run.out_dir={out}/present_{present}"])
+        stats, _ = Trainer(tcfg, ctx).train_epoch(0, NullSink(), 1)
+        res["present_trainer"][present] = {k: stats[k] for k in ("train_loss", "train_ce",
+                                                                 "train_batch_si")}
 
     # Exact sharded evaluation through the trainer's own evaluate().
     trainer = Trainer(load_config(None, EVAL_CFG + [f"run.out_dir={out}/run"]), ctx)
@@ -274,6 +310,54 @@ def test_payload_present_only_exact_and_bf16_close(tmp_path_factory):
         mine = rank["payload_local"]
         expect = (2 * w[mine["labels"]]).unsqueeze(1).expand_as(mine["acts"][0])
         assert torch.equal(dense["grads"][0], expect)
+
+
+def test_sync_free_present_only_and_general_backward_equal_dense(tmp_path_factory):
+    """present_only with a static row count (max_rows: no host sync) and the general backward
+    (gradients all-reduced instead of multiplied by the world size) give the dense numbers."""
+    for rank in _results(tmp_path_factory)["ranks"]:
+        dense = rank["payload_dense"]
+        for mode in ("present_static", "general"):
+            got = rank[f"payload_{mode}"]
+            assert torch.equal(got["counts"], dense["counts"]), mode
+            for i in range(2):
+                assert torch.equal(got["sums"][i], dense["sums"][i]), mode
+                assert torch.equal(got["grads"][i], dense["grads"][i]), mode
+
+
+def test_trainer_present_only_payload_trains_as_dense(tmp_path_factory):
+    """train_epoch with selectivity.sync_present_only ships a static min(K, global batch) rows
+    (no host sync) and trains exactly as the dense payload does."""
+    for rank in _results(tmp_path_factory)["ranks"]:
+        got = rank["present_trainer"]
+        assert got[True] == got[False], got
+        assert got[False]["train_batch_si"] > 0
+
+
+def test_fused_penalty_equals_per_layer_reference_across_ranks(tmp_path_factory):
+    """Through the real 2-rank all-reduce, the fused penalty gives the per-layer form's values
+    and gradients (float64 to 1e-12, float32 to rounding), the same on both ranks, and the
+    value of one process on the concatenated batch."""
+    from seltrain.selectivity import selectivity_penalty
+
+    ranks = _results(tmp_path_factory)["ranks"]
+    for dtype, tol in (("float64", 1e-12), ("float32", 2e-6)):
+        for rank in ranks:
+            (mu_f, pl_f, g_f), (mu_r, pl_r, g_r) = (rank[f"fused_{dtype}"][k]
+                                                    for k in ("fused", "reference"))
+            assert pl_r.abs().min() > 0.01
+            torch.testing.assert_close(pl_f, pl_r, rtol=tol, atol=tol)
+            torch.testing.assert_close(mu_f, mu_r, rtol=tol, atol=tol)
+            for a, b in zip(g_f, g_r):
+                assert b.abs().max() > 0
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))
+        assert torch.equal(ranks[0][f"fused_{dtype}"]["fused"][0],
+                           ranks[1][f"fused_{dtype}"]["fused"][0])
+        acts = [torch.cat([r[f"fused_{dtype}"]["acts"][i] for r in ranks]) for i in range(3)]
+        labels = torch.cat([r[f"fused_{dtype}"]["labels"] for r in ranks])
+        mu_one, _ = selectivity_penalty(acts, labels, 12)
+        torch.testing.assert_close(ranks[0][f"fused_{dtype}"]["fused"][0], mu_one, rtol=tol,
+                                   atol=tol)
 
 
 def test_sharded_evaluation_equals_one_process(tmp_path_factory):

@@ -238,6 +238,39 @@ def test_borrowed_batches_are_ffcvs_buffers(tiny):
     assert torch.equal(torch.cat([x for x, _ in kept]), ref)
 
 
+def test_trainer_eval_path_batches_survive_later_draws(syn, tmp_path):
+    """The trainer borrows FFCV's buffers for every split, which FFCV rewrites as soon as the
+    next batch is drawn (and on a GPU they are pinned, so copies are asynchronous). Batches
+    drawn through the trainer's evaluation path (DevicePreprocess.batches) are the caller's:
+    kept until every later batch of the split has been drawn, they still equal the stored
+    images; and Trainer.evaluate on the borrowing loader gives bitwise the numbers of a
+    copying one. (On a GPU, benchmarks/gpu_check.py repeats the comparison.)"""
+    from seltrain.trainer import Trainer
+
+    cfg = ffcv_recipe(SYN, syn, f"run.out_dir={tmp_path}", "run.progress=false",
+                      "run.tensorboard=false")
+    trainer = Trainer(cfg)
+    lent = trainer.data.test
+    assert lent.reuses_buffers  # the trainer borrows
+    # FFCV really reuses the buffers: 9 batches of 32 share fewer than 9 buffers.
+    assert len(lent) == 9 and len({x.data_ptr() for x, _ in lent}) < 9
+
+    kept = list(trainer.preprocess.batches(lent))  # every batch drawn before any is checked
+    # The stored images, as the torch path holds them in memory (FFCV == torch: above).
+    stored, labels = map(torch.cat, zip(*build_data(load_config(None, SYN)).test))
+    want_x, want_y = trainer.preprocess(stored, labels)
+    assert torch.equal(torch.cat([x for x, _ in kept]), want_x)
+    assert torch.equal(torch.cat([y for _, y in kept]), want_y)
+
+    a = trainer.evaluate(lent)
+    lent.borrow = False  # the same FFCV loader, copying every batch out of its buffers
+    assert not lent.reuses_buffers
+    b = trainer.evaluate(lent)
+    assert a["n"] == b["n"] == 257 and a["acc"] == b["acc"] and a["si"] == b["si"] > 0
+    for layer, units in b["si_units"].items():
+        assert np.array_equal(a["si_units"][layer], units), layer
+
+
 # --------------------------------------------------------------------------- sharding
 
 def test_two_rank_eval_covers_every_sample_once(syn):

@@ -139,7 +139,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                 f"run.out_dir={tmp_path}", "run.name=nan")
     assert r.returncode == 4, r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(err) == 1 and "at epoch 2 step" in err[0], r.stderr
+    # The loss is read every LOG_EVERY steps, so the message names the range of steps since
+    # the last check: epoch 2 holds global steps 6-11 (6 steps per epoch).
+    assert len(err) == 1 and "in epoch 2, steps 0-5 (global steps 6-11)" in err[0], r.stderr
     ckpt = torch.load(tmp_path / "nan/checkpoints/last.pt", weights_only=True)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -168,3 +170,65 @@ def test_eval_test_at_best_evaluates_test_only_on_new_best_val(tmp_path):
         assert r_best["test_acc"] == (r_every["test_acc"] if is_new else None)
     for k in ("best_epoch", "val_acc", "test_acc", "test_si"):
         assert s_best[k] == s_every[k], k
+
+
+@pytest.mark.parametrize("alpha", [0, -1])
+def test_train_step_reads_the_device_only_every_log_every_steps(tmp_path, monkeypatch, alpha):
+    """No host sync per step: one epoch of 45 steps reads tensors back (item, float, int,
+    bool, tolist, cpu, numpy) only at the LOG_EVERY steps (global steps 0, 20, 40) and once
+    at the end of the epoch: 4 reads, where the per-step .item() calls used to make 90+. The
+    loader's once-per-epoch permutation (a CPU tensor by construction) is the only other."""
+    from seltrain.metrics import NullSink
+    from seltrain.trainer import LOG_EVERY
+
+    steps = 45
+    cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                      ["data.val_size=0", f"data.synthetic.train_size={steps * 8}",
+                       "data.synthetic.test_size=8", "data.synthetic.image_size=8",
+                       "train.batch_size=8", "run.progress=false", "run.tensorboard=false",
+                       f"selectivity.alpha={alpha}", f"run.out_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    reads = []
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _original=original, _name=name, **kw):
+            caller = sys._getframe(1).f_code.co_filename
+            reads.append((_name, os.path.relpath(caller, REPO)))
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    stats, global_step = trainer.train_epoch(0, NullSink(), 0)
+    monkeypatch.undo()
+    assert global_step == steps and trainer.steps_per_epoch == steps
+    assert len(reads) <= steps // LOG_EVERY + 3, reads
+    step_reads = [r for r in reads if not r[1].startswith("seltrain/data/")]
+    assert step_reads == [("tolist", "seltrain/trainer.py")] * 4, reads
+    assert stats["train_loss"] > 0 and stats["train_batch_si"] > 0
+
+
+def test_cudnn_benchmark_follows_determinism():
+    """train.cudnn_benchmark: auto benchmarks only with CUDA and determinism off; true with
+    deterministic is refused in one line; deterministic switches deterministic algorithms on
+    and benchmarking off, and a later non-deterministic trainer switches them back."""
+    from seltrain.errors import ConfigError
+    from seltrain.trainer import seed_everything
+
+    saved = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    try:
+        seed_everything(0, deterministic=True, cudnn_benchmark="auto")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark is False
+        seed_everything(0, deterministic=False, cudnn_benchmark="auto")
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark is torch.cuda.is_available()
+        seed_everything(0, deterministic=False, cudnn_benchmark=True)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.use_deterministic_algorithms(saved[1], warn_only=True)
+    with pytest.raises(ConfigError, match="cudnn_benchmark=true picks conv kernels by timing"):
+        load_config(None, ["train.cudnn_benchmark=true"])
+    for path in ("imagenet_resnet50", "tinyimagenet_resnet18", "tinyimagenet_resnet50"):
+        t = load_config(os.path.join(REPO, f"configs/{path}.yaml")).train
+        assert (t.deterministic, t.cudnn_benchmark) == (False, "auto"), path

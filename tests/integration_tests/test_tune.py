@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import yaml
 from conftest import REPO, run_cli, subprocess_env
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 SYNTH = os.path.join(REPO, "configs", "synthetic.yaml")
 TINY_BASE = ["data.val_size=128", "data.synthetic.train_size=512",
@@ -56,7 +59,8 @@ def read_csv(path):
 
 def trial_dirs(exp):
     root = os.path.join(exp, "trials")
-    return {d: os.path.join(root, d) for d in sorted(os.listdir(root))}
+    return {d: os.path.join(root, d) for d in sorted(os.listdir(root))
+            if os.path.isdir(os.path.join(root, d))}
 
 
 def epochs_logged(run):
@@ -78,6 +82,11 @@ def epochs_logged(run):
     ({"resources": {"workers": 1, "gpus_per_worker": 1}}, "1 GPU but this machine"),
     ({"metric": "test_acc", "overrides": ["train.eval_test=at_best"]},
      "metric test_acc needs the test split every epoch"),
+    # Two NCCL ranks of one trial cannot share a GPU; Ray cannot hand out 1.5 GPUs.
+    ({"resources": {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0.5}},
+     "resources.gpus_per_worker=0.5 with workers=2 puts several NCCL ranks"),
+    ({"resources": {"workers": 1, "gpus_per_worker": 1.5}},
+     "resources.gpus_per_worker=1.5: give a fraction below 1"),
 ])
 def test_bad_search_recipe_is_one_line_exit_2(tmp_path, fields, message):
     recipe = write_recipe(tmp_path, **fields)
@@ -90,6 +99,66 @@ def test_bad_search_recipe_is_one_line_exit_2(tmp_path, fields, message):
         assert "did you mean 'scheduler'" in lines[0]
     if "alhpa" in message:
         assert "did you mean 'selectivity.alpha'" in lines[0]
+
+
+def test_fractional_gpus_for_one_worker_trials(tmp_path):
+    """0.25 GPU per one-worker trial: four trials share a GPU (planned here; no GPU to run)."""
+    from seltrain.tuning import _scaling_config, load_search
+
+    recipe = write_recipe(tmp_path, resources={"workers": 1, "cpus_per_worker": 1,
+                                               "gpus_per_worker": 0.25},
+                          max_concurrent_trials=4)
+    r = run_cli("tune", "--search", recipe, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "1 worker(s) x 1 CPU, 0.25 GPU" in r.stdout
+    assert "4 concurrent = 4 CPU, 1 GPU" in r.stdout
+    rec, _ = load_search(recipe)
+    sc = _scaling_config({"workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.25})
+    assert sc.use_gpu and sc.num_workers == 1
+    assert sc.resources_per_worker == {"CPU": 1.0, "GPU": 0.25}
+    assert rec.resources.gpus_per_worker == 0.25
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _no_cluster_here(*cmd):
+    """``cmd`` in a private PID and mount namespace with an empty /tmp/ray: Ray's `auto`
+    finds clusters by scanning processes and /tmp/ray/ray_current_cluster, and other jobs on
+    this machine run Ray."""
+    inner = " ".join(f"'{c}'" for c in cmd)
+    return ["unshare", "-p", "-f", "--mount-proc", "-m", "sh", "-c",
+            f"mkdir -p /tmp/ray && mount -t tmpfs tmpfs /tmp/ray && exec {inner}"]
+
+
+@pytest.mark.parametrize("address", ["auto", "dead"])
+def test_address_without_a_cluster_is_one_line(tmp_path, address):
+    recipe = write_recipe(tmp_path)
+    env = tune_env(tmp_path)
+    env.pop("RAY_ADDRESS", None)
+    if address == "auto":
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            pytest.skip("needs root and unshare(1) to hide this machine's other Ray clusters")
+        cmd = _no_cluster_here(sys.executable, "-m", "seltrain", "tune", "--search", recipe,
+                               "--address", "auto")
+    else:  # a host:port where nothing listens: before, ray.init retried for minutes
+        cmd = [sys.executable, "-m", "seltrain", "tune", "--search", recipe, "--address",
+               f"127.0.0.1:{_free_port()}"]
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seltrain: error: "), r.stderr
+    assert ("Could not find any running Ray instance" if address == "auto" else
+            "no Ray cluster answers at --address 127.0.0.1:") in lines[0], lines[0]
+    assert "ray start --head" in lines[0]
+    assert time.time() - t0 < 60
+    assert not os.path.exists(tmp_path / "exp" / "search" / "trials"), "nothing written"
 
 
 def test_dry_run_finds_recipe_by_name_and_applies_set():
@@ -107,8 +176,12 @@ def test_dry_run_finds_recipe_by_name_and_applies_set():
 
 # ----------------------------------------------------------------------------- real searches
 
+@pytest.mark.slow
 def test_asha_search_stops_weak_trials_and_reports(tmp_path):
-    """4 alphas, 3 epochs, ASHA at 1 epoch: the huge-alpha trials fall behind and are cut."""
+    """4 alphas, 3 epochs, ASHA at 1 epoch: the huge-alpha trials fall behind and are cut.
+
+    Also the console (what `make demo` shows): short, Ray's internals silent, each epoch once
+    under its trial's folder name; and TensorBoard's HParams for the trials ASHA stopped."""
     recipe = write_recipe(
         tmp_path, name="asha",
         space={"selectivity.alpha": {"grid": [0.0, -0.3, 30.0, 100.0]}},
@@ -117,6 +190,8 @@ def test_asha_search_stops_weak_trials_and_reports(tmp_path):
                 env=tune_env(tmp_path), timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = str(tmp_path / "exp" / "asha")
+    check_console(r.stdout + r.stderr, exp, epochs=3)
+    check_hparams_of_stopped_trials(exp)
     rows = read_csv(os.path.join(exp, "results.csv"))
     assert sorted(float(x["alpha"]) for x in rows) == [-0.3, 0.0, 30.0, 100.0]
     stopped = [x for x in rows if x["stopped_early"] == "True"]
@@ -143,9 +218,81 @@ def test_asha_search_stops_weak_trials_and_reports(tmp_path):
     # `seltrain report` on the folder prints the same table at any time.
     rep = run_cli("report", exp)
     assert rep.returncode == 0, rep.stderr
-    assert "stopped early" in rep.stdout and "per alpha" in rep.stdout
+    assert "stopped early" in rep.stdout and "best alpha by" in rep.stdout
+    assert "one seed" in rep.stdout and "+- " not in rep.stdout  # one seed: no spread
 
 
+EPOCH_LINE = re.compile(r"^(\S+)  epoch (\d+)/(\d+)  loss ")
+
+
+def check_console(console: str, exp: str, epochs: int) -> None:
+    """The console of a real search: bounded, none of Ray's internals, every trial by its
+    folder name, every reported epoch exactly once, the TensorBoard command at the end."""
+    lines = console.splitlines()
+    assert len(lines) <= 60, console  # 4 trials x 3 epochs, starts, ends, table, report
+    for noise in ("Traceback", "Failed to query", "(raylet)", "TrainingReport", "Trial status",
+                  "PreemptionWatcher", "core_worker", "WARNING", "_trial_"):
+        assert noise not in console, noise
+    runs = trial_dirs(exp)
+    printed: dict = {}
+    for ln in lines:
+        m = EPOCH_LINE.match(ln)
+        if m:
+            assert int(m.group(3)) == epochs
+            printed.setdefault(m.group(1), []).append(int(m.group(2)))
+    assert set(printed) == set(runs), (printed, runs)  # names are the folder names
+    stopped = 0
+    for name, run in runs.items():
+        assert f"{name}  started" in console, name
+        on_disk = [e + 1 for e in epochs_logged(run)]
+        # Once each, in order, from 1; a trial stopped by ASHA may log more epochs to its
+        # folder than Tune saw, even finish, before its workers are gone (Ray Train frees them
+        # a few seconds after the stop; these epochs take about as long).
+        n = len(printed[name])
+        assert printed[name] == list(range(1, n + 1)), (name, printed[name])
+        assert printed[name] == on_disk[:n], (name, on_disk)
+        if f"{name}  stopped by ASHA after epoch {n}:" in console:
+            assert n < epochs
+            stopped += 1
+        else:
+            assert n == epochs and f"{name}  finished: best val_acc" in console, name
+    assert 1 <= stopped <= 3
+    assert f"tensorboard --logdir {exp}" in lines[-1]
+
+
+def check_hparams_of_stopped_trials(exp: str) -> None:
+    """Every trial is in the HParams tab from its first epoch, with the searched keys and its
+    last metrics; only finished trials carry the session's end."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    stopped = 0
+    for name, run in trial_dirs(exp).items():
+        ea = EventAccumulator(os.path.join(run, "tb"), size_guidance={"scalars": 0})
+        ea.Reload()
+        content = ea.PluginTagToContent("hparams")
+        start = metadata.parse_session_start_info_plugin_data(
+            content["_hparams_/session_start_info"])
+        hp = {k: v.number_value if v.HasField("number_value") else v.string_value
+              for k, v in start.hparams.items()}
+        assert {"selectivity.alpha", "train.seed", "model.arch", "train.lr"} <= set(hp), hp
+        experiment = metadata.parse_experiment_plugin_data(content["_hparams_/experiment"])
+        assert [m.name.tag for m in experiment.metric_infos] == [
+            "hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs"]
+        recs = [json.loads(ln) for ln in open(os.path.join(run, "metrics.jsonl"))]
+        best = max(recs, key=lambda x: x["val_acc"])
+        last = {t: ea.Scalars(t)[-1].value for t in ("hparam/val_acc", "hparam/test_si",
+                                                      "hparam/epochs")}
+        assert last["hparam/epochs"] == len(recs), name
+        assert last["hparam/val_acc"] == pytest.approx(best["val_acc"], abs=1e-6), name
+        assert last["hparam/test_si"] == pytest.approx(best["test_si"], abs=1e-6), name
+        finished = os.path.exists(os.path.join(run, "summary.json"))
+        assert ("_hparams_/session_end_info" in content) == finished, name
+        stopped += not finished
+    assert stopped >= 1  # at least one listed with no end: the ASHA cut came mid-run
+
+
+@pytest.mark.slow
 def test_killed_driver_resumes_without_redoing_finished_trials_with_2_worker_trials(tmp_path):
     """Two trials of 2 gloo workers each, one at a time; SIGKILL the driver (and its local Ray)
     once the first has finished, then --resume: the first is kept, the second completes."""

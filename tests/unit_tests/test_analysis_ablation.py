@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seltrain.analysis.ablation import (UnsupportedModelError, ablate, correlations,
-                                        cumulative_ablation, single_unit_ablation, split_at,
-                                        unit_attributes)
+                                        cumulative_ablation, folding_batchnorm,
+                                        single_unit_ablation, split_at, unit_attributes)
+from seltrain.models import build_model
 
 K = 4
 
@@ -61,6 +62,14 @@ def test_ablating_a_one_class_unit_kills_that_class_only(fast):
     np.testing.assert_allclose(r["class_drop_std"], [np.sqrt(3) / 4, 0, np.sqrt(3) / 4,
                                                      np.sqrt(3) / 4])
     assert r["n_images"] == 40 and r["class_counts"].tolist() == [10] * K
+    # dissect's per-class score, binary balanced accuracy: ablating unit 0 costs class 0 half
+    # (recall 1 -> 0, no false positives) and class 1 a sixth (10 of its 30 negatives now
+    # predicted as 1: (1 + 20/30) / 2), which per-class accuracy cannot see
+    np.testing.assert_array_equal(r["baseline_class_balanced_acc"], np.ones(K))
+    s = 1 / 6
+    np.testing.assert_allclose(r["class_balanced_drops"], [[0.5, s, 0, 0], [0, 0, 0, 0],
+                                                           [0, s, 0.5, 0], [0, s, 0, 0.5]],
+                               atol=1e-12)
 
 
 def test_one_class_unit_has_si_one_and_its_class_preferred():
@@ -226,7 +235,7 @@ def _assert_fast_equals_naive(model, layer, x, y, **kw):
     assert fast["method"] == "fast" and naive["method"] == "naive"
     assert fast["baseline_acc"] == naive["baseline_acc"]
     for key in ("baseline_class_acc", "ablated_acc", "ablated_class_acc", "overall_drop",
-                "class_drops", "max_class_drop", "class_drop_std"):
+                "class_drops", "max_class_drop", "class_drop_std", "class_balanced_drops"):
         np.testing.assert_array_equal(fast[key], naive[key], err_msg=f"{layer}: {key}")
     assert np.any(fast["class_drops"] != 0), "vacuous: no ablation changed any prediction"
     diff = _max_logit_diff(model, layer, x[:16], list(range(min(4, len(fast["overall_drop"])))))
@@ -269,17 +278,109 @@ def test_split_torchvision_resnet_gives_the_same_logits(layer):
 def test_l1_norm_of_incoming_weights_picks_the_producing_conv():
     model = _randomise_bn(TinyCifarResNet())
     x = torch.randn(4, 3, 8, 8)
-    for probe, conv in (("block2_0", "layer2.0.conv2"), ("stem", "conv1")):
+    for probe, conv, bn in (("block2_0", "layer2.0.conv2", "layer2.0.bn2"),
+                            ("stem", "conv1", "bn1")):
         a = unit_attributes(model, probe, x)
         assert a["weight_module"] == conv  # layer2.0's shortcut conv is skipped
+        assert a["l1_batchnorm"] == bn  # ... and so is its shortcut BN
         w = model.get_submodule(conv).weight.detach().double()
-        np.testing.assert_allclose(a["l1_norm"], w.abs().sum((1, 2, 3)).numpy())
+        np.testing.assert_allclose(a["l1_norm_raw"], w.abs().sum((1, 2, 3)).numpy())
+        b = model.get_submodule(bn)
+        scale = b.weight.detach().double().abs() / torch.sqrt(b.running_var.double() + b.eps)
+        np.testing.assert_allclose(a["l1_norm"], (w.abs().sum((1, 2, 3)) * scale).numpy())
     chain = chain_net()
     a = unit_attributes(chain, "5", x)  # ReLU after conv "3" and BN "4"
-    assert a["weight_module"] == "3"
+    assert a["weight_module"] == "3" and a["l1_batchnorm"] == "4"
     with torch.no_grad():
         acts = chain[:6](x).mean((2, 3)).double()
     np.testing.assert_allclose(a["mean_activation"], acts.mean(0).numpy(), rtol=1e-6)
+    a = unit_attributes(chain, "7", x)  # conv "6" -> ReLU "7", no BN: the raw L1
+    assert a["l1_weights"] == "raw" and a["l1_batchnorm"] is None
+    np.testing.assert_array_equal(a["l1_norm"], a["l1_norm_raw"])
+
+
+def _l1(model, probe, x, **kw):
+    return unit_attributes(model, probe, x, **kw)
+
+
+@pytest.mark.parametrize("arch,probe,conv,bn,bias", [
+    ("resnet20", "layer2.0", "layer2.0.conv2", "layer2.0.bn2", False),  # conv -> BN
+    ("cnn7", "conv2", "conv2", "bn2", True),  # conv -> ReLU -> BN (Keras)
+])
+def test_bn_folded_l1_ignores_the_scale_that_batchnorm_cancels(arch, probe, conv, bn, bias):
+    """Scale a conv by c and its BN's running statistics (mean by c, variance and eps by c^2):
+    the network computes the same function, the raw L1 grows by c, the folded L1 stays."""
+    torch.manual_seed(0)
+    model = _randomise_bn(build_model(arch, 10, image_size=32))
+    x = torch.randn(4, 3, 32, 32)
+    before = _l1(model, probe, x)
+    assert before["l1_weights"] == "bn_folded"
+    assert before["weight_module"] == conv and before["l1_batchnorm"] == bn
+    w, b = model.get_submodule(conv), model.get_submodule(bn)
+    by_hand = (w.weight.detach().double().abs().sum((1, 2, 3)) * b.weight.detach().double().abs()
+               / torch.sqrt(b.running_var.double() + b.eps)).numpy()
+    np.testing.assert_allclose(before["l1_norm"], by_hand, rtol=1e-12)
+    np.testing.assert_allclose(before["l1_norm_raw"],
+                               w.weight.detach().double().abs().sum((1, 2, 3)).numpy())
+    with torch.no_grad():
+        logits = model(x)
+        c = 3.0
+        w.weight.mul_(c)
+        if bias:
+            w.bias.mul_(c)
+        b.running_mean.mul_(c)
+        b.running_var.mul_(c * c)
+        b.eps *= c * c
+        torch.testing.assert_close(model(x), logits, rtol=1e-4, atol=1e-5)
+    after = _l1(model, probe, x)
+    np.testing.assert_allclose(after["l1_norm_raw"], c * before["l1_norm_raw"], rtol=1e-6)
+    np.testing.assert_allclose(after["l1_norm"], before["l1_norm"], rtol=1e-6)
+    raw = _l1(model, probe, x, l1_weights="raw")
+    assert raw["l1_weights"] == "raw" and raw["l1_batchnorm"] is None
+    np.testing.assert_array_equal(raw["l1_norm"], after["l1_norm_raw"])
+
+
+def test_which_batchnorm_is_folded_per_architecture():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    expect = {("resnet18", "layer2.0"): ("layer2.0.conv2", "layer2.0.bn2"),  # not downsample.1
+              ("resnet50", "layer2.0"): ("layer2.0.conv3", "layer2.0.bn3"),
+              ("resnet20", "stem"): ("conv1", "bn1"),
+              ("vgg16_bn", "conv2_1"): ("features.conv2_1", "features.bn2_1"),
+              ("cnn7", "fc1"): ("fc1", "bn_fc1"),
+              ("vgg16", "conv2_1"): ("features.conv2_1", None),  # no BN: the raw L1
+              ("vgg16", "fc1"): ("classifier.fc1", None)}
+    for (arch, probe), (conv, bn) in expect.items():
+        model = build_model(arch, 10, image_size=32 if arch == "cnn7" else 16).eval()
+        a = _l1(model, probe, torch.randn(2, 3, 32, 32) if arch == "cnn7" else x)
+        assert (a["weight_module"], a["l1_batchnorm"]) == (conv, bn), (arch, probe)
+        assert a["l1_weights"] == ("raw" if bn is None else "bn_folded")
+        found = folding_batchnorm(model, model.get_submodule(conv),
+                                  torch.randn(1, 3, 32, 32) if arch == "cnn7" else x[:1])
+        assert (found[0] if found else None) == bn
+
+
+def test_cnn7_single_unit_ablation_zeroes_the_batchnorm():
+    torch.manual_seed(0)
+    model = _randomise_bn(build_model("cnn7", 10))
+    x = torch.randn(20, 3, 32, 32)
+    y = model(x).argmax(1)
+    r = single_unit_ablation(model, "conv6", x, y, 10, batch_size=20)
+    assert r["layer"] == "relu6" and r["ablated_module"] == "bn6" and r["method"] == "fast"
+    for u in (0, 5, 127):
+        with ablate(model.bn6, [u]), torch.no_grad():
+            acc = (model(x).argmax(1) == y).float().mean().item()
+        assert r["ablated_acc"][u] == pytest.approx(acc)
+    naive = single_unit_ablation(model, "conv6", x, y, 10, batch_size=20, fast=False)
+    np.testing.assert_array_equal(r["ablated_acc"], naive["ablated_acc"])
+    cum = cumulative_ablation(model, "conv6", x, y, si=np.arange(128.0), n_random=0,
+                              fractions=[0, 1], batch_size=20)
+    assert cum["ablated_module"] == "bn6"
+    # all of bn6 zeroed: fc1 sees zeros, so every image gets the same logits
+    with ablate(model.bn6, list(range(128))), torch.no_grad():
+        out = model(x)
+    assert cum["si_high_first"][1] == pytest.approx((out.argmax(1) == y).float().mean().item())
+    assert torch.allclose(out, out[:1].expand_as(out))
 
 
 class SkipAround(nn.Module):

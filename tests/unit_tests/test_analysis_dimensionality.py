@@ -6,8 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from seltrain.analysis.dimensionality import (explained_variance_ratio, layer_dimensionality,
-                                              layer_features, n_components)
+from seltrain.analysis import plots
+from seltrain.analysis.dimensionality import (early_layers, explained_variance_ratio, increase,
+                                              layer_dimensionality, layer_features,
+                                              mean_reading, n_components,
+                                              perturbation_dimensionality,
+                                              perturbed_dimensionality)
 
 
 def equal_variance_data(n: int = 500, d: int = 50, rank: int = 7, noise: float = 1e-6,
@@ -68,3 +72,93 @@ def test_conv_layer_flattened_or_spatially_averaged():
     assert feats["0"].shape == (70, 150)
     with pytest.raises(ValueError, match="spatial"):
         layer_features(model, ["0"], x, spatial="max")
+
+
+def _identity_model(d: int) -> nn.Module:
+    # layer "0" outputs its input exactly, so the features are the constructed data
+    model = nn.Sequential(nn.Linear(d, d, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(d, dtype=torch.float64))
+    return model
+
+
+def test_change_has_the_rank_of_the_perturbation():
+    # clean features of rank 12 plus a perturbation of rank 3 (equal variances): the
+    # perturbed representation needs many components, the change exactly 3
+    d = 40
+    clean = torch.as_tensor(equal_variance_data(n=300, d=d, rank=12, noise=0, seed=1))
+    delta = torch.as_tensor(equal_variance_data(n=300, d=d, rank=3, noise=0, seed=2) - 5.0)
+    model = _identity_model(d)
+    feats = layer_features(model, ["0"], clean)
+    assert feats["0"].shape == (300, d)
+    r = perturbed_dimensionality(model, feats, clean + 0.5 * delta, 0.95, batch_size=64)["0"]
+    assert r["change"] == {"n_components": 3, "n_features": d, "n_samples": 300,
+                           "threshold": 0.95, "spatial": "flatten"}
+    assert r["representation"]["n_components"] == n_components(
+        (clean + 0.5 * delta).float().numpy(), 0.95)
+    assert r["representation"]["n_components"] >= 12
+    # the same images in another order do not pair: the "change" would be meaningless
+    shuffled = perturbed_dimensionality(model, feats, (clean + 0.5 * delta).flip(0))["0"]
+    assert shuffled["change"]["n_components"] > 3
+    with pytest.raises(ValueError, match="do not pair"):
+        perturbed_dimensionality(model, {"0": feats["0"][:-1]}, clean + delta)
+
+
+def test_both_readings_and_the_increase_for_several_perturbations():
+    d = 30
+    clean = torch.as_tensor(equal_variance_data(n=200, d=d, rank=4, noise=0, seed=3))
+    small = clean + torch.as_tensor(equal_variance_data(n=200, d=d, rank=2, noise=0, seed=4))
+    large = clean + torch.as_tensor(equal_variance_data(n=200, d=d, rank=9, noise=0, seed=5))
+    res = perturbation_dimensionality(_identity_model(d), ["0"], clean,
+                                      {"corrupted": small, "adversarial": large},
+                                      threshold=0.999999)
+    rep, change = res["representation"], res["change"]
+    assert set(rep) == {"clean", "corrupted", "adversarial"}
+    assert set(change) == {"corrupted", "adversarial"}
+    assert rep["clean"]["0"]["n_components"] == 4
+    assert change["corrupted"]["0"]["n_components"] == 2
+    assert change["adversarial"]["0"]["n_components"] == 9
+    # random subspaces: 4 + 2 and 4 + 9 dimensions
+    assert rep["corrupted"]["0"]["n_components"] == 6
+    assert rep["adversarial"]["0"]["n_components"] == 13
+    assert res["increase"] == {"corrupted": {"0": 2}, "adversarial": {"0": 9}}
+    assert increase(rep) == res["increase"]
+    mean = mean_reading([change["corrupted"], change["adversarial"]])
+    assert mean["0"]["n_components"] == 5.5 and mean["0"]["n_samples"] == 200
+
+
+def test_wide_features_chunked_and_the_threshold_is_checked():
+    # D > 4096: the N x N Gram is summed over column chunks
+    wide = equal_variance_data(n=30, d=9000, rank=5, noise=0, seed=6)
+    ratio = explained_variance_ratio(wide)
+    np.testing.assert_allclose(ratio[:5], 0.2, rtol=1e-9)
+    assert n_components(wide, 0.95) == 5
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="threshold"):
+            n_components(wide, bad)
+
+
+def test_early_layers():
+    blocks = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    assert early_layers(blocks) == ["layer1.0", "layer1.1", "layer1.2"]  # resnet20: stage 1
+    assert early_layers(blocks, 1) == ["layer1.0"]
+    assert early_layers(blocks[:7]) == blocks[:3]
+    assert early_layers(["a"]) == ["a"] and early_layers(["a", "b"], 5) == ["a", "b"]
+
+
+def test_probe_names_key_the_features():
+    # cnn7's probe "conv1" is the module relu1: results are keyed as the caller named them
+    torch.manual_seed(0)
+    from seltrain.models import build_model
+    model = build_model("cnn7", 10, 3, 32)
+    feats = layer_features(model, ["conv1", "relu2"], torch.randn(6, 3, 32, 32), spatial="mean")
+    assert list(feats) == ["conv1", "relu2"] and feats["conv1"].shape == (6, 32)
+
+
+def test_readings_figure(tmp_path):
+    layer = {"n_components": 3}
+    result = {"representation": {"clean": {"a": layer, "b": layer},
+                                 "adversarial": {"a": layer, "b": {"n_components": 7}}},
+              "change": {"adversarial": {"a": layer, "b": layer}}}
+    p = plots.dimensionality_readings(result, tmp_path / "d.png", title="t")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000

@@ -3,12 +3,18 @@
 Real forward and backward passes on CPU at batch 2; the ImageNet-sized variants are built on
 the meta device, which runs shape inference without allocating or computing anything.
 """
+import contextlib
+import operator
+
 import pytest
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from seltrain.analysis.ablation import ablate, split_at
+from seltrain.analysis.capture import ablation_layer
 from seltrain.errors import ConfigError
 from seltrain.models import ARCHS, build_model
 
@@ -71,11 +77,14 @@ def test_forward_backward_and_probes_are_post_relu(arch, channels, px):
     ("resnet50", 32, 23_520_842),
     ("cnn7", 32, 360_106),
     ("vgg16_bn", 32, 15_253_578),
+    # vgg16_bn without its 4,224 BatchNorms' gamma and beta (2 x 4,224 = 8,448)
+    ("vgg16", 32, 15_245_130),
     # ImageNet-sized: torchvision's counts with a 10-class head, e.g. vgg16_bn's 138,365,992
     # at 1000 classes minus 990 * 4097.
     ("resnet18", 224, 11_181_642),
     ("resnet50", 224, 23_528_522),
     ("vgg16_bn", 224, 134_309_962),
+    ("vgg16", 224, 134_301_514),
 ])
 def test_parameter_counts(arch, px, expected):
     with torch.device("meta"):
@@ -86,6 +95,14 @@ def test_paper_sized_resnets():
     with torch.device("meta"):
         assert 0.26e6 < n_params(build_model("resnet20", 10)) < 0.28e6
         assert 0.84e6 < n_params(build_model("resnet56", 10)) < 0.87e6
+
+
+def test_vgg16_is_torchvision_vgg16_at_imagenet_size():
+    with torch.device("meta"):
+        ours = build_model("vgg16", 10, image_size=224)
+        ref = torchvision.models.vgg16(num_classes=10)
+        assert n_params(ours) == n_params(ref)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in ours.modules())
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
@@ -102,7 +119,7 @@ def test_torchvision_resnets_match_torchvision_at_imagenet_size(arch):
 
 @pytest.mark.parametrize("arch,blocks,all_", [
     ("resnet20", 9, 10), ("resnet56", 27, 28), ("resnet18", 8, 9), ("resnet50", 16, 17),
-    ("cnn7", 6, 7), ("vgg16_bn", 13, 15)])
+    ("cnn7", 6, 7), ("vgg16_bn", 13, 15), ("vgg16", 13, 20)])
 def test_probe_groups(arch, blocks, all_):
     with torch.device("meta"):
         model = build_model(arch, 10)
@@ -170,6 +187,172 @@ def test_vgg16_bn_probe_shapes():
         big = build_model("vgg16_bn", 1000, image_size=224)
         shapes = probe_shapes(big, torch.empty(2, 3, 224, 224))
     assert shapes["conv5_3"] == (512, 14, 14) and shapes["fc1"] == (4096,)
+
+
+def test_vgg16_probes_ukitas_layer_set():
+    model = build_model("vgg16", 10, image_size=32)
+    # grating_analysis.py, 'imagenet': block{s}_conv{i}, block{s}_pool, fc1, fc2, in order
+    assert list(model.probe_points()) == [
+        "conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2",
+        "conv3_1", "conv3_2", "conv3_3", "pool3", "conv4_1", "conv4_2", "conv4_3", "pool4",
+        "conv5_1", "conv5_2", "conv5_3", "pool5", "fc1", "fc2"]
+    shapes = probe_shapes(model, torch.randn(2, 3, 32, 32))
+    assert shapes["conv1_2"] == (64, 32, 32) and shapes["pool1"] == (64, 16, 16)
+    assert shapes["pool5"] == (512, 1, 1) and shapes["fc2"] == (512,)
+    assert model.probe_points()["pool3"] is model.features.pool3
+    assert model.ablation_points() == model.probe_points()
+
+
+# --- where a unit is zeroed: what the next layer receives ---------------------------------
+
+# Modules and functions that keep a unit in its own channel (or, for flatten, in its own block
+# of features) on the way to the next conv/linear. BatchNorm is one of them: it keeps the
+# channel but not a zero, which is exactly what the test must catch.
+_CHANNELWISE = (nn.ReLU, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
+                nn.AvgPool2d, nn.Identity, nn.Dropout, nn.Flatten)
+_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "relu", torch.flatten, F.relu}
+
+
+class _Leaf(fx.Tracer):
+    def __init__(self, leaf):
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m, qualname):
+        return m is self.leaf or super().is_leaf_module(m, qualname)
+
+
+def next_layers(model: nn.Module, module: nn.Module) -> list[nn.Module]:
+    """The conv/linear modules whose input carries ``module``'s output channels unmixed:
+    reached from it through channel-wise ops only (a skip addition ends the walk)."""
+    graph = _Leaf(module).trace(model)
+    path = next(n for n, m in model.named_modules() if m is module)
+    start = next(n for n in graph.nodes if n.op == "call_module" and n.target == path)
+    found, todo = [], list(start.users)
+    while todo:
+        node = todo.pop()
+        if node.op == "call_module":
+            m = model.get_submodule(node.target)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                found.append(m)
+                continue
+            if not isinstance(m, _CHANNELWISE):
+                continue
+        elif node.op in ("call_method", "call_function"):
+            if node.target in (operator.add, operator.iadd, torch.add):
+                continue
+            if node.target not in _CHANNELWISE_CALLS and getattr(node.target, "__name__", "") \
+                    not in _CHANNELWISE_CALLS:
+                raise AssertionError(f"unexpected op {node.target} after {path}")
+        else:
+            continue
+        todo.extend(node.users)
+    return found
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    # eval-mode BN at its init (mean 0, var 1, gamma 1, beta 0) maps 0 to 0, which would let
+    # an ablation before BN pass unnoticed
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(0.5 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.data.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+    return model.eval()
+
+
+def _assert_channels_zero(inp: torch.Tensor, out_shape, units, where: str):
+    """``inp`` (a next layer's input) holds ``units`` of a tensor of ``out_shape`` [N, C, ...]
+    exactly zero, and some other channel non-zero (else the check proves nothing)."""
+    per_unit = inp.reshape(inp.shape[0], out_shape[1], -1) if inp.dim() == 2 else inp
+    keep = [c for c in range(out_shape[1]) if c not in units]
+    assert per_unit[:, units].abs().max().item() == 0, where
+    assert per_unit[:, keep].abs().max().item() > 0, where
+
+
+ZERO_CASES = [("resnet20", 8), ("resnet56", 8), ("resnet18", 8), ("resnet50", 8),
+              ("resnet18", 224), ("cnn7", 32), ("vgg16_bn", 8), ("vgg16", 8)]
+
+
+@pytest.mark.parametrize("arch,px", ZERO_CASES)
+def test_an_ablated_unit_reaches_the_next_layer_as_exactly_zero(arch, px):
+    """For every probed layer of every architecture: zero units 0 and C-1 where the analyses
+    ablate them (``capture.ablation_layer``), and read the input of each next conv/linear
+    with a forward pre-hook, through the ablation hook (the naive method) and through the
+    split network (the fast method, at the first and the last layer). Layers are ablated
+    in two passes, even- then odd-numbered, so that no ablated layer (a VGG pool) sits
+    between another one and its next layer."""
+    torch.manual_seed(0)
+    model = _randomise_bn(build_model(arch, 10, image_size=px))
+    x = torch.randn(1, 3, px, px)
+    names = list(model.probe_points())
+    if px == 224:
+        names = names[:2]  # the stem (through the max-pool) and one block: that is what differs
+    points = {n: ablation_layer(model, n) for n in names}
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, o.shape))
+             for n, (_, m) in points.items()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    units = {n: [0, shapes[n][1] - 1] for n in names}
+    receivers = {n: next_layers(model, m) for n, (_, m) in points.items()}
+    assert all(receivers.values()), f"{arch}: a layer without a next layer"
+    seen: list[str] = []
+
+    def checker(n):
+        def check(_m, inp):
+            seen.append(n)
+            _assert_channels_zero(inp[0], shapes[n], units[n], f"{arch} {n} -> {points[n][0]}")
+        return check
+
+    for parity in (0, 1):
+        group = names[parity::2]
+        hooks = [r.register_forward_pre_hook(checker(n)) for n in group for r in receivers[n]]
+        try:
+            with contextlib.ExitStack() as stack, torch.no_grad():
+                for n in group:
+                    stack.enter_context(ablate(points[n][1], units[n]))
+                model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+    assert sorted(seen) == sorted(n for n in names for _ in receivers[n])
+
+    seen.clear()
+    for n in (names[0], names[-1]):
+        head, tail = split_at(model, points[n][0])
+        hooks = [r.register_forward_pre_hook(checker(n)) for r in receivers[n]]
+        try:
+            with torch.no_grad():
+                h = head(x)
+                h[:, units[n]] = 0
+                tail(h)
+        finally:
+            for hk in hooks:
+                hk.remove()
+    assert sorted(seen) == sorted(n for n in (names[0], names[-1]) for _ in receivers[n])
+
+
+def test_cnn7_ablates_batchnorm_outputs_as_ukita():
+    model = _randomise_bn(build_model("cnn7", 10))
+    assert {n: p for n, p in model._ablation_paths.items()} == {
+        **{f"conv{i}": f"bn{i}" for i in range(1, 7)}, "fc1": "bn_fc1"}
+    assert ablation_layer(model, "conv3") == ("bn3", model.bn3)
+    assert ablation_layer(model, "relu3") == ("bn3", model.bn3)  # the probe's module path too
+    assert ablation_layer(model, "bn3") == ("bn3", model.bn3)
+    # What the old ablation point (the ReLU) sent on: BN's constant beta - gamma mu / sigma.
+    seen = {}
+    model.conv2.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("x", inp[0]))
+    with ablate(model.relu1, [0]), torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    bn = model.bn1
+    const = (bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps))[0]
+    torch.testing.assert_close(seen["x"][:, 0], const.expand_as(seen["x"][:, 0]))
+    assert abs(const.item()) > 0.1
 
 
 def test_unknown_arch_suggests_the_close_name():

@@ -116,3 +116,128 @@ def test_stats_shapes_and_single_class():
     sums, counts = class_stats(torch.ones(4, 3), torch.tensor([2, 2, 2, 2]), 5)
     assert sums.shape == (5, 3) and counts.tolist() == [0, 0, 4, 0, 0]
     assert si_from_stats(sums, counts).tolist() == [0, 0, 0]  # one class: undefined -> 0
+
+
+# --------------------------------------------------------------------------- the fused penalty
+
+def _layers(dtype, seed=5, n=96, k=12, widths=(7, 16, 3, 33, 1)):
+    """Several layers of one batch: unbalanced labels, two absent classes, dead units."""
+    rng = np.random.default_rng(seed)
+    p = np.arange(1, k + 1, dtype=float)
+    p[[2, 9]] = 0
+    labels = rng.choice(k, size=n, p=p / p.sum())
+    acts = []
+    for i, w in enumerate(widths):
+        a = np.maximum(rng.normal(size=(n, w)) + labels[:, None] * 0.2 * rng.normal(size=w), 0)
+        a[:, : i % 2] = 0  # a dead unit in every other layer
+        acts.append(torch.tensor(a, dtype=dtype, requires_grad=True))
+    return acts, torch.tensor(labels)
+
+
+@pytest.mark.parametrize("cpu_form", [False, True])  # the GPU's form; the CPU's
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_fused_penalty_equals_per_layer_reference(dtype, tol, cpu_form, monkeypatch):
+    """One one-hot, one GEMM, one si_from_stats and a segment GEMV give the per-layer form's
+    numbers: mu, the per-layer means and every activation's gradient (also in the CPU form:
+    SI over column blocks, of 8 units here)."""
+    from seltrain import selectivity
+    from seltrain.selectivity import selectivity_penalty_per_layer_reference
+
+    monkeypatch.setattr(selectivity, "CPU_FORM", cpu_form)
+    monkeypatch.setattr(selectivity, "CPU_COLUMN_BLOCK", 8)
+
+    out = {}
+    for name, fn in (("fused", selectivity_penalty),
+                     ("reference", selectivity_penalty_per_layer_reference)):
+        acts, y = _layers(dtype)
+        mu, per_layer = fn(acts, y, 12)
+        grads = torch.autograd.grad(mu * 3.0 + per_layer[1], acts)
+        out[name] = (mu.detach(), per_layer.detach(), grads)
+    (mu_f, pl_f, g_f), (mu_r, pl_r, g_r) = out["fused"], out["reference"]
+    assert mu_f.dtype == dtype and pl_f.shape == (5,)
+    assert pl_r.abs().min() > 0.01  # every layer contributes: the comparison is not vacuous
+    torch.testing.assert_close(pl_f, pl_r, rtol=tol, atol=tol)
+    torch.testing.assert_close(mu_f, mu_r, rtol=tol, atol=tol)
+    for a, b in zip(g_f, g_r):
+        assert b.abs().max() > 0 and a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))
+
+
+def test_fused_penalty_op_count_does_not_grow_with_layers(monkeypatch):
+    """The point of the fusion: the forward and backward run the same ~60 ATen ops for 16
+    layers as for one (the per-layer reference runs ~56 per layer), so a GPU step is no
+    longer launch-bound on the regularizer. Counted with a dispatch mode: no timing. (The
+    CPU form is switched off: this is the form a GPU runs.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from seltrain import selectivity
+    from seltrain.selectivity import selectivity_penalty_per_layer_reference
+
+    monkeypatch.setattr(selectivity, "CPU_FORM", False)
+
+    class CountOps(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            is_view = not func._schema.is_mutable and any(r.alias_info
+                                                          for r in func._schema.returns)
+            self.n += not is_view  # views launch no kernel
+            return func(*args, **(kwargs or {}))
+
+    def ops(fn, widths):
+        g = torch.Generator().manual_seed(0)
+        y = torch.randint(0, 1000, (32,), generator=g)
+        acts = [torch.rand(32, w, generator=g).requires_grad_() * 1 for w in widths]
+        fn(acts, y, 1000)  # warm the segment-matrix cache
+        with CountOps() as c:
+            mu, _ = fn(acts, y, 1000)
+            torch.autograd.grad(mu, acts)
+        return c.n
+
+    resnet50 = [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3
+    fused_16, fused_1 = ops(selectivity_penalty, resnet50), ops(selectivity_penalty, [256])
+    ref_16 = ops(selectivity_penalty_per_layer_reference, resnet50)
+    assert fused_16 <= fused_1 + 1 <= 70, (fused_16, fused_1)  # + 1: the concatenation
+    assert ref_16 >= 16 * 40, ref_16
+
+
+def test_accumulator_fused_update_equals_per_layer():
+    """All layers in one [K, sum U] buffer (one GEMM per batch) give each layer's own float64
+    statistics; updating a subset of the layers still works (layer by layer)."""
+    acts, y = _layers(torch.float32, seed=6)
+    names = [f"l{i}" for i in range(len(acts))]
+    acc = SelectivityAccumulator({n: a.shape[1] for n, a in zip(names, acts)}, 12)
+    singles = {n: SelectivityAccumulator({n: a.shape[1]}, 12) for n, a in zip(names, acts)}
+    for lo in range(0, 96, 40):
+        batch = {n: a.detach()[lo:lo + 40] for n, a in zip(names, acts)}
+        acc.update(batch, y[lo:lo + 40])
+        for n in names:
+            singles[n].update({n: batch[n]}, y[lo:lo + 40])
+    si = acc.si()
+    for n in names:
+        torch.testing.assert_close(acc.sums[n], singles[n].sums[n], rtol=1e-15, atol=1e-12)
+        torch.testing.assert_close(si[n], singles[n].si()[n], rtol=1e-13, atol=1e-13)
+    assert acc.flat.shape == (12, sum(a.shape[1] for a in acts))
+    assert torch.equal(acc.counts, torch.bincount(y, minlength=12).double())
+    partial_acc = SelectivityAccumulator({"l1": 16, "l3": 33}, 12)
+    partial_acc.update({"l3": acts[3].detach(), "l1": acts[1].detach()}, y)
+    torch.testing.assert_close(partial_acc.si()["l3"], si["l3"], rtol=1e-12, atol=1e-12)
+
+
+def test_probe_mean_is_float32_under_bf16_autocast():
+    """Under bf16 autocast a conv unit's activation (its spatial mean) is taken in float32:
+    exactly the float32 mean of the bf16 feature map, not that mean rounded to bf16."""
+    from seltrain.probes import unit_activation
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+    x = torch.randn(8, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fmap = torch.relu(conv(x))
+        act = unit_activation(fmap)
+    assert fmap.dtype == torch.bfloat16 and act.dtype == torch.float32
+    want = fmap.float().mean(dim=(2, 3))
+    torch.testing.assert_close(act, want, rtol=1e-6, atol=1e-7)
+    # What a bf16 mean would have given differs by far more: the test can tell them apart.
+    assert (fmap.mean(dim=(2, 3)).float() - want).abs().max() > 1e-4
+    assert unit_activation(fmap.double()).dtype == torch.float64

@@ -1,0 +1,215 @@
+"""One writer per run folder (or output file): an exclusive lock file with a heartbeat.
+
+``RunLock(path, what=..., fix=...).acquire()`` creates ``path`` with ``O_CREAT | O_EXCL``, which
+is atomic on local disks and on NFS (v3 and later), so it also keeps apart runs started on
+different nodes that share ``run.out_dir``. The file holds who took it (host, pid, the pid's
+start time, the launcher's job id and restart attempt) and a daemon thread touches it every
+``HEARTBEAT_S`` seconds while the holder lives.
+
+A lock left behind by a holder that died (SIGKILL, a lost node) is *stale* and is taken over,
+with a note on stderr naming it, when
+- its host is this host and its pid is gone (or is a newer process reusing the number), or
+- its host is another host and its heartbeat is older than ``STALE_S``, measured against the
+  file server's clock (a file created beside it), so clocks that disagree between nodes do not
+  matter; ``STALE_S`` is well above NFS attribute caching (``acregmax`` 60 s by default), or
+- it belongs to an earlier attempt of the same launcher job: torchrun's elastic agent kills
+  every worker of an attempt before it starts the next one (same ``TORCHELASTIC_RUN_ID``,
+  higher ``TORCHELASTIC_RESTART_COUNT``), so a restart never waits for its own dead rank 0.
+Otherwise the lock is live and acquiring it fails with one line naming the holder.
+
+Taking a stale lock over renames it to a private name first (only one contender's rename can
+succeed), checks that it really is the stale one (a racing contender may just have created a
+fresh lock) and puts it back untouched if not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from seltrain.errors import ConfigError
+
+HEARTBEAT_S = 15.0
+STALE_S = 120.0
+LOCK_NAME = ".seltrain.lock"
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether ``pid`` runs on this host (and is the process that started at ``start``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    if start is not None:
+        now = _proc_start(pid)
+        if now is not None and now != start:
+            return False
+    return True
+
+
+def _fs_now(folder: str) -> float:
+    """The file server's 'now': the mtime of a file just created beside the lock."""
+    probe = os.path.join(folder, f".seltrain.clock-{socket.gethostname()}-{os.getpid()}")
+    try:
+        with open(probe, "w") as f:
+            return os.fstat(f.fileno()).st_mtime
+    except OSError:
+        return time.time()
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+
+
+def _read(path: str) -> tuple[dict | None, float | None]:
+    """(the lock's content, its mtime); open() revalidates NFS's cached attributes."""
+    try:
+        with open(path) as f:
+            mtime = os.fstat(f.fileno()).st_mtime
+            text = f.read()
+    except FileNotFoundError:
+        return None, None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = {}  # being written this instant, or torn by a crash: judged by its age only
+    return (info if isinstance(info, dict) else {}), mtime
+
+
+class RunLock:
+    """An exclusive lock file; ``acquire()`` returns self, ``release()`` removes the file."""
+
+    def __init__(self, path: str, *, what: str, fix: str, say=None):
+        self.path = os.path.abspath(path)
+        self.what, self.fix = what, fix
+        self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.token = uuid.uuid4().hex
+        self.job = os.environ.get("TORCHELASTIC_RUN_ID")
+        self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- taking it
+    def acquire(self) -> "RunLock":
+        for _ in range(5):
+            if self._create():
+                self._thread = threading.Thread(target=self._beat, daemon=True,
+                                                name="seltrain-lock-heartbeat")
+                self._thread.start()
+                return self
+            info, mtime = _read(self.path)
+            if info is None:
+                continue  # released between our try and our look: try again
+            why = self._stale_reason(info, mtime)
+            if why is None:
+                raise ConfigError(self._busy(info, mtime))
+            if self._take_over(info):
+                self.say(f"seltrain: removed the stale lock {self.path} ({why})")
+        raise ConfigError(f"could not lock {self.what} ({self.path}): other processes keep "
+                          f"taking it; {self.fix}")
+
+    def _create(self) -> bool:
+        info = {"host": socket.gethostname(), "pid": os.getpid(),
+                "start": _proc_start(os.getpid()), "started": time.time(),
+                "job": self.job, "attempt": self.attempt, "token": self.token,
+                "argv": " ".join(sys.argv)[:300]}
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # a full disk, say: leave no empty lock behind
+            os.unlink(self.path)
+            raise
+        return True
+
+    def _stale_reason(self, info: dict, mtime: float) -> str | None:
+        host, pid = info.get("host"), info.get("pid")
+        holder = f"pid {pid} on {host}"
+        if not info:  # created but never filled: its creator died within microseconds
+            age = _fs_now(os.path.dirname(self.path)) - mtime
+            return f"an empty lock file, {age:.0f} s old" if age > 5 else None
+        if self.job is not None and info.get("job") == self.job \
+                and int(info.get("attempt") or 0) < self.attempt:
+            return f"{holder}, attempt {info.get('attempt')} of this job {self.job}, " \
+                   "which its launcher has stopped"
+        if host == socket.gethostname() and isinstance(pid, int):
+            if not pid_alive(pid, info.get("start")):
+                return f"{holder}, which is no longer running"
+            return None
+        age = _fs_now(os.path.dirname(self.path)) - mtime
+        if age > STALE_S:
+            return f"{holder}, no heartbeat for {age:.0f} s"
+        return None
+
+    def _take_over(self, judged: dict) -> bool:
+        """Move the stale lock out of the way; False if someone else got there first."""
+        private = f"{self.path}.stale-{self.token}"
+        try:
+            os.rename(self.path, private)
+        except FileNotFoundError:
+            return False
+        moved, _ = _read(private)
+        if moved is not None and moved.get("token") != judged.get("token"):
+            # A contender replaced the stale lock between our look and our rename: put its
+            # live lock back (link fails if yet another one exists; then it is theirs anyway).
+            try:
+                os.link(private, self.path)
+            except OSError:
+                pass
+            os.unlink(private)
+            return False
+        os.unlink(private)
+        return True
+
+    def _busy(self, info: dict, mtime: float) -> str:
+        started = info.get("started")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) \
+            if isinstance(started, (int, float)) else "at an unknown time"
+        age = _fs_now(os.path.dirname(self.path)) - mtime
+        return (f"{self.what} is in use by pid {info.get('pid')} on {info.get('host')} "
+                f"(started {when}, last heartbeat {max(age, 0):.0f} s ago; lock file "
+                f"{self.path}); {self.fix}; if that process is gone, delete the lock file")
+
+    # ---------------------------------------------------------------- holding it
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # a full or flaky filesystem must not kill the run from this thread
+
+    def release(self) -> None:
+        self._stop.set()
+        info, _ = _read(self.path)
+        if info is not None and info.get("token") == self.token:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
