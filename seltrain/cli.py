@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 
 def _train(args) -> int:
     from seltrain import distributed
     from seltrain.config import load_config
-    from seltrain.errors import Interrupted
+    from seltrain.errors import Interrupted, PeerLost, one_line
     from seltrain.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
@@ -35,6 +36,20 @@ def _train(args) -> int:
             print(f"done: best epoch {summary['best_epoch'] + 1}, val_acc {num['val_acc']}, "
                   f"test_acc {num['test_acc']}, test_si {num['test_si']}; "
                   f"run folder {summary['run_dir']}", flush=True)
+    except RuntimeError as e:
+        # Another rank died (SIGKILL, OOM, a lost node): this rank's next collective fails
+        # with a transport error. The launcher ends the job; say so in one line, not a trace.
+        if not (ctx.distributed and distributed.is_peer_failure(e)):
+            raise
+        last = os.path.join(cfg.run_dir(), "checkpoints", "last.pt")
+        kept = f"the last checkpoint is kept ({last})" if os.path.isfile(last) else \
+            "no checkpoint was written yet"
+        # gloo prefixes its source location: "[.../pair.cc:545] Read error ...: Connection
+        # reset by peer. This is typically caused by ..." -> "Read error ...: Connection ..."
+        why = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", one_line(e)).split(". ")[0][:160]
+        raise PeerLost(f"rank {ctx.rank} lost contact with another rank ({why}); "
+                       f"{kept}; rerun the same command with --resume (torchrun "
+                       "--max-restarts does it by itself)") from None
     except KeyboardInterrupt:
         last = os.path.join(cfg.run_dir(), "checkpoints", "last.pt")
         if os.path.isfile(last):

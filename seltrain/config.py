@@ -8,7 +8,6 @@ dataclass annotations, and names with a fixed set of choices are checked against
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import types
@@ -18,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from seltrain.errors import ConfigError
+from seltrain.errors import ConfigError, did_you_mean
 
 
 def choice(default, choices: tuple, **kw):
@@ -274,7 +273,17 @@ def _coerce(value: Any, tp, key: str, where: str):
     raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({where})")
 
 
-def _build(cls, data: dict, prefix: str, where: dict[str, str], default_where: str):
+def build_dataclass(cls, data: dict, prefix: str = "", where: dict[str, str] | None = None,
+                    default_where: str = "in config"):
+    """``cls(**data)`` with every key and value checked, nested dataclasses built too.
+
+    Unknown keys get a close-match hint, values are coerced and type-checked against the
+    annotations, choices and numeric ranges are enforced. ``prefix`` is the dotted path of
+    ``data`` (for messages), ``where`` maps a dotted key to where its value came from (an
+    override, say), ``default_where`` names the source of every other key. Search recipes
+    (seltrain.tuning) are parsed with it too, with the same strictness.
+    """
+    where = where if where is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got "
                           f"{data!r} ({default_where})")
@@ -285,21 +294,18 @@ def _build(cls, data: dict, prefix: str, where: dict[str, str], default_where: s
         key = f"{prefix}{k}"
         src = where.get(key, default_where)
         if k not in fields:
-            near = difflib.get_close_matches(str(k), list(fields), n=1)
-            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
-            raise ConfigError(f"unknown key '{key}' ({src}){hint}")
+            raise ConfigError(f"unknown key '{key}' ({src}){did_you_mean(k, fields, prefix)}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             if v is None:  # `data=` or an empty `data:`: never fall back to the defaults
                 raise ConfigError(f"section '{key}' is empty ({src}); give its keys "
                                   f"({key}.<key>=value) or leave the section out")
-            kwargs[k] = _build(tp, v, key + ".", where, default_where)
+            kwargs[k] = build_dataclass(tp, v, key + ".", where, default_where)
             continue
         val = _coerce(v, tp, key, src)
         choices = fields[k].metadata.get("choices")
         if choices and val not in choices:
-            near = difflib.get_close_matches(str(val), list(choices), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            hint = did_you_mean(val, choices)
             what = {"model.arch": "model", "data.dataset": "dataset"}.get(key, "value")
             raise ConfigError(f"unknown {what} '{val}' for {key} ({src}){hint}; choose one of: "
                               f"{', '.join(map(str, choices))}")
@@ -322,22 +328,51 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def get_dotted(data: dict, key: str, default=None):
+    """``data["a"]["b"]`` for ``key`` "a.b"; ``default`` where the path does not exist."""
+    node = data
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return default
+        node = node[p]
+    return node
+
+
+def set_dotted(data: dict, key: str, value, *, create: bool = True,
+               where: str = "override") -> list[str]:
+    """``data["a"]["b"] = value`` for ``key`` "a.b".
+
+    ``create``: missing or non-mapping sections on the way are made (an override may add a
+    key the recipe left at its default; the typed build checks it later). Without it every
+    part must exist already: a searched key that is not a recipe key is an unknown-key error
+    here, with the hint. Returns the dotted sections it created.
+    """
+    parts, node, made = key.split("."), data, []
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            if not create:
+                raise ConfigError(f"unknown key '{key}' ({where})"
+                                  f"{did_you_mean(p, node, '.'.join(parts[:i] + ['']))}")
+            nxt = node[p] = {}
+            made.append(".".join(parts[:i + 1]))
+        node = nxt
+    if not create and parts[-1] not in node:
+        raise ConfigError(f"unknown key '{key}' ({where})"
+                          f"{did_you_mean(parts[-1], node, '.'.join(parts[:-1] + ['']))}")
+    node[parts[-1]] = value
+    return made
+
+
 def apply_overrides(data: dict, overrides: list[str], where: dict[str, str]) -> dict:
     for text in overrides:
         key, value = parse_override(text)
-        node = data
-        parts = key.split(".")
-        for i, p in enumerate(parts[:-1]):
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[p] = nxt
-                # train.lr.x=1 turns train.lr into a section: an error about it is this
-                # override's, not the recipe's.
-                where[".".join(parts[:i + 1])] = f"override '{text}'"
-            node = nxt
-        node[parts[-1]] = value
-        where[key] = f"override '{text}'"
+        src = f"override '{text}'"
+        # train.lr.x=1 turns train.lr into a section: an error about it is this override's,
+        # not the recipe's.
+        for section in set_dotted(data, key, value):
+            where[section] = src
+        where[key] = src
     return data
 
 
@@ -374,7 +409,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     data = read_yaml(path) if path else {}
     where: dict[str, str] = {}
     apply_overrides(data, list(overrides or []), where)
-    cfg = _build(Config, data, "", where, f"in {path}" if path else "in defaults")
+    cfg = build_dataclass(Config, data, "", where, f"in {path}" if path else "in defaults")
     validate(cfg)
     return cfg
 
@@ -382,7 +417,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
 def config_from_dict(data: dict, where: str = "in saved config") -> Config:
     """Rebuild a Config saved as a dict (checkpoints, Ray trials); same checks as files.
     ``where`` names the source in error messages (a search recipe's space, for instance)."""
-    cfg = _build(Config, data, "", {}, where)
+    cfg = build_dataclass(Config, data, "", {}, where)
     validate(cfg)
     return cfg
 

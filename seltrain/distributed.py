@@ -160,6 +160,17 @@ def setup(timeout_s: float | None = None, local_rank: int | None = None) -> Dist
                        owns_group=True)
 
 
+_PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                 "NCCL communicator was aborted", "remote process exited", "ProcessGroupGloo")
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """Whether a collective failed because another rank went away (its process died, its
+    node was lost): gloo and NCCL report it as a transport error on the survivors."""
+    dist_error = getattr(dist, "DistError", ())
+    return isinstance(e, dist_error) or any(m in str(e) for m in _PEER_FAILURE)
+
+
 def teardown(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -4,8 +4,10 @@ The CLI prints ``seltrain: error: <message>`` and exits with ``exit_code``; no t
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import os
+from typing import Iterable
 
 
 class SeltrainError(Exception):
@@ -32,9 +34,21 @@ class TrainingError(SeltrainError):
     exit_code = 4
 
 
+class PeerLost(SeltrainError):
+    """Another rank of a multi-rank job died; the launcher stops or restarts the job."""
+    exit_code = 5
+
+
 class Interrupted(SeltrainError):
     """Ctrl-C (SIGINT): the message says what was kept and how to continue."""
     exit_code = 130
+
+
+def did_you_mean(word, options: Iterable, prefix: str = "") -> str:
+    """`` (did you mean 'PREFIX+closest'?)`` when an option is close to ``word``, else ``""``:
+    the hint every "unknown name" error carries."""
+    near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean '{prefix}{near[0]}'?)" if near else ""
 
 
 def one_line(e: BaseException) -> str:

@@ -8,13 +8,12 @@ training with alpha = 0 runs the bare model at no extra cost.
 """
 from __future__ import annotations
 
-import difflib
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-from seltrain.errors import ConfigError
+from seltrain.errors import ConfigError, did_you_mean
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -41,10 +40,9 @@ def resolve_layers(model: nn.Module, spec) -> list[str]:
                           f"layer names: {', '.join(points)}")
     for n in names:
         if n not in points:
-            near = difflib.get_close_matches(n, list(points), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
             raise ConfigError(f"selectivity.layers: no layer '{n}' in {type(model).__name__}"
-                              f"{hint}; valid names: all, blocks, {', '.join(points)}")
+                              f"{did_you_mean(n, points)}; valid names: all, blocks, "
+                              f"{', '.join(points)}")
     return names
 
 

@@ -328,8 +328,11 @@ class Trainer:
 
     def _check_resumable(self, saved: dict) -> None:
         now, then = _flatten(self.cfg.to_dict()), _flatten(saved)
+        # A key that a later seltrain added is missing from an older checkpoint: it did not
+        # exist then, so its default is what that run trained with.
+        defaults = _flatten(Config().to_dict())
         for key in sorted(set(now) | set(then)):
-            if key in _RESUME_FREE_KEYS:
+            if key in _RESUME_FREE_KEYS or (key not in then and now.get(key) == defaults.get(key)):
                 continue
             if now.get(key) != then.get(key):
                 raise CheckpointError(

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import itertools
 import json
 import math
@@ -58,9 +57,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Optional, Union
 
-from seltrain.config import (_build, apply_overrides, choice, config_from_dict, load_config,
-                             read_yaml)
-from seltrain.errors import ConfigError, SeltrainError
+from seltrain.config import (build_dataclass, choice, config_from_dict, get_dotted, load_config,
+                             read_yaml, set_dotted)
+from seltrain.errors import ConfigError, SeltrainError, did_you_mean
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_recipes")
@@ -197,9 +196,8 @@ def find_search(name: str) -> str:
     known = sorted({os.path.splitext(f)[0] for root in (os.getcwd(), PACKAGE_RECIPES)
                     if os.path.isdir(os.path.join(root, "tune"))
                     for f in os.listdir(os.path.join(root, "tune")) if f.endswith(".yaml")})
-    near = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean '{near[0]}'?)" if near else ""
-    raise ConfigError(f"no search recipe '{name}' in tune/{hint}; known: {', '.join(known)}")
+    raise ConfigError(f"no search recipe '{name}' in tune/{did_you_mean(name, known)}; known: "
+                      f"{', '.join(known)}")
 
 
 def _find_base(base: str, recipe_path: str) -> str:
@@ -222,7 +220,7 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
     data = read_yaml(path)
     where = f"in {path}"
     space = data.pop("space", None)
-    recipe = _build(SearchRecipe, data, "", {}, where)
+    recipe = build_dataclass(SearchRecipe, data, "", {}, where)
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"space is empty ({where}); give at least one key, e.g. "
                           "space: {selectivity.alpha: {grid: [-1, 0, 1]}}")
@@ -234,9 +232,10 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
                               f"{{grid: [...]}}, got {spec!r} ({where})")
         spec = dict(spec)
         log_grid = spec.pop("signed_log", None)
-        s = _build(SpaceSpec, spec, f"space.{key}.", {}, where)
-        if log_grid is not None:  # _build only descends into non-Optional dataclasses
-            s.signed_log = _build(LogGrid, log_grid, f"space.{key}.signed_log.", {}, where)
+        s = build_dataclass(SpaceSpec, spec, f"space.{key}.", {}, where)
+        if log_grid is not None:  # the builder descends into non-Optional dataclasses only
+            s.signed_log = build_dataclass(LogGrid, log_grid, f"space.{key}.signed_log.", {},
+                                           where)
         set_ = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is not None]
         if len(set_) != 1:
             raise ConfigError(f"space.{key} must give exactly one of grid, signed_log, choice, "
@@ -259,9 +258,8 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
     if not recipe.seeds:
         raise ConfigError(f"seeds is empty ({where}); give at least one seed")
     if recipe.metric not in _METRICS:
-        near = difflib.get_close_matches(recipe.metric, _METRICS, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"unknown metric '{recipe.metric}' ({where}){hint}; choose one of: "
+        raise ConfigError(f"unknown metric '{recipe.metric}' ({where})"
+                          f"{did_you_mean(recipe.metric, _METRICS)}; choose one of: "
                           f"{', '.join(_METRICS)}")
     r = recipe.resources
     if r.workers < 1 or r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
@@ -314,18 +312,7 @@ def trial_config(base: dict, params: dict, where: str = "trial"):
     """The training Config of one trial: the base recipe with the trial's values set."""
     data = json.loads(json.dumps(base))
     for key, value in params.items():
-        node = data
-        parts = key.split(".")
-        for i, p in enumerate(parts):
-            if not isinstance(node, dict) or p not in node:
-                options = list(node) if isinstance(node, dict) else []
-                near = difflib.get_close_matches(p, options, n=1)
-                hint = f" (did you mean '{'.'.join(parts[:i] + [near[0]])}'?)" if near else ""
-                raise ConfigError(f"unknown key '{key}' ({where}){hint}")
-            if i == len(parts) - 1:
-                node[p] = value
-            else:
-                node = node[p]
+        set_dotted(data, key, value, create=False, where=where)
     return config_from_dict(data, where=where)  # base values passed already: blame the space
 
 
@@ -982,10 +969,7 @@ def collect_trials(exp_dir: str) -> list[dict]:
                "test_si": best.get("test_si")}
         for k in info.get("space", {}):
             if k != "selectivity.alpha":
-                node = cfg
-                for p in k.split("."):
-                    node = node.get(p, {}) if isinstance(node, dict) else None
-                row[k] = node
+                row[k] = get_dotted(cfg, k)
         rows.append(row)
     return rows
 

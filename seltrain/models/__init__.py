@@ -8,10 +8,9 @@ See seltrain/models/probed.py for the contract and METHODS.md sec. 1 for why the
 """
 from __future__ import annotations
 
-import difflib
-
 from torch import nn
 
+from seltrain.errors import did_you_mean
 from seltrain.models.cnn7 import cnn7
 from seltrain.models.probed import ModelConfigError, Probed
 from seltrain.models.resnet_cifar import resnet20, resnet56
@@ -35,9 +34,8 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3,
     """``image_size`` is the input side in pixels; it picks the stem/head of resnet18/50 and
     the VGGs and sizes cnn7's first dense layer."""
     if arch not in _BUILDERS:
-        near = difflib.get_close_matches(arch, ARCHS, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ModelConfigError(f"unknown model '{arch}'{hint}; choose one of: {', '.join(ARCHS)}")
+        raise ModelConfigError(f"unknown model '{arch}'{did_you_mean(arch, ARCHS)}; choose one "
+                               f"of: {', '.join(ARCHS)}")
     return _BUILDERS[arch](num_classes, in_channels, image_size)
 
 

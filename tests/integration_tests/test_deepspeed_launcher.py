@@ -184,6 +184,10 @@ def test_deepspeed_sigkilled_rank_stops_the_job_and_resume_matches_uninterrupted
     assert killed.returncode != 0
     assert "exits with return code = -9" in killed_out, killed_out[-4000:]
     assert "epoch 1/2" in killed_out and "epoch 2/2" not in killed_out
+    # Rank 0's collective fails when its peer dies: one line, not a traceback.
+    assert "Traceback" not in killed_out, killed_out[-4000:]
+    if "lost contact" in killed_out:
+        assert "seltrain: error: rank 0 lost contact with another rank" in killed_out
     assert epochs_before == [0] and last_before["epoch"] == 0
     assert last_before["global_step"] == KILL_AT
 
