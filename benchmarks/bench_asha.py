@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 
 
 def run_search(recipe: dict, name: str, storage: str, sets: list[str]) -> dict:
-    from seltrain.tuning import collect_trials
+    from seltrain.report import collect_trials
 
     path = os.path.join(storage, f"{name}.yaml")
     with open(path, "w") as f:

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions():
     """Subcommands that live beside their subsystem (data, tune, analyze, report)."""
     regs = []
-    for mod in ("seltrain.data.commands", "seltrain.tuning", "seltrain.analysis.commands"):
+    for mod in ("seltrain.data.commands", "seltrain.tuning", "seltrain.report",
+                "seltrain.analysis.commands"):
         try:
             m = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

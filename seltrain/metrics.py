@@ -79,9 +79,12 @@ class NullSink:
 
 class RunSink(NullSink):
     def __init__(self, run_dir: str, *, tensorboard: bool = True, resume_epoch: int | None = None,
-                 resume_step: int | None = None, history: list[dict] | None = None):
+                 resume_step: int | None = None, history: list[dict] | None = None,
+                 tb_subdir: str = "tb"):
         """``history``: on resume, the checkpoint's copy of every epoch record up to
-        ``resume_epoch``, from which a missing, torn or short metrics.jsonl is rebuilt."""
+        ``resume_epoch``, from which a missing, torn or short metrics.jsonl is rebuilt.
+        ``tb_subdir``: where in ``run_dir`` the TensorBoard events go (the sweep report's
+        figures use the folder itself)."""
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl = os.path.join(run_dir, "metrics.jsonl")
@@ -96,7 +99,8 @@ class RunSink(NullSink):
 
             # purge_step drops events logged after the checkpoint we resume from, so a
             # resumed run's curves do not double back on themselves.
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step)
+            self.tb = SummaryWriter(os.path.normpath(os.path.join(run_dir, tb_subdir)),
+                                    purge_step=resume_step)
 
     def _truncate_jsonl(self, last_epoch: int, history: list[dict] | None = None) -> None:
         """Keep the records of epochs 0..last_epoch (the checkpoint's), drop later ones.

@@ -44,7 +44,6 @@ that epoch, and the epochs run.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -55,11 +54,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-from seltrain.config import (build_dataclass, choice, config_from_dict, get_dotted, load_config,
-                             read_yaml, set_dotted)
-from seltrain.errors import ConfigError, SeltrainError, did_you_mean
+from seltrain.config import (build_dataclass, choice, config_from_dict, load_config, read_yaml,
+                             set_dotted)
+from seltrain.errors import ConfigError, did_you_mean
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_recipes")
@@ -909,6 +908,8 @@ def run_search(args) -> int:
         report_dir = recipe.trial_root
     else:
         report_dir = exp_dir
+    from seltrain.report import report_experiment
+
     report_experiment(report_dir, metric=recipe.metric, mode=recipe.mode)
     print(f"\nsearch wall time {wall:.0f} s; {console.summary_line(len(grid), n_failed)}")
     print(f"TensorBoard (every trial, HParams tab, sweep figures): tensorboard --logdir "
@@ -931,130 +932,6 @@ def _write_experiment_info(recipe: SearchRecipe, base: dict) -> None:
             "epochs": base["train"]["epochs"]}
     with open(os.path.join(recipe.exp_dir, "seltrain_experiment.json"), "w") as f:
         json.dump(info, f, indent=2)
-
-
-# --------------------------------------------------------------------------- the report
-
-def collect_trials(exp_dir: str) -> list[dict]:
-    """One row per trial run folder under exp_dir/trials (or exp_dir itself)."""
-    import yaml
-
-    root = os.path.join(exp_dir, "trials")
-    if not os.path.isdir(root):
-        root = exp_dir
-    info_path = os.path.join(exp_dir, "seltrain_experiment.json")
-    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
-    rows = []
-    for name in sorted(os.listdir(root)):
-        run = os.path.join(root, name)
-        cfg_path = os.path.join(run, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            continue
-        with open(cfg_path) as f:
-            cfg = yaml.safe_load(f)
-        records = []
-        jsonl = os.path.join(run, "metrics.jsonl")
-        from seltrain.metrics import read_records  # skips a torn last line (crash mid-write)
-        records = read_records(jsonl)[0]
-        complete = os.path.exists(os.path.join(run, "summary.json"))
-        key = "val_acc" if records and records[0].get("val_acc") is not None else "test_acc"
-        best = max(records, key=lambda r: r[key]) if records else {}
-        planned = cfg["train"]["epochs"]
-        row = {"trial": name, "alpha": cfg["selectivity"]["alpha"], "seed": cfg["train"]["seed"],
-               "epochs_run": len(records), "epochs_planned": planned,
-               "stopped_early": (not complete) and len(records) < planned,
-               "complete": complete,
-               "best_epoch": best.get("epoch", -1) + 1 if best else None,
-               "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
-               "test_si": best.get("test_si")}
-        for k in info.get("space", {}):
-            if k != "selectivity.alpha":
-                row[k] = get_dotted(cfg, k)
-        rows.append(row)
-    return rows
-
-
-def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max",
-                      out=sys.stdout, tensorboard: bool = True,
-                      analyses: list[str] | None = None,
-                      analysis_args: list[str] | None = None) -> dict:
-    """Table, results.csv, per-alpha aggregates, PNG figures and TensorBoard images.
-
-    With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
-    is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
-    analyses' headline numbers are plotted against alpha and mean SI
-    (seltrain.analysis.commands.sweep_analyses); the result then carries "analyses".
-
-    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
-    Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
-    about where its alpha ends up (they stay in the table and in results.csv).
-    """
-    import pandas as pd
-
-    from seltrain import sweep_plots
-
-    if not os.path.isdir(exp_dir):
-        raise ConfigError(f"experiment folder not found: {exp_dir}")
-    rows = collect_trials(exp_dir)
-    if not rows:
-        raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
-    df = pd.DataFrame(rows).sort_values(["alpha", "seed"]).reset_index(drop=True)
-    df.to_csv(os.path.join(exp_dir, "results.csv"), index=False)
-    done = df[df["complete"]]
-    use = done if len(done) else df
-    agg = (use.groupby("alpha")
-           .agg(n=("seed", "size"), best_val_acc_mean=("best_val_acc", "mean"),
-                best_val_acc_std=("best_val_acc", "std"), test_acc_mean=("test_acc", "mean"),
-                test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
-                test_si_std=("test_si", "std"))
-           .reset_index())
-    agg.to_csv(os.path.join(exp_dir, "results_by_alpha.csv"), index=False)
-    col = {"val_acc": "best_val_acc_mean", "test_acc": "test_acc_mean",
-           "test_si": "test_si_mean"}.get(metric, "best_val_acc_mean")
-    pick = agg[col].idxmax() if mode == "max" else agg[col].idxmin()
-    best = agg.loc[pick].to_dict()
-    with pd.option_context("display.max_rows", 500, "display.width", 200,
-                           "display.float_format", "{:.4f}".format):
-        show = df.drop(columns=["trial", "complete", "epochs_planned"])
-        print(f"\n{len(df)} trials in {exp_dir} ({len(done)} complete, "
-              f"{int(df['stopped_early'].sum())} stopped early)", file=out)
-        print(show.to_string(index=False), file=out)
-        if (agg["n"] > 1).any():  # with one trial per alpha the table above says it all
-            print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
-                  "std over seeds):", file=out)
-            print(agg.to_string(index=False), file=out)
-
-    def spread(c: str) -> str:  # "+- std" only where there is a spread to show
-        n, sd = best["n"], best[c.replace("_mean", "_std")]
-        return "" if n < 2 or math.isnan(sd) else f" +- {sd:.4f}"
-
-    print(f"\nbest alpha by {col}: {best['alpha']:g} ({col} {best[col]:.4f}{spread(col)}, "
-          f"test_acc {best['test_acc_mean']:.4f}{spread('test_acc_mean')}, test_si "
-          f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
-          f"{'' if best['n'] > 1 else '; one seed'})", file=out)
-    plots = sweep_plots.plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
-    extra = {}
-    if analyses:
-        from seltrain.analysis.commands import sweep_analyses
-
-        extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
-                                           out=out)
-        plots = plots + extra["analyses"]["plots"]
-    if tensorboard:
-        sweep_plots.to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
-    print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
-          f"{len(plots)} plots in {os.path.join(exp_dir, 'plots')}", file=out)
-    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra}
-
-
-def _report(args) -> int:
-    import shlex
-
-    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] \
-        if args.analyses else None
-    report_experiment(args.experiment, metric=args.metric, mode=args.mode, analyses=analyses,
-                      analysis_args=shlex.split(args.analysis_args or ""))
-    return 0
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -1084,17 +961,3 @@ def register(subparsers) -> None:
                    help="also show Ray's own console: Tune's tables, Ray Train's and the "
                         "workers' logs, the raylet's warnings")
     t.set_defaults(func=run_search)
-
-    r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment")
-    r.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
-    r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
-                   help="what 'best alpha' means (default: val_acc)")
-    r.add_argument("--mode", default="max", choices=["max", "min"])
-    r.add_argument("--analyses", default=None, metavar="NAMES",
-                   help="also run these analyses on each trial's best checkpoint and plot them "
-                        "against alpha and mean SI: comma-separated from selectivity, "
-                        "ablation, orientation, robustness, dimensionality")
-    r.add_argument("--analysis-args", default=None, metavar="'OPTIONS'",
-                   help="options for every analysis, e.g. \"--max-images 500 --corruptions "
-                        "gaussian_noise\" (an analysis ignores options it does not take)")
-    r.set_defaults(func=_report)

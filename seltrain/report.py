@@ -1,0 +1,384 @@
+"""``seltrain report EXPERIMENT``: the sweep's table, CSVs and figures, from the trial folders.
+
+Everything here reads what trials left on disk (``trials/<name>/`` run folders: config.yaml,
+metrics.jsonl, summary.json, checkpoints), so a report can be made at any time, during a
+search, after it, or of an experiment copied off a cluster:
+
+- ``collect_trials``: one row per trial (alpha, seed, epochs run, stopped early, best record);
+- ``report_experiment``: results.csv, results_by_alpha.csv, the printed table, the sweep
+  figures (after Leavitt & Morcos 2021, figs. 2-4) in plots/ and, as images, in TensorBoard
+  (tb_sweep/, written through the run metrics sink);
+- ``sweep_analyses`` (``--analyses``): runs ``seltrain analyze`` analyses on every trial's best
+  checkpoint and plots their headline numbers against alpha and mean SI.
+
+alpha spans both signs over four decades, so alpha axes are symlog (linear within |alpha| <
+0.1).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from seltrain.config import get_dotted
+from seltrain.errors import CheckpointError, ConfigError
+
+
+# --------------------------------------------------------------------------- the trials
+
+def collect_trials(exp_dir: str) -> list[dict]:
+    """One row per trial run folder under exp_dir/trials (or exp_dir itself)."""
+    import yaml
+
+    root = os.path.join(exp_dir, "trials")
+    if not os.path.isdir(root):
+        root = exp_dir
+    info_path = os.path.join(exp_dir, "seltrain_experiment.json")
+    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    rows = []
+    for name in sorted(os.listdir(root)):
+        run = os.path.join(root, name)
+        cfg_path = os.path.join(run, "config.yaml")
+        if not os.path.isfile(cfg_path):
+            continue
+        with open(cfg_path) as f:
+            cfg = yaml.safe_load(f)
+        records = []
+        jsonl = os.path.join(run, "metrics.jsonl")
+        from seltrain.metrics import read_records  # skips a torn last line (crash mid-write)
+        records = read_records(jsonl)[0]
+        complete = os.path.exists(os.path.join(run, "summary.json"))
+        key = "val_acc" if records and records[0].get("val_acc") is not None else "test_acc"
+        best = max(records, key=lambda r: r[key]) if records else {}
+        planned = cfg["train"]["epochs"]
+        row = {"trial": name, "alpha": cfg["selectivity"]["alpha"], "seed": cfg["train"]["seed"],
+               "epochs_run": len(records), "epochs_planned": planned,
+               "stopped_early": (not complete) and len(records) < planned,
+               "complete": complete,
+               "best_epoch": best.get("epoch", -1) + 1 if best else None,
+               "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
+               "test_si": best.get("test_si")}
+        for k in info.get("space", {}):
+            if k != "selectivity.alpha":
+                row[k] = get_dotted(cfg, k)
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- the report
+
+def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max",
+                      out=None, tensorboard: bool = True,
+                      analyses: list[str] | None = None,
+                      analysis_args: list[str] | None = None) -> dict:
+    """Table, results.csv, per-alpha aggregates, PNG figures and TensorBoard images.
+
+    With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
+    is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
+    analyses' headline numbers are plotted against alpha and mean SI
+    (seltrain.analysis.commands.sweep_analyses); the result then carries "analyses".
+
+    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
+    Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
+    about where its alpha ends up (they stay in the table and in results.csv).
+    """
+    import pandas as pd
+
+    out = out or sys.stdout  # resolved at call time: a caller may have swapped sys.stdout
+    if not os.path.isdir(exp_dir):
+        raise ConfigError(f"experiment folder not found: {exp_dir}")
+    rows = collect_trials(exp_dir)
+    if not rows:
+        raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
+    df = pd.DataFrame(rows).sort_values(["alpha", "seed"]).reset_index(drop=True)
+    df.to_csv(os.path.join(exp_dir, "results.csv"), index=False)
+    done = df[df["complete"]]
+    use = done if len(done) else df
+    agg = (use.groupby("alpha")
+           .agg(n=("seed", "size"), best_val_acc_mean=("best_val_acc", "mean"),
+                best_val_acc_std=("best_val_acc", "std"), test_acc_mean=("test_acc", "mean"),
+                test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
+                test_si_std=("test_si", "std"))
+           .reset_index())
+    agg.to_csv(os.path.join(exp_dir, "results_by_alpha.csv"), index=False)
+    col = {"val_acc": "best_val_acc_mean", "test_acc": "test_acc_mean",
+           "test_si": "test_si_mean"}.get(metric, "best_val_acc_mean")
+    pick = agg[col].idxmax() if mode == "max" else agg[col].idxmin()
+    best = agg.loc[pick].to_dict()
+    with pd.option_context("display.max_rows", 500, "display.width", 200,
+                           "display.float_format", "{:.4f}".format):
+        show = df.drop(columns=["trial", "complete", "epochs_planned"])
+        print(f"\n{len(df)} trials in {exp_dir} ({len(done)} complete, "
+              f"{int(df['stopped_early'].sum())} stopped early)", file=out)
+        print(show.to_string(index=False), file=out)
+        if (agg["n"] > 1).any():  # with one trial per alpha the table above says it all
+            print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
+                  "std over seeds):", file=out)
+            print(agg.to_string(index=False), file=out)
+
+    def spread(c: str) -> str:  # "+- std" only where there is a spread to show
+        n, sd = best["n"], best[c.replace("_mean", "_std")]
+        return "" if n < 2 or math.isnan(sd) else f" +- {sd:.4f}"
+
+    print(f"\nbest alpha by {col}: {best['alpha']:g} ({col} {best[col]:.4f}{spread(col)}, "
+          f"test_acc {best['test_acc_mean']:.4f}{spread('test_acc_mean')}, test_si "
+          f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
+          f"{'' if best['n'] > 1 else '; one seed'})", file=out)
+    plots = plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
+    extra = {}
+    if analyses:
+        extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
+                                           out=out)
+        plots = plots + extra["analyses"]["plots"]
+    if tensorboard:
+        _to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
+    print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
+          f"{len(plots)} plots in {os.path.join(exp_dir, 'plots')}", file=out)
+    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra}
+
+
+# --------------------------------------------------------------------------- figures
+
+LINTHRESH = 0.1
+
+
+def _axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    return plt, fig, ax
+
+
+def _alpha_axis(ax, alphas) -> None:
+    ax.set_xscale("symlog", linthresh=LINTHRESH)
+    ax.set_xlabel("alpha (loss = CE - alpha * mean SI)")
+    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+    ax.grid(alpha=0.3)
+
+
+def _trial_points(ax, trials, col: str) -> None:
+    """Each trial: filled if it ran to the end, hollow if ASHA stopped it (not in the means)."""
+    done = trials["complete"].astype(bool)
+    ax.scatter(trials["alpha"][done], trials[col][done], s=10, color="0.55", label="trials")
+    if (~done).any():
+        ax.scatter(trials["alpha"][~done], trials[col][~done], s=14, facecolors="none",
+                   edgecolors="0.55", label="stopped early")
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    a = by_alpha["alpha"].to_numpy(float)
+    std = lambda c: np.nan_to_num(by_alpha[c].to_numpy(float))  # noqa: E731 - one seed: no bar
+    # One trial per alpha has no spread to draw: say so instead of promising error bars.
+    label = "mean +- std over seeds" if (by_alpha["n"] > 1).any() else "one seed per alpha"
+    paths = []
+
+    plt, fig, ax = _axes()
+    _trial_points(ax, trials, "test_acc")
+    ax.errorbar(a, by_alpha["test_acc_mean"], yerr=std("test_acc_std"), fmt="o-", capsize=3,
+                label=label)
+    _alpha_axis(ax, a)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy against alpha")
+    ax.legend(fontsize=8)
+    paths.append(_save(plt, fig, os.path.join(out_dir, "test_acc_vs_alpha.png")))
+
+    plt, fig, ax = _axes()
+    _trial_points(ax, trials, "test_si")
+    ax.errorbar(a, by_alpha["test_si_mean"], yerr=std("test_si_std"), fmt="o-", capsize=3,
+                color="C1", label=label)
+    _alpha_axis(ax, a)
+    ax.set_ylabel("mean class selectivity (test)")
+    ax.set_title("Mean SI against alpha")
+    ax.legend(fontsize=8)
+    paths.append(_save(plt, fig, os.path.join(out_dir, "si_vs_alpha.png")))
+
+    plt, fig, ax = _axes()
+    sc = ax.scatter(trials["test_si"], trials["test_acc"], c=np.arcsinh(trials["alpha"] /
+                    LINTHRESH), cmap="coolwarm", s=14)
+    ax.errorbar(by_alpha["test_si_mean"], by_alpha["test_acc_mean"], xerr=std("test_si_std"),
+                yerr=std("test_acc_std"), fmt="none", ecolor="0.3", capsize=2)
+    for x, y, al in zip(by_alpha["test_si_mean"], by_alpha["test_acc_mean"], a):
+        ax.annotate(f"{al:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    cb = fig.colorbar(sc, ax=ax)
+    # Colour is asinh(alpha / 0.1) (symlog-like, both signs); ticks read as alpha itself.
+    ticks = sorted(set(trials["alpha"].tolist()))
+    cb.set_ticks(np.arcsinh(np.asarray(ticks, float) / LINTHRESH))
+    cb.set_ticklabels([f"{t:g}" for t in ticks])
+    cb.set_label("alpha")
+    ax.set_xlabel("mean class selectivity (test)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy against selectivity")
+    ax.grid(alpha=0.3)
+    paths.append(_save(plt, fig, os.path.join(out_dir, "acc_vs_si.png")))
+    return paths
+
+
+def _to_tensorboard(paths: list[str], logdir: str) -> None:
+    """Rewrite ``logdir`` with one image per figure (a fresh folder: reports never stack up),
+    through the same sink a run writes its TensorBoard events with."""
+    from seltrain.metrics import RunSink
+
+    shutil.rmtree(logdir, ignore_errors=True)
+    sink = RunSink(logdir, tensorboard=True, tb_subdir=".")
+    try:
+        for p in paths:
+            sink.image(f"sweep/{os.path.splitext(os.path.basename(p))[0]}", p, 0)
+    finally:
+        sink.close()
+
+
+# --------------------------------------------------------------------------- analyses of every trial
+
+# Per-trial numbers that `seltrain report --analyses` plots against alpha and mean SI.
+SWEEP_METRICS = {
+    "selectivity": ("mean_si",),
+    "ablation": ("mean_overall_drop",),
+    "orientation": ("mean_gosi", "fraction_selective"),
+    "robustness": ("clean_acc", "mean_corruption_accuracy", "mean_fgsm_accuracy",
+                   "mean_pgd_accuracy"),
+    # the abstract's two claims: clean early-layer dimensionality falls with selectivity, and
+    # adversarial inputs raise it more than corrupted ones (both readings, README)
+    "dimensionality": ("representation_components_clean", "early_increase_corrupted",
+                       "early_increase_adversarial", "early_change_components_corrupted",
+                       "early_change_components_adversarial"),
+    "gradients": ("grad_across_samples_direction", "grad_across_units_direction",
+                  "grad_across_samples_norm_cv", "grad_across_units_norm_cv"),
+}
+
+
+def _dimensionality_panels(summaries: list[dict]) -> dict[str, tuple[str, dict]]:
+    """Per-layer figures of a sweep: {figure: (ylabel, {layer: {series: [value per trial]}})}."""
+    layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
+
+    def panels(reading: str, conditions: tuple[str, ...]) -> dict:
+        return {n: {c: [s["layers"].get(n, {}).get(reading, {}).get(c, math.nan)
+                        for s in summaries] for c in conditions} for n in layers}
+
+    return {"dimensionality_clean": ("components, clean representation",
+                                     panels("representation", ("clean",))),
+            "dimensionality_increase": ("increase over clean (representation)",
+                                        panels("increase", ("adversarial", "corrupted"))),
+            "dimensionality_change": ("components of the change (perturbed - clean)",
+                                      panels("change", ("adversarial", "corrupted")))}
+
+
+def _gradient_panels(summaries: list[dict]) -> dict[str, tuple[str, dict]]:
+    """One figure: a panel per statistic, a series per layer."""
+    layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
+    stats = ("across_samples_direction", "across_units_direction", "across_samples_norm_cv",
+             "across_units_norm_cv")
+    return {"gradients_per_layer": ("input-gradient variability", {
+        st: {n: [s["layers"].get(n, {}).get(st, math.nan) for s in summaries] for n in layers}
+        for st in stats})}
+
+
+# Per-layer figures of `seltrain report --analyses`, beside the headline numbers' plots.
+SWEEP_PANELS = {"dimensionality": _dimensionality_panels, "gradients": _gradient_panels}
+
+
+def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
+                   extra: list[str] | None = None, out=None) -> dict:
+    """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers against
+    alpha and against mean SI into <exp>/plots/. ``trials``: rows of ``collect_trials``.
+    Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
+    from seltrain.analysis import plots
+    from seltrain.analysis.commands import ANALYSES, default_args, run_analysis
+    from seltrain.analysis.serialize import write_csv
+
+    out = out or sys.stdout
+
+    bad = [a for a in analyses if a not in ANALYSES]
+    if bad:
+        raise ConfigError(f"--analyses: unknown {', '.join(bad)}; choose from "
+                          f"{', '.join(ANALYSES)}")
+    root = os.path.join(exp_dir, "trials")
+    root = root if os.path.isdir(root) else exp_dir
+    rows = []
+    per_trial: dict[str, list[dict]] = {a: [] for a in analyses}
+    for t in trials:
+        run = os.path.join(root, t["trial"])
+        if not os.path.isfile(os.path.join(run, "checkpoints", "best.pt")):
+            continue
+        row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
+               "mean_si": t.get("test_si")}
+        for a in analyses:
+            s, = run_analysis(a, run, default_args(a, run, extra), stream=out)
+            row.update({k: s.get(k) for k in SWEEP_METRICS[a]})
+            per_trial[a].append(s)
+        rows.append(row)
+    if not rows:
+        raise CheckpointError(f"no trial in {exp_dir} has checkpoints/best.pt")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(os.path.join(exp_dir, "analysis_results.csv"),
+              {c: [np.nan if r.get(c) is None else r.get(c) for r in rows] for c in cols})
+    metrics = [m for a in analyses for m in SWEEP_METRICS[a] if m != "mean_si"]
+    paths = []
+    alpha = [r["alpha"] for r in rows]
+    si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
+    for m in metrics:
+        y = [np.nan if r.get(m) is None else r[m] for r in rows]
+        paths.append(plots.against(alpha, {m: y}, os.path.join(exp_dir, "plots",
+                                                                f"analysis_{m}_vs_alpha.png"),
+                                   xlabel="alpha", ylabel=m))
+        paths.append(plots.against(si, {m: y}, os.path.join(exp_dir, "plots",
+                                                             f"analysis_{m}_vs_si.png"),
+                                   xlabel="mean SI", ylabel=m))
+    for a in analyses:
+        if a not in SWEEP_PANELS:
+            continue
+        for fig, (ylabel, panels) in SWEEP_PANELS[a](per_trial[a]).items():
+            for x, xlabel, tag in ((alpha, "alpha", "alpha"), (si, "mean SI", "si")):
+                paths.append(plots.panels_against(x, panels, os.path.join(
+                    exp_dir, "plots", f"analysis_{fig}_vs_{tag}.png"), xlabel=xlabel,
+                    ylabel=ylabel))
+    if "mean_si" in cols and "selectivity" in analyses:
+        paths.append(plots.against(alpha, {"mean SI": si}, os.path.join(
+            exp_dir, "plots", "analysis_mean_si_vs_alpha.png"), xlabel="alpha",
+            ylabel="mean SI"))
+    print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
+          f"plots in {os.path.join(exp_dir, 'plots')}", file=out)
+    return {"rows": rows, "plots": [str(p) for p in paths]}
+
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def _report(args) -> int:
+    import shlex
+
+    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] \
+        if args.analyses else None
+    report_experiment(args.experiment, metric=args.metric, mode=args.mode, analyses=analyses,
+                      analysis_args=shlex.split(args.analysis_args or ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment")
+    r.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
+    r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
+                   help="what 'best alpha' means (default: val_acc)")
+    r.add_argument("--mode", default="max", choices=["max", "min"])
+    r.add_argument("--analyses", default=None, metavar="NAMES",
+                   help="also run these analyses on each trial's best checkpoint and plot them "
+                        "against alpha and mean SI: comma-separated from selectivity, "
+                        "ablation, orientation, robustness, dimensionality")
+    r.add_argument("--analysis-args", default=None, metavar="'OPTIONS'",
+                   help="options for every analysis, e.g. \"--max-images 500 --corruptions "
+                        "gaussian_noise\" (an analysis ignores options it does not take)")
+    r.set_defaults(func=_report)
