@@ -1,6 +1,8 @@
 # Two commands for a new machine (see README):
 #   make demo   set up, then run the main job on the embedded default data
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (everything; what CI runs)
+#   make test-fast  the unit tests and the integration tests not marked slow, ray, cluster or
+#               deepspeed (markers in pyproject.toml): a quick check while working
 # Both create or reuse .venv from requirements.lock (the pinned working set) and, when run as
 # root on Debian/Ubuntu, install the system packages FFCV and the real-data demo need.
 
@@ -17,7 +19,7 @@ STAMP   := $(VENV)/.seltrain-$(shell cat requirements.lock pyproject.toml | cksu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/seltrain/torch_extensions
 PYTEST_ARGS ?=
 
-.PHONY: setup demo train-demo test bench sysdeps clean
+.PHONY: setup demo train-demo test test-fast bench sysdeps clean
 
 setup: sysdeps $(STAMP)
 
@@ -46,6 +48,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not ray and not cluster and not deepspeed" $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) benchmarks/bench_step.py

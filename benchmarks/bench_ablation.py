@@ -31,16 +31,17 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seltrain.analysis.ablation import single_unit_ablation  # noqa: E402
-from seltrain.data.sources import SyntheticSpec, load_split  # noqa: E402
+from seltrain.config import SyntheticConfig  # noqa: E402
+from seltrain.data.sources import load_split  # noqa: E402
 from seltrain.models import build_model  # noqa: E402
 
 LAYERS = ("layer3.0", "layer3.1", "layer3.2")
 
 
 def data(n_test: int, n_train: int, size: int):
-    info, train = load_split("synthetic", None, "train", synthetic=SyntheticSpec(
+    info, train = load_split("synthetic", None, "train", synthetic=SyntheticConfig(
         image_size=size, train_size=n_train, test_size=n_test))
-    _, test = load_split("synthetic", None, "test", synthetic=SyntheticSpec(
+    _, test = load_split("synthetic", None, "test", synthetic=SyntheticConfig(
         image_size=size, train_size=n_train, test_size=n_test))
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)

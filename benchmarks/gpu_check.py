@@ -399,8 +399,8 @@ def check_ablation(p: dict) -> dict:
     from seltrain.analysis.ablation import single_unit_ablation
     from seltrain.models import build_model
 
-    spec = sources.SyntheticSpec(num_classes=p["classes"], image_size=p["image_size"],
-                                 train_size=8, test_size=p["ablation_images"])
+    spec = sources.SyntheticConfig(num_classes=p["classes"], image_size=p["image_size"],
+                                   train_size=8, test_size=p["ablation_images"])
     info, split = sources.load_split("synthetic", None, "test", synthetic=spec)
     x = torch.from_numpy(split.images).permute(0, 3, 1, 2).float()
     x = (x / 255 - torch.tensor(info.mean).view(1, -1, 1, 1)) / \
@@ -416,7 +416,8 @@ def check_ablation(p: dict) -> dict:
                              device=dev)
     sync()
     return {"layer": r["layer"], "units": int(len(r["overall_drop"])), "images": r["n_images"],
-            "method": r["method"], "seconds": time.perf_counter() - t0,
+            "method": r["method"], "units_per_pass": r["units_per_pass"],
+            "seconds": time.perf_counter() - t0,
             "peak_memory_mb": peak_memory_mb()}
 
 

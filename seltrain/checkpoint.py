@@ -17,12 +17,12 @@ from __future__ import annotations
 import glob
 import io
 import os
+import secrets
 import shutil
-import tempfile
 
 import torch
 
-from seltrain.errors import CheckpointError, is_disk_full
+from seltrain.errors import CheckpointError, ConfigError, is_disk_full
 
 
 def _no_space(path: str) -> CheckpointError:
@@ -31,11 +31,28 @@ def _no_space(path: str) -> CheckpointError:
                            "free space there and continue with --resume")
 
 
+def _new_temporary(folder: str) -> tuple[int, str]:
+    """A new, empty ``.tmp-<pid>-<random>.pt`` in ``folder``: (fd, path).
+
+    Created with mode 0666 less the umask (0644 under the usual 022), like any file a user
+    writes, not mkstemp's 0600: the rename keeps the mode, and a 0600 checkpoint is unreadable
+    to the other users and nodes that read a shared (NFS) run folder. O_EXCL with a random
+    name is what mkstemp does too."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}.pt")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
 def _write_replace(path: str, write) -> None:
     """``write(file)`` into a temporary beside ``path``, fsync, rename over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".pt", dir=folder)
+    fd, tmp = _new_temporary(folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -92,6 +109,71 @@ def load(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a seltrain checkpoint (no 'model' entry)")
     return ckpt
 
+
+# --------------------------------------------------------------------------- finding and loading
+
+# A run's checkpoints in the order they are looked up: the best epoch's, else the last one.
+RUN_CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def run_checkpoint(run_dir: str, names: tuple[str, ...] = RUN_CHECKPOINTS) -> str | None:
+    """The first of ``names`` in ``run_dir``/checkpoints, or None."""
+    for name in names:
+        path = os.path.join(run_dir, "checkpoints", name)
+        if os.path.isfile(path):
+            return os.path.abspath(path)
+    return None
+
+
+def find_checkpoints(path: str) -> list[tuple[str, str]]:
+    """[(run folder, checkpoint file)] for a checkpoint file, a run folder (its best.pt, else
+    last.pt) or an experiment folder (the same for every run folder under trials/, or under
+    the folder itself)."""
+    if os.path.isfile(path):
+        ckpt = os.path.abspath(path)
+        parent = os.path.dirname(ckpt)
+        run = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
+        return [(run, ckpt)]
+    if not os.path.isdir(path):
+        raise CheckpointError(f"no checkpoint, run folder or experiment at {path}")
+    own = run_checkpoint(path)
+    if own:
+        return [(os.path.abspath(path), own)]
+    root = os.path.join(path, "trials") if os.path.isdir(os.path.join(path, "trials")) else path
+    found = [(os.path.abspath(os.path.join(root, name)), ckpt) for name in sorted(os.listdir(root))
+             if (ckpt := run_checkpoint(os.path.join(root, name)))]
+    if not found:
+        raise CheckpointError(f"{path} holds no checkpoints/best.pt, checkpoints/last.pt or "
+                              "trials/*/checkpoints/best.pt")
+    return found
+
+
+def load_trained_model(path: str, device="cpu"):
+    """(model in eval mode, checkpoint dict, Config) from a checkpoint file or a run folder.
+    A checkpoint whose weights do not fit the model its recipe names is a CheckpointError."""
+    from seltrain.config import config_from_dict
+    from seltrain.models import build_model
+
+    if os.path.isdir(path):
+        found = run_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no checkpoints/best.pt or checkpoints/last.pt")
+        path = found
+    ckpt = load(path, map_location=device)
+    try:
+        cfg = config_from_dict(ckpt["config"])
+        model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"],
+                            ckpt["image_size"])
+        model.load_state_dict(ckpt["model"])
+    except ConfigError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} does not match a seltrain model "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    return model.to(device).eval(), ckpt, cfg
+
+
+# --------------------------------------------------------------------------- random state
 
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}

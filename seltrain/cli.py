@@ -2,6 +2,7 @@
 
     seltrain train CONFIG [key.sub=value ...] [--resume]
     seltrain config show CONFIG [key.sub=value ...]
+    seltrain --version
 
 Every user mistake ends as one line on stderr and a non-zero exit (2 for config errors); the
 full traceback is kept for real bugs, or shown for anything with SELTRAIN_DEBUG=1.
@@ -70,6 +71,32 @@ def _config_show(args) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed seltrain's version, from its package metadata (pyproject.toml's
+    ``version`` at install time); a source tree used without installing falls back to
+    ``seltrain.__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("seltrain")
+    except metadata.PackageNotFoundError:
+        from seltrain import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``; the metadata lookup (~30 ms) runs only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print seltrain's version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(f"seltrain {version()}\n")  # stdout, as argparse's own "version"
+        parser.exit(0)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors (stock argparse prints the usage first)."""
 
@@ -84,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --no_local_rank); the rank itself is read from the environment.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help=argparse.SUPPRESS)
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one run from a recipe")
@@ -98,9 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="inspect recipes")
     csub = c.add_subparsers(dest="config_command", required=True)
-    show = csub.add_parser("show", help="print the resolved recipe")
-    show.add_argument("config")
-    show.add_argument("overrides", nargs="*")
+    show = csub.add_parser(
+        "show", help="print the resolved recipe",
+        description="Print the recipe as `seltrain train` would run it: every key, defaults "
+                    "filled in and overrides applied, checked the same way (an unknown key or "
+                    "a bad value is the same one-line error).")
+    show.add_argument("config", help="a recipe YAML, e.g. configs/quickstart.yaml")
+    show.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                      help="overrides, applied in order after the file, as `seltrain train` "
+                           "takes them (e.g. train.lr=0.05 selectivity.alpha=-1)")
     show.set_defaults(func=_config_show)
 
     for register in _extensions():
@@ -141,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seltrain: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`seltrain tune --dry-run | head`): stop quietly, as cat does.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by the pipe
     except OSError as e:
         # A full disk anywhere a command writes (metrics, TensorBoard, analysis outputs) is
         # the user's to fix, not a bug: one line naming where.

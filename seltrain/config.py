@@ -24,8 +24,10 @@ def choice(default, choices: tuple, **kw):
     return field(default=default, metadata={"choices": choices}, **kw)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticConfig:
+    """The generated dataset (``data.dataset: synthetic``, ``seltrain.data.sources``), also
+    what keys its cache there: frozen, so hashable. The config's and the data's one type."""
     num_classes: int = 10
     image_size: int = 32
     channels: int = 3

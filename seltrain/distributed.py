@@ -18,6 +18,11 @@ wrong MASTER_ADDR or a mismatched world size ends in one clear error line instea
 Collectives afterwards get ``SELTRAIN_COLLECTIVE_TIMEOUT`` (default 1800 s): evaluation of a
 large split or rank 0 writing a checkpoint may legitimately keep the others waiting longer
 than a join should.
+
+This is the only module that creates, joins or destroys process groups, calls collectives,
+or reads or writes the rank variables (RANK, WORLD_SIZE, LOCAL_RANK, TORCHELASTIC_*): the
+trainer and the engines ask ``DistContext`` and the functions below. (``seltrain.runlock``
+reads TORCHELASTIC_RUN_ID/RESTART_COUNT itself to tell a restarted attempt from a second job.)
 """
 from __future__ import annotations
 
@@ -43,7 +48,12 @@ class DistContext:
     backend: str = "none"
     device: torch.device = torch.device("cpu")
     launcher: str = "single"
+    # Whether teardown() destroys the group: one setup() joined, not one that a caller (Ray
+    # Train) made before setup(), nor setup_for_deepspeed()'s process-wide one-rank group.
     owns_group: bool = False
+    # torchrun's TORCHELASTIC_RESTART_COUNT, read once here: > 0 is a restarted attempt, which
+    # continues from checkpoints/last.pt without --resume. 0 for every other launcher.
+    restart_count: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -107,17 +117,18 @@ def setup(timeout_s: float | None = None, local_rank: int | None = None) -> Dist
     ``local_rank`` is the deepspeed launcher's ``--local_rank=N`` argument, used when the
     environment does not carry ``LOCAL_RANK``. ``timeout_s`` overrides SELTRAIN_DIST_TIMEOUT.
     """
+    restart = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
     if dist.is_available() and dist.is_initialized():
         # Ray Train (or a caller) made the group already: use it, and leave it to its owner.
         rank, world = dist.get_rank(), dist.get_world_size()
         local = _env_int("LOCAL_RANK", local_rank if local_rank is not None else 0)
         return DistContext(rank, world, local, dist.get_backend(), _device_for(local),
-                           "existing", owns_group=False)
+                           "existing", owns_group=False, restart_count=restart)
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         local = local_rank or 0
         device = _device_for(local)
-        return DistContext(local_rank=local, device=device)
+        return DistContext(local_rank=local, device=device, restart_count=restart)
     rank = _env_int("RANK")
     local = _env_int("LOCAL_RANK", local_rank if local_rank is not None else rank)
     for name in ("MASTER_ADDR", "MASTER_PORT"):
@@ -130,8 +141,7 @@ def setup(timeout_s: float | None = None, local_rank: int | None = None) -> Dist
         # env:// reads MASTER_ADDR/MASTER_PORT; the TCPStore connect and the wait for every
         # rank both honour `timeout`, so a rank that cannot join fails within it.
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=join))
-        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-        if restart is not None:
+        if "TORCHELASTIC_RESTART_COUNT" in os.environ:
             # torchrun's agent store outlives a restart, and the gloo addresses of the killed
             # attempt stay in it: the new attempt would dial dead ports. A per-attempt prefix
             # keeps each attempt's keys apart (found with --max-restarts on torch 2.14).
@@ -157,7 +167,31 @@ def setup(timeout_s: float | None = None, local_rank: int | None = None) -> Dist
     if set_timeout is not None:
         set_timeout(collective)
     return DistContext(rank, world, local, backend, device, _launcher_from_env(local_rank),
-                       owns_group=True)
+                       owns_group=True, restart_count=restart)
+
+
+def setup_for_deepspeed(ctx: DistContext) -> None:
+    """What ``deepspeed.initialize`` needs beyond ``setup()``: a process group even for one
+    process, and RANK, WORLD_SIZE and LOCAL_RANK in the environment.
+
+    One process has no group after ``setup()``; DeepSpeed insists on one (and otherwise probes
+    MPI). A private one-rank group over an in-memory store needs no MASTER_ADDR or free port;
+    NCCL on a GPU, as ``setup`` would choose, so DeepSpeed's collectives run on the device.
+    That group lives as long as the process and serves every later DeepSpeed engine in it:
+    DeepSpeed keeps module-level handles to the groups it derives from it
+    (``deepspeed.utils.groups``), so after a teardown the next engine in the same process
+    would fail ("Group ... is not registered"). ``teardown(ctx)`` leaves it alone.
+
+    DeepSpeed also asserts the rank variables are set even where the group exists (Ray Train,
+    one process); they are exported from ``ctx`` where unset (a launcher's own are kept).
+    """
+    if not dist.is_initialized():
+        cuda = ctx.device.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1, device_id=ctx.device if cuda else None)
+    for key, value in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank),
+                       ("WORLD_SIZE", ctx.world_size)):
+        os.environ.setdefault(key, str(value))
 
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
@@ -283,6 +317,24 @@ def all_reduce_sum(*tensors: Tensor) -> list[Tensor]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
+    """Rank ``src``'s values of ``tensors`` on every rank, in place: one broadcast per
+    (dtype, device), the tensors packed into one flat buffer (DeepSpeed's BatchNorm buffers)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def broadcast_object(obj, src: int = 0):

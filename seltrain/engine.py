@@ -1,8 +1,9 @@
 """Engines: how a step's backward, optimizer step and checkpoint state are carried out.
 
 ``DDPEngine`` (one process or torch DDP) and ``DeepSpeedEngine`` share one small interface:
-``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``, ``no_sync()``,
-``save(path, extra)`` and ``load(path) -> extra``. The training loop calls only these.
+``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``,
+``save(path, extra)`` and ``load(path) -> extra``. The training loop calls only these. Process
+groups and collectives are ``seltrain.distributed``'s; an engine only asks it.
 
 Checkpoints. Both engines leave a plain ``<name>.pt`` (model weights plus the trainer's extra
 dict, loadable with ``weights_only=True``) at the path the trainer names, so ``--resume``,
@@ -13,7 +14,6 @@ DeepSpeed tag it belongs to, so it doubles as the commit marker of a complete ch
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import glob
 import json
@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-from seltrain import checkpoint
+from seltrain import checkpoint, distributed
 from seltrain.errors import CheckpointError, ConfigError
 from seltrain.optim import build_optimizer, build_scheduler
 
@@ -71,9 +71,6 @@ class DDPEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def no_sync(self):
-        return self.model.no_sync() if self.ctx.distributed else contextlib.nullcontext()
-
     def save(self, path: str, extra: dict) -> None:
         # DDP replicas are identical: rank 0 writes one file.
         if self.ctx.is_main:
@@ -88,10 +85,6 @@ class DDPEngine:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         return ckpt
-
-    @staticmethod
-    def exists(path: str) -> bool:
-        return os.path.isfile(path)
 
 
 # Used when engine is deepspeed and neither train.deepspeed_config nor deepspeed_inline is set:
@@ -177,21 +170,11 @@ class DeepSpeedEngine:
 
     def __init__(self, model: nn.Module, cfg, ctx, steps_per_epoch: int):
         import deepspeed
-        import torch.distributed as dist
 
         t = cfg.train
         self.ctx = ctx
-        if not dist.is_initialized():
-            # One process: DeepSpeed insists on a process group (and otherwise probes MPI);
-            # a private one-rank group needs no MASTER_ADDR or free port. NCCL on a GPU, as
-            # distributed.setup would choose: DeepSpeed's collectives then run on the device.
-            cuda = ctx.device.type == "cuda"
-            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0,
-                                    world_size=1, device_id=ctx.device if cuda else None)
-        # DeepSpeed asserts these are set even when the group exists (Ray Train, one process).
-        for key, value in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank),
-                           ("WORLD_SIZE", ctx.world_size)):
-            os.environ.setdefault(key, str(value))
+        # A group even for one process, and the rank variables DeepSpeed asserts.
+        distributed.setup_for_deepspeed(ctx)
         if t.sync_bn and ctx.distributed:
             model = convert_sync_bn(model, ctx)
         self.ds_config = deepspeed_config(t, ctx.world_size,
@@ -240,24 +223,10 @@ class DeepSpeedEngine:
         as many networks as ranks, and ``--resume`` (rank 0's statistics in the checkpoint,
         loaded on every rank) would end with other numbers than an uninterrupted run (found
         by tests/integration_tests/test_deepspeed_launcher.py). One broadcast per dtype."""
-        import torch.distributed as dist
-
-        groups: dict = {}
-        for buf in self._weights.buffers():
-            groups.setdefault((buf.dtype, buf.device), []).append(buf)
-        for bufs in groups.values():
-            flat = torch.cat([b.detach().reshape(-1) for b in bufs])
-            dist.broadcast(flat, src=0)
-            offset = 0
-            for b in bufs:
-                b.data.copy_(flat[offset:offset + b.numel()].view_as(b))
-                offset += b.numel()
+        distributed.broadcast_tensors(list(self._weights.buffers()), src=0)
 
     def lr(self) -> float:
         return self.model.get_lr()[0]
-
-    def no_sync(self):
-        return self.model.no_sync()
 
     # Checkpoints: DeepSpeed's own state under <checkpoints>/deepspeed/<tag>/, and the plain
     # <name>.pt beside it (see the module docstring).
@@ -266,15 +235,12 @@ class DeepSpeedEngine:
         return os.path.join(os.path.dirname(os.path.abspath(path)), "deepspeed")
 
     def save(self, path: str, extra: dict) -> None:
-        import torch.distributed as dist
-
         name = os.path.splitext(os.path.basename(path))[0]
         tag = f"{name}-step{extra.get('global_step', 0)}"
         ds_dir = self._ds_dir(path)
         # Every rank writes its ZeRO partition; client_state carries the trainer's extra.
         self.model.save_checkpoint(ds_dir, tag=tag, client_state=extra, save_latest=False)
-        if dist.is_initialized():
-            dist.barrier()
+        distributed.barrier()  # every partition is on disk before the .pt commits them
         if self.ctx.is_main:
             weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
                        for k, v in self._weights.state_dict().items()}
@@ -298,10 +264,6 @@ class DeepSpeedEngine:
             raise CheckpointError(f"DeepSpeed state {tag} for {path} is missing under "
                                   f"{self._ds_dir(path)}")
         return ckpt
-
-    @staticmethod
-    def exists(path: str) -> bool:
-        return os.path.isfile(path)
 
 
 def build_engine(model: nn.Module, cfg, ctx, steps_per_epoch: int):

@@ -90,3 +90,15 @@ def no_space(path: str | None, what: str) -> str:
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     return f"no space left on {folder} while writing {what}; free space there (or choose a " \
            f"folder with room) and run again"
+
+
+def file_in_the_way(path: str) -> str | None:
+    """The first existing component of ``path`` that is a file, not a folder (so no folder can
+    be made there: ``os.makedirs`` would fail with a bare ENOTDIR/EEXIST), or None."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    return None if os.path.isdir(probe) else probe

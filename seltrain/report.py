@@ -80,7 +80,7 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
     is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
     analyses' headline numbers are plotted against alpha and mean SI
-    (seltrain.analysis.commands.sweep_analyses); the result then carries "analyses".
+    (``sweep_analyses``); the result then carries "analyses".
 
     Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
@@ -244,81 +244,42 @@ def _to_tensorboard(paths: list[str], logdir: str) -> None:
 
 # --------------------------------------------------------------------------- analyses of every trial
 
-# Per-trial numbers that `seltrain report --analyses` plots against alpha and mean SI.
-SWEEP_METRICS = {
-    "selectivity": ("mean_si",),
-    "ablation": ("mean_overall_drop",),
-    "orientation": ("mean_gosi", "fraction_selective"),
-    "robustness": ("clean_acc", "mean_corruption_accuracy", "mean_fgsm_accuracy",
-                   "mean_pgd_accuracy"),
-    # the abstract's two claims: clean early-layer dimensionality falls with selectivity, and
-    # adversarial inputs raise it more than corrupted ones (both readings, README)
-    "dimensionality": ("representation_components_clean", "early_increase_corrupted",
-                       "early_increase_adversarial", "early_change_components_corrupted",
-                       "early_change_components_adversarial"),
-    "gradients": ("grad_across_samples_direction", "grad_across_units_direction",
-                  "grad_across_samples_norm_cv", "grad_across_units_norm_cv"),
-}
-
-
-def _dimensionality_panels(summaries: list[dict]) -> dict[str, tuple[str, dict]]:
-    """Per-layer figures of a sweep: {figure: (ylabel, {layer: {series: [value per trial]}})}."""
-    layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
-
-    def panels(reading: str, conditions: tuple[str, ...]) -> dict:
-        return {n: {c: [s["layers"].get(n, {}).get(reading, {}).get(c, math.nan)
-                        for s in summaries] for c in conditions} for n in layers}
-
-    return {"dimensionality_clean": ("components, clean representation",
-                                     panels("representation", ("clean",))),
-            "dimensionality_increase": ("increase over clean (representation)",
-                                        panels("increase", ("adversarial", "corrupted"))),
-            "dimensionality_change": ("components of the change (perturbed - clean)",
-                                      panels("change", ("adversarial", "corrupted")))}
-
-
-def _gradient_panels(summaries: list[dict]) -> dict[str, tuple[str, dict]]:
-    """One figure: a panel per statistic, a series per layer."""
-    layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
-    stats = ("across_samples_direction", "across_units_direction", "across_samples_norm_cv",
-             "across_units_norm_cv")
-    return {"gradients_per_layer": ("input-gradient variability", {
-        st: {n: [s["layers"].get(n, {}).get(st, math.nan) for s in summaries] for n in layers}
-        for st in stats})}
-
-
-# Per-layer figures of `seltrain report --analyses`, beside the headline numbers' plots.
-SWEEP_PANELS = {"dimensionality": _dimensionality_panels, "gradients": _gradient_panels}
-
-
 def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                    extra: list[str] | None = None, out=None) -> dict:
-    """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers against
-    alpha and against mean SI into <exp>/plots/. ``trials``: rows of ``collect_trials``.
+    """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers (each
+    analysis declares its own: ``SWEEP_HEADLINE``, and ``sweep_panels`` for per-layer
+    figures) against alpha and against mean SI into <exp>/plots/. ``extra``: the options of
+    ``--analysis-args``, read strictly into each analysis' options before anything runs
+    (``commands.sweep_options``). ``trials``: rows of ``collect_trials``.
     Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
     from seltrain.analysis import plots
-    from seltrain.analysis.commands import ANALYSES, default_args, run_analysis
+    from seltrain.analysis.commands import analysis_module, run_analysis, sweep_options
+    from seltrain.analysis.options import ANALYSES
     from seltrain.analysis.serialize import write_csv
+    from seltrain.checkpoint import run_checkpoint
+    from seltrain.errors import did_you_mean
 
     out = out or sys.stdout
 
     bad = [a for a in analyses if a not in ANALYSES]
     if bad:
-        raise ConfigError(f"--analyses: unknown {', '.join(bad)}; choose from "
-                          f"{', '.join(ANALYSES)}")
+        raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
+                          f"{did_you_mean(bad[0], ANALYSES)}; choose from {', '.join(ANALYSES)}")
+    options = sweep_options(analyses, list(extra or []))
+    modules = {a: analysis_module(a) for a in analyses}
     root = os.path.join(exp_dir, "trials")
     root = root if os.path.isdir(root) else exp_dir
     rows = []
     per_trial: dict[str, list[dict]] = {a: [] for a in analyses}
     for t in trials:
         run = os.path.join(root, t["trial"])
-        if not os.path.isfile(os.path.join(run, "checkpoints", "best.pt")):
+        if run_checkpoint(run, ("best.pt",)) is None:
             continue
         row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
                "mean_si": t.get("test_si")}
         for a in analyses:
-            s, = run_analysis(a, run, default_args(a, run, extra), stream=out)
-            row.update({k: s.get(k) for k in SWEEP_METRICS[a]})
+            s, = run_analysis(a, run, options[a], stream=out)
+            row.update({k: s.get(k) for k in modules[a].SWEEP_HEADLINE})
             per_trial[a].append(s)
         rows.append(row)
     if not rows:
@@ -326,7 +287,7 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     cols = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(os.path.join(exp_dir, "analysis_results.csv"),
               {c: [np.nan if r.get(c) is None else r.get(c) for r in rows] for c in cols})
-    metrics = [m for a in analyses for m in SWEEP_METRICS[a] if m != "mean_si"]
+    metrics = [m for a in analyses for m in modules[a].SWEEP_HEADLINE if m != "mean_si"]
     paths = []
     alpha = [r["alpha"] for r in rows]
     si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
@@ -339,9 +300,10 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                                                              f"analysis_{m}_vs_si.png"),
                                    xlabel="mean SI", ylabel=m))
     for a in analyses:
-        if a not in SWEEP_PANELS:
+        sweep_panels = getattr(modules[a], "sweep_panels", None)
+        if sweep_panels is None:
             continue
-        for fig, (ylabel, panels) in SWEEP_PANELS[a](per_trial[a]).items():
+        for fig, (ylabel, panels) in sweep_panels(per_trial[a]).items():
             for x, xlabel, tag in ((alpha, "alpha", "alpha"), (si, "mean SI", "si")):
                 paths.append(plots.panels_against(x, panels, os.path.join(
                     exp_dir, "plots", f"analysis_{fig}_vs_{tag}.png"), xlabel=xlabel,
@@ -377,8 +339,13 @@ def register(subparsers) -> None:
     r.add_argument("--analyses", default=None, metavar="NAMES",
                    help="also run these analyses on each trial's best checkpoint and plot them "
                         "against alpha and mean SI: comma-separated from selectivity, "
-                        "ablation, orientation, robustness, dimensionality")
+                        "ablation, orientation, robustness, dimensionality, gradients")
     r.add_argument("--analysis-args", default=None, metavar="'OPTIONS'",
-                   help="options for every analysis, e.g. \"--max-images 500 --corruptions "
-                        "gaussian_noise\" (an analysis ignores options it does not take)")
+                   help="`seltrain analyze` options for the chosen analyses, e.g. "
+                        "\"--max-images 500 --corruptions gaussian_noise\": each analysis "
+                        "takes those it has, so an option only some of them take is fine; "
+                        "one that none takes, or a bad value, is an error before anything "
+                        "runs. Use --gosi-threshold / --variance-share, not --threshold, when "
+                        "running orientation and dimensionality together; --out does not "
+                        "apply")
     r.set_defaults(func=_report)

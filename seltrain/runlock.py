@@ -12,9 +12,14 @@ with a note on stderr naming it, when
 - its host is another host and its heartbeat is older than ``STALE_S``, measured against the
   file server's clock (a file created beside it), so clocks that disagree between nodes do not
   matter; ``STALE_S`` is well above NFS attribute caching (``acregmax`` 60 s by default), or
-- it belongs to an earlier attempt of the same launcher job: torchrun's elastic agent kills
-  every worker of an attempt before it starts the next one (same ``TORCHELASTIC_RUN_ID``,
-  higher ``TORCHELASTIC_RESTART_COUNT``), so a restart never waits for its own dead rank 0.
+- it belongs to an earlier attempt of the same launcher job, so a restart never waits for its
+  own dead rank 0 (on a lost node, the heartbeat would take ``STALE_S`` to stop counting):
+  torchrun's elastic agent kills every worker of an attempt before it starts the next one
+  (same ``TORCHELASTIC_RUN_ID``, higher ``TORCHELASTIC_RESTART_COUNT``); Ray Train stops a
+  trial's workers before it starts the next attempt's, and a Tune retry starts after the
+  trial's driver and its workers are gone (same ``SELTRAIN_RAY_TRIAL``, another
+  ``SELTRAIN_RAY_ATTEMPT``: Ray exports nothing like torchrun's variables, so seltrain's Ray
+  Train worker does, see ``seltrain.tuning.trials.ray_attempt_env``).
 Otherwise the lock is live and acquiring it fails with one line naming the holder.
 
 Taking a stale lock over renames it to a private name first (only one contender's rename can
@@ -36,6 +41,21 @@ from seltrain.errors import ConfigError
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
 LOCK_NAME = ".seltrain.lock"
+# A Ray Train worker of a seltrain search: its trial (the search's Ray job and the trial's
+# folder) and its attempt (an id that changes with every restart, unordered).
+RAY_TRIAL_ENV = "SELTRAIN_RAY_TRIAL"
+RAY_ATTEMPT_ENV = "SELTRAIN_RAY_ATTEMPT"
+
+
+def launcher_attempt() -> tuple[str | None, str | None, int | str]:
+    """(launcher, job, attempt) as the launcher exported them to this process: torchrun's
+    (attempts numbered), a seltrain Ray trial's (attempts named), or (None, None, 0)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+        return ("torchrun", os.environ["TORCHELASTIC_RUN_ID"],
+                int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0))
+    if os.environ.get(RAY_TRIAL_ENV):
+        return "ray", os.environ[RAY_TRIAL_ENV], os.environ.get(RAY_ATTEMPT_ENV, "")
+    return None, None, 0
 
 
 def _proc_start(pid: int) -> str | None:
@@ -100,8 +120,7 @@ class RunLock:
         self.what, self.fix = what, fix
         self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.token = uuid.uuid4().hex
-        self.job = os.environ.get("TORCHELASTIC_RUN_ID")
-        self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        self.launcher, self.job, self.attempt = launcher_attempt()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -127,7 +146,8 @@ class RunLock:
     def _create(self) -> bool:
         info = {"host": socket.gethostname(), "pid": os.getpid(),
                 "start": _proc_start(os.getpid()), "started": time.time(),
-                "job": self.job, "attempt": self.attempt, "token": self.token,
+                "launcher": self.launcher, "job": self.job, "attempt": self.attempt,
+                "token": self.token,
                 "argv": " ".join(sys.argv)[:300]}
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -149,10 +169,9 @@ class RunLock:
         if not info:  # created but never filled: its creator died within microseconds
             age = _fs_now(os.path.dirname(self.path)) - mtime
             return f"an empty lock file, {age:.0f} s old" if age > 5 else None
-        if self.job is not None and info.get("job") == self.job \
-                and int(info.get("attempt") or 0) < self.attempt:
-            return f"{holder}, attempt {info.get('attempt')} of this job {self.job}, " \
-                   "which its launcher has stopped"
+        earlier = self._earlier_attempt(info)
+        if earlier:
+            return f"{holder}, {earlier}"
         if host == socket.gethostname() and isinstance(pid, int):
             if not pid_alive(pid, info.get("start")):
                 return f"{holder}, which is no longer running"
@@ -160,6 +179,23 @@ class RunLock:
         age = _fs_now(os.path.dirname(self.path)) - mtime
         if age > STALE_S:
             return f"{holder}, no heartbeat for {age:.0f} s"
+        return None
+
+    def _earlier_attempt(self, info: dict) -> str | None:
+        """How the lock is an earlier attempt of this process's launcher job, if it is."""
+        if self.job is None or info.get("job") != self.job \
+                or (info.get("launcher") or "torchrun") != self.launcher:
+            return None
+        if self.launcher == "ray":
+            if info.get("attempt") == self.attempt:
+                return None
+            return f"an earlier attempt of this Ray trial {self.job}, which Ray Train has stopped"
+        try:
+            theirs = int(info.get("attempt") or 0)
+        except (TypeError, ValueError):
+            return None
+        if theirs < self.attempt:
+            return f"attempt {theirs} of this job {self.job}, which its launcher has stopped"
         return None
 
     def _take_over(self, judged: dict) -> bool:

@@ -218,14 +218,6 @@ class SelectivityAccumulator:
                 self.sums[name].addmm_(onehot.t(), acts.to(torch.float64))
         self.counts += onehot.sum(0)
 
-    def state(self) -> tuple[list[Tensor], Tensor]:
-        return [self.sums[n] for n in self.names], self.counts
-
-    def load_reduced(self, sums: list[Tensor], counts: Tensor) -> None:
-        for name, s in zip(self.names, sums):
-            self.sums[name].copy_(s)
-        self.counts = counts
-
     def si(self, eps: float = 1e-7) -> dict[str, Tensor]:
         return dict(zip(self.names, self._split(si_from_stats(self.flat, self.counts, eps=eps))))
 

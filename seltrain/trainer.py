@@ -24,11 +24,12 @@ from torch.nn import functional as F
 from seltrain import distributed
 from seltrain import checkpoint
 from seltrain.checkpoint import rng_state, set_rng_state
-from seltrain.config import Config, config_from_dict
+from seltrain.config import Config
 from seltrain.data import DevicePreprocess, RankSharding, build_data
 from seltrain.engine import build_engine
 from seltrain.errors import (CheckpointError, ConfigError, SeltrainError, TrainingError,
-                             is_disk_full)
+                             file_in_the_way, is_disk_full)
+from seltrain.fault_injection import step_hooks_from_env
 from seltrain.metrics import NullSink, RunSink, read_records
 from seltrain.models import build_model
 from seltrain.probes import Probe, resolve_layers
@@ -43,19 +44,6 @@ HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", 
 HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs")
 # Keys that may change between an interrupted run and its resumption.
 _RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir")
-
-
-# Fault injection for the elastic-restart test only (tests/integration_tests/
-# test_distributed_elastic.py): rank 1 SIGKILLs itself at this global step, first attempt only.
-_KILL_AT_STEP = os.environ.get("SELTRAIN_TEST_KILL_AT_STEP")
-
-
-def _test_kill(global_step: int, rank: int) -> None:
-    if (rank == 1 and global_step == int(_KILL_AT_STEP)
-            and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def seed_everything(seed: int, deterministic: bool,
@@ -91,42 +79,56 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _file_in_the_way(path: str) -> str | None:
-    """The first existing component of ``path`` that is a file (makedirs cannot pass it)."""
-    probe = os.path.abspath(path)
-    while True:
-        if os.path.exists(probe):
-            return probe if not os.path.isdir(probe) else None
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return None
-        probe = parent
-
-
 class Trainer:
     def __init__(self, cfg: Config, ctx: distributed.DistContext | None = None, *,
                  resume: bool = False, run_dir: str | None = None,
                  report: Callable[[dict, str], None] | None = None,
                  hparam_keys: list[str] | None = None):
-        """``hparam_keys``: recipe keys to list in TensorBoard's HParams tab besides
-        HPARAM_KEYS (a search passes the keys it searches)."""
+        """``ctx``: the process group to train in, from ``distributed.setup()``; its caller
+        tears it down (the CLI, a Ray Tune trial). Without one the trainer calls
+        ``distributed.setup()`` itself and owns what that made: ``fit()`` ends with
+        ``close()``, which tears it down (so does a failure here), as ``seltrain train`` does
+        for its own context. ``hparam_keys``: recipe keys to list in TensorBoard's HParams tab
+        besides HPARAM_KEYS (a search passes the keys it searches)."""
         self.cfg = cfg
         self.hparam_keys = list(dict.fromkeys([*HPARAM_KEYS, *(hparam_keys or [])]))
+        self._owns_ctx = ctx is None
         self.ctx = ctx or distributed.setup()
+        # Called after every optimizer step with that step's global step number. Empty in a
+        # normal run; the tests' fault injection registers itself here when asked to.
+        self.step_hooks: list[Callable[[int], None]] = step_hooks_from_env(self.ctx)
+        # Measured after every epoch's evaluation: hook(trainer, epoch) -> {name: value}, kept
+        # in the epoch record under hook.record_key and in TensorBoard as <hook.tag>/<name>.
+        self.epoch_hooks: list[Callable[[Trainer, int], dict[str, float]]] = []
+        if cfg.run.track_orientation:
+            from seltrain.analysis.orientation import OrientationTracking
+
+            self.epoch_hooks.append(OrientationTracking())
         self.run_dir = run_dir or cfg.run_dir()
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
         self.resume = resume
         self.report = report
         self.alpha = cfg.selectivity.alpha
         t = cfg.train
-        if t.batch_size % self.ctx.world_size:
-            raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the world "
-                              f"size {self.ctx.world_size}; pick a multiple of it")
-        self.local_batch = t.batch_size // self.ctx.world_size
-        seed_everything(t.seed, t.deterministic, t.cudnn_benchmark)
-        self.create_data()
-        self.create_model()
-        self.create_engine()
+        try:
+            if t.batch_size % self.ctx.world_size:
+                raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the "
+                                  f"world size {self.ctx.world_size}; pick a multiple of it")
+            self.local_batch = t.batch_size // self.ctx.world_size
+            seed_everything(t.seed, t.deterministic, t.cudnn_benchmark)
+            self.create_data()
+            self.create_model()
+            self.create_engine()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Tear down the process group this trainer set up itself (nothing when it was given
+        a ``ctx``: that one is its caller's). ``fit()`` calls it; call it yourself after
+        driving ``train_epoch``/``evaluate`` directly on a trainer made without a ``ctx``."""
+        if self._owns_ctx:
+            distributed.teardown(self.ctx)
 
     # ------------------------------------------------------------------ setup
     def create_data(self) -> None:
@@ -246,8 +248,8 @@ class Trainer:
                     last_si = mu_si.detach()
                 self.engine.backward(loss)
                 self.engine.step()
-                if _KILL_AT_STEP is not None:
-                    _test_kill(global_step, self.ctx.rank)
+                for hook in self.step_hooks:
+                    hook(global_step)
                 sums += torch.stack([loss.detach(), ce.detach()]).double()
                 n_steps += 1
                 n_images += x.shape[0] * self.ctx.world_size
@@ -293,7 +295,7 @@ class Trainer:
         acc = SelectivityAccumulator(self.layer_units, self.info.num_classes, dev) if want_si \
             else None
         correct = torch.zeros(2, dtype=torch.float64, device=dev)  # [correct, total]
-        attached = bool(self.probe._handles)
+        attached = self.probe.attached
         if want_si:
             self.probe.attach()
         for x, y in self.preprocess.batches(loader):
@@ -342,7 +344,7 @@ class Trainer:
 
     def _maybe_resume(self) -> tuple[int, int, dict, list]:
         last = self._ckpt("last")
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        restarted = self.ctx.restart_count > 0
         if not os.path.exists(last):
             return 0, 0, {}, []
         if not (self.resume or restarted):
@@ -455,7 +457,7 @@ class Trainer:
         try:
             os.makedirs(self.run_dir, exist_ok=True)
         except OSError as e:
-            blocker = _file_in_the_way(self.run_dir)
+            blocker = file_in_the_way(self.run_dir)
             why = f"{blocker} is a file, not a folder" if blocker else e.strerror
             raise ConfigError(f"cannot create the run folder {self.run_dir}: {why}; set "
                               "run.out_dir to a folder you can write") from None
@@ -498,7 +500,7 @@ class Trainer:
         return found
 
     def _refuse_to_overwrite(self) -> None:
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        restarted = self.ctx.restart_count > 0
         found = self._earlier_run_files()
         has_last = os.path.exists(self._ckpt("last"))
         if not (self.resume or restarted):
@@ -526,13 +528,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the job
     def fit(self) -> dict:
-        """The whole run, with the run folder locked for its life (see _claim_run_folder)."""
-        lock = self._claim_run_folder()
+        """The whole run, with the run folder locked for its life (see _claim_run_folder);
+        ends with ``close()``."""
         try:
-            return self._fit()
+            lock = self._claim_run_folder()
+            try:
+                return self._fit()
+            finally:
+                if lock is not None:
+                    lock.release()
         finally:
-            if lock is not None:
-                lock.release()
+            self.close()
 
     def _fit(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
@@ -610,10 +616,10 @@ class Trainer:
                 if split == "test":
                     for layer, units in ev["si_units"].items():
                         sink.histogram(f"test/si_hist/{layer}", units, epoch)
-        if self.cfg.run.track_orientation:
-            record["osi_per_layer"] = self.orientation_osi()
-            for layer, v in record["osi_per_layer"].items():
-                sink.scalar(f"orientation/osi_mean/{layer}", v, epoch)
+        for hook in self.epoch_hooks:
+            record[hook.record_key] = values = hook(self, epoch)
+            for name, v in values.items():
+                sink.scalar(f"{hook.tag}/{name}", v, epoch)
         sink.scalar("epoch/images_per_s", train_stats["images_per_s"], epoch)
         sink.epoch(record)
         sink.flush()
@@ -625,30 +631,6 @@ class Trainer:
                   f"test_si {record.get('test_si', float('nan')):.4f} "
                   f"{record['images_per_s']:.0f} img/s", flush=True)
         return record
-
-    @torch.no_grad()
-    def orientation_osi(self) -> dict:
-        """Mean OSI per probed layer on Ukita's 432 gratings (12 orientations x 4 phases x 9
-        harmonic frequencies at the model's input size, each min-max scaled to [0, 1],
-        normalised like the data: ``orientation.stimuli``), read at the probe points (the
-        post-ReLU outputs, for cnn7 before BatchNorm), once per epoch. Every probed layer
-        counts, fully connected ones included, as his grating_analysis.py analyses fc1 (and
-        fc1, fc2 of VGG16). Every rank computes the same numbers on its own replica."""
-        from seltrain.analysis import orientation
-
-        model = self.engine.module
-        attached = bool(self.probe._handles)
-        self.probe.detach()  # the grating passes must not leave activations in the probe
-        if not hasattr(self, "_gratings"):
-            self._gratings = orientation.stimuli(self.data.image_size, self.info.channels,
-                                                 self.info.mean, self.info.std)
-        try:
-            with torch.autocast(self.ctx.device.type, enabled=False):
-                return orientation.mean_osi_per_layer(model, list(self.layer_names),
-                                                      self._gratings, device=self.ctx.device)
-        finally:
-            if attached:
-                self.probe.attach()
 
     def _summary(self, best: dict, throughput: list) -> dict:
         cfg = self.cfg
@@ -662,22 +644,3 @@ class Trainer:
                 "images_per_s": float(np.mean(steady)) if steady else None,
                 "world_size": self.ctx.world_size, "engine": cfg.train.engine,
                 "run_dir": os.path.abspath(self.run_dir)}
-
-
-def load_trained_model(path: str, device="cpu"):
-    """(model, checkpoint dict, Config) from a checkpoint file or a run folder."""
-    from seltrain import checkpoint
-
-    if os.path.isdir(path):
-        for cand in ("checkpoints/best.pt", "checkpoints/last.pt"):
-            if os.path.isfile(os.path.join(path, cand)):
-                path = os.path.join(path, cand)
-                break
-        else:
-            raise CheckpointError(f"{path} holds no checkpoints/best.pt or checkpoints/last.pt")
-    ckpt = checkpoint.load(path, map_location=device)
-    cfg = config_from_dict(ckpt["config"])
-    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"],
-                        ckpt["image_size"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt, cfg

@@ -1,19 +1,34 @@
 """Analyses of trained classifiers: what their (selective) units do.
 
-Pure functions on any ``nn.Module``; the CLI (``seltrain analyze ...``) wires them to
-checkpoints and writes their results. One module per analysis (METHODS.md sections 3-5):
+Each analysis is a module named for it (METHODS.md sections 3-5) holding its math as pure
+functions on any ``nn.Module`` and, for ``seltrain analyze NAME``, a ``compute(target,
+options)`` that returns the numbers, and ``SWEEP_HEADLINE`` (plus ``sweep_panels`` where it
+draws per-layer figures): what ``seltrain report --analyses`` plots against alpha.
 
-- ``capture``: resolve a layer by probe name or module path, stream batches, read outputs.
+- ``selectivity``: exact dataset-level SI per unit, class means, preferred classes.
 - ``ablation``: single-unit ablation (Zhou et al. 2018), cumulative ablation (Morcos et al.
-  2018), unit attributes and their Spearman correlations with the drops.
-- ``orientation``: grating stimuli, OSI / gOSI, top- vs bottom-gOSI ablation and
-  shift-invariance (Ukita).
-- ``robustness``: the 15 common corruptions in torch, FGSM and L-inf PGD (Leavitt & Morcos
-  2020).
-- ``dimensionality``: principal components needed to explain a fraction of the variance.
-- ``plots``: PNG figures for all of the above (matplotlib, Agg canvas).
-- ``serialize``: numpy-aware JSON and CSV writers for the results.
+  2018), the fast split-network engine (``ablated_logits``) and its memory-sized unit batch.
+- ``attributes``: what the drops are correlated with: BN-folded incoming-weight L1, mean
+  activation, class means; Spearman correlations.
+- ``orientation``: grating stimuli, OSI / gOSI and Ukita's controls, top- vs bottom-gOSI
+  ablation, and the trainer's per-epoch orientation tracking hook (Ukita).
+- ``shift_invariance``: how little a layer's representation moves with the image (Ukita).
+- ``robustness``: accuracy under corruptions (on the fly or from the released -C files) and
+  under FGSM / L-inf PGD (Leavitt & Morcos 2020).
+- ``corruptions``, ``corruption_tables``, ``corrupted_sets``: the 19 common corruptions as
+  the -C sets were made, their per-set parameter tables, and readers for the released files.
+- ``dimensionality``: principal components needed to explain a share of the variance.
+- ``gradients``: variability of the input gradients of units' activations.
 
-Results are plain dicts of numpy arrays and Python scalars; ``serialize.to_jsonable`` turns
-them into JSON-ready objects.
+And what serves them all:
+
+- ``options``: one typed options dataclass per analysis, checked in one place.
+- ``commands``: ``seltrain analyze`` (argv -> options, dispatch) and the strict reading of
+  ``seltrain report --analysis-args``.
+- ``target``: a checkpoint with its model, recipe and data split, ready to analyse.
+- ``outputs``: the write halves (JSON, CSV, PNG and the printed summary) of each analysis.
+- ``plots``: PNG figures (matplotlib, Agg canvas); ``serialize``: numpy-aware JSON and CSV.
+
+Units are read through ``seltrain.probes`` exactly as the trainer reads them; checkpoints are
+found and loaded by ``seltrain.checkpoint``. Nothing here imports ``seltrain.trainer``.
 """

@@ -5,13 +5,14 @@
   "Revisiting the importance of individual units in CNNs via ablation").
 - ``cumulative_ablation``: zero growing fractions of a layer, in order of class selectivity
   (high first, low first) or at random, and read accuracy (Morcos et al. 2018).
-- ``unit_attributes`` and ``correlations``: the L1 norm of each unit's incoming weights and
-  its mean activation, and Spearman correlations between those (and SI) and the drops.
+- ``ablated_logits``: the engine behind both, and behind orientation's top/bottom-gOSI
+  ablation. The attributes the drops are correlated with live in ``attributes``.
+- ``compute``: ``seltrain analyze ablation`` (``AblationOptions``).
 
 Where a unit is zeroed
 ----------------------
 A layer is named by its probe (the post-ReLU activation SI is read from), but its units are
-zeroed at the model's *ablation point* (``capture.ablation_layer``,
+zeroed at the model's *ablation point* (``probes.ablation_layer``,
 seltrain/models/probed.py): the tensor the next layer receives, so an ablated unit sends it
 exactly 0. Zhou et al.'s code (davidbau/dissect, experiment/intervention_experiment.py,
 ``test_perclass_pra``) sets ``x[:, units] = 0`` on a layer's output through nethook's
@@ -19,23 +20,12 @@ exactly 0. Zhou et al.'s code (davidbau/dissect, experiment/intervention_experim
 ablation point is the BN; elsewhere it is the probe itself. Results name both (``layer`` and
 ``ablated_module``).
 
-Incoming-weight L1
-------------------
-Where a BatchNorm normalises the unit's channel right after its conv/linear (ResNets,
-vgg16_bn: conv -> BN; cnn7: conv -> ReLU -> BN), the raw L1 of the conv's weights carries no
-information: BN divides the scale out (scaling the conv by c scales the running std by c).
-``unit_attributes`` therefore reports by default the L1 of the BN-folded effective weight,
-``sum |w| * |gamma| / sqrt(running_var + eps)``, which is what the next layer effectively
-sees, and the raw L1 beside it; ``l1_weights`` in the result says which one ``l1_norm`` is.
-(The ReLU in cnn7 sits between conv and BN, but ReLU is positively homogeneous, so the same
-fold holds for the magnitude.)
-
 Fast by construction
 --------------------
 The naive method runs the whole network once per ablated unit. The fast method splits the
 network at the ablated layer with torch.fx (``split_at``): the *head* (input -> layer output)
 runs once per batch and its output is cached; the *tail* (layer output -> logits) runs on
-``units_per_pass`` copies of the cache stacked along the batch dimension (on GPU), each with a
+``units_per_pass`` copies of the cache stacked along the batch dimension, each with a
 different set of channels zeroed. The tail executes exactly the operations of the model's own
 forward after the layer, so with the same per-sample numerics the logits are bitwise the
 ones of the naive method.
@@ -49,21 +39,30 @@ for residual blocks, whose skips stay inside a block). Otherwise ``split_at`` ra
 
 Speed: seltrain's resnet20, its last stage (layer3.0-3.2, 192 units), 1,000 images, CPU
 (2 cores, shared): 35.8 s fast against 320.8 s naive, 9.0x, identical accuracies (stacked 16
-deep; one ablation per pass is faster still on CPU, see ``UNITS_PER_PASS``).
+deep; one ablation per pass is faster still on CPU, see ``MAX_UNITS_PER_PASS``).
+
+Units per pass, and memory
+--------------------------
+Each stacked ablation costs about ``PASS_COST`` times the cached layer output of a batch
+(its copy in the stack, plus the tail's activations in flight): for resnet50's layer1 at
+224 px and 256 images that is 3 x 822 MB. ``units_per_pass=None`` sizes the stack from the
+memory there is (``auto_units_per_pass``): half of the free CUDA memory
+(``torch.cuda.mem_get_info``), or ``CPU_BUDGET`` on the CPU, capped by
+``MAX_UNITS_PER_PASS`` (1 on the CPU, where stacking does not pay). The unit sets are moved
+to the device once, and hits are counted there: the host reads the counts once per call, not
+once per pass.
 
 Exactness. ``units_per_pass=1`` (the CPU default) runs the tail at exactly the naive method's
 shapes, so it is exact by construction. Stacking changes the batch size the tail runs at. On
 CPU (MKL/oneDNN, measured with torch 2.14) the per-sample results of conv and linear layers
 do not depend on the batch size once a batch has about a dozen samples, but small GEMMs take
 another code path and differ in the last bit, so batches smaller than ``MIN_STACK_BATCH`` are
-never stacked. On GPU (stacked 16 deep by default) cuDNN may pick another algorithm for
-another batch size; accuracies then match unless two logits are tied to within ~1e-6; pass
-``units_per_pass=1`` for a guarantee. tests/unit_tests/test_analysis_ablation.py checks
-equality, stacked and not.
+never stacked. On GPU cuDNN may pick another algorithm for another batch size; accuracies
+then match unless two logits are tied to within ~1e-6; pass ``units_per_pass=1`` for a
+guarantee. tests/unit_tests/test_analysis_ablation.py checks equality, stacked and not.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -71,23 +70,46 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.fx as fx
-from scipy import stats
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seltrain.analysis.capture import (LayerError, ablation_layer, eval_mode, iterate_batches,
-                                       layer_outputs, model_device, num_batches, resolve_layer,
-                                       unit_responses)
+from seltrain.analysis.options import AblationOptions
+from seltrain.analysis.target import Target
+from seltrain.probes import (LayerError, ablation_layer, eval_mode, iterate_batches,
+                             model_device, num_batches, resolve_layer)
 
 # Below this many images per batch, per-sample CPU GEMM results can depend on the batch size
 # (measured: batches of 1-3, 5-7 and 9-11 rows take another MKL path), so such batches are run
 # one ablation per pass to stay bitwise equal to the naive method.
 MIN_STACK_BATCH = 16
-# Default ablations per tail pass. On CPU stacking does not pay: resnet20's tail after
-# layer3.0 on 250 images costs 30 ms per ablation alone and 56 ms per ablation stacked 16 deep
-# (cache misses; torch 2.14, 2 cores), so CPU runs one per pass, exact by construction. On a
-# GPU a small batch leaves most of the device idle, and stacking fills it.
-UNITS_PER_PASS = {"cpu": 1, "cuda": 16}
+# Most ablations per tail pass. On CPU stacking does not pay: resnet20's tail after layer3.0
+# on 250 images costs 30 ms per ablation alone and 56 ms per ablation stacked 16 deep (cache
+# misses; torch 2.14, 2 cores), so CPU runs one per pass, exact by construction. On a GPU a
+# small batch leaves most of the device idle, and stacking fills it.
+MAX_UNITS_PER_PASS = {"cpu": 1, "cuda": 64}
+# Memory one stacked ablation takes, in cached layer outputs of the batch: its copy in the
+# stack, and the tail's activations in flight (in these networks no layer after the ablated
+# one outputs more than it; a conv's input and output are alive together).
+PASS_COST = 3
+CUDA_MEMORY_SHARE = 0.5  # of the free device memory: the rest for the allocator's slack
+CPU_BUDGET = 1 << 30  # bytes per tail pass on the CPU
+
+
+def units_per_pass(bytes_per_unit: int, budget: int, cap: int) -> int:
+    """How many ablations one tail pass stacks: as many as ``budget`` bytes hold at
+    ``bytes_per_unit`` each, at least 1 and at most ``cap``."""
+    return int(max(1, min(cap, budget // max(1, bytes_per_unit))))
+
+
+def auto_units_per_pass(h: Tensor, device: torch.device) -> int:
+    """``units_per_pass`` for the cached layer output ``h`` of one batch on ``device``: half the
+    free CUDA memory, or ``CPU_BUDGET``, capped by ``MAX_UNITS_PER_PASS``."""
+    if device.type == "cuda":
+        budget = int(torch.cuda.mem_get_info(device)[0] * CUDA_MEMORY_SHARE)
+    else:
+        budget = CPU_BUDGET
+    cap = MAX_UNITS_PER_PASS.get(device.type, MAX_UNITS_PER_PASS["cuda"])
+    return units_per_pass(PASS_COST * h.numel() * h.element_size(), budget, cap)
 
 
 class UnsupportedModelError(ValueError):
@@ -95,6 +117,8 @@ class UnsupportedModelError(ValueError):
 
 
 def _as_index(units) -> Tensor:
+    if isinstance(units, Tensor):  # kept where it is: a device index costs no copy per pass
+        return units.reshape(-1).long()
     return torch.as_tensor(np.asarray(units, dtype=np.int64).reshape(-1))
 
 
@@ -105,8 +129,11 @@ def ablate(module: nn.Module, units: Sequence[int] | Tensor):
     idx = _as_index(units)
 
     def hook(_m, _inp, out):
+        nonlocal idx
+        if idx.device != out.device:
+            idx = idx.to(out.device)  # once, not per forward pass
         out = out.clone()
-        out[:, idx.to(out.device)] = 0
+        out[:, idx] = 0
         return out
 
     handle = module.register_forward_hook(hook)
@@ -188,23 +215,23 @@ def split_at(model: nn.Module, layer: str | nn.Module) -> tuple[fx.GraphModule, 
     return fx.GraphModule(model, head), fx.GraphModule(model, tail)
 
 
-def _ablation_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[int], list[Tensor]],
-                     *, fast: bool, units_per_pass: int | None, batch_size: int, device,
-                     desc: str,
-                     info: dict | None = None
-                     ) -> Iterator[tuple[Tensor, Sequence[int] | None, Tensor]]:
-    """The engine behind every ablation analysis. Per batch, yield ``(y, None, logits[1, B, K])``
-    for the intact network, then ``(y, ids, logits[R, B, K])`` for the unit sets ``ids``
-    (indices into ``make_unit_sets(U)``). Logits are float32 on the CPU. Units are zeroed at
-    ``layer``'s ablation point (``capture.ablation_layer``). ``info`` receives the layer's
-    path, the ablated module's path, its number of units and the method actually used."""
+def ablated_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[int], list[Tensor]],
+                   *, fast: bool = True, units_per_pass: int | None = None,
+                   batch_size: int = 256, device=None, desc: str = "ablation",
+                   info: dict | None = None) -> Iterator[tuple[Tensor, range | None, Tensor]]:
+    """The engine behind every ablation analysis. Per batch, yield ``(y, None, logits[1, B,
+    K])`` for the intact network, then ``(y, ids, logits[R, B, K])`` for the unit sets
+    ``ids`` (a range of indices into ``make_unit_sets(U)``). Labels and float32 logits stay
+    on the device, so a consumer can count there and read the host once. Units are zeroed at
+    ``layer``'s ablation point (``probes.ablation_layer``). ``units_per_pass``: unit sets per
+    tail pass of the fast method (None: ``auto_units_per_pass``). ``info`` receives the
+    layer's path, the ablated module's path, its number of units, the units per pass and the
+    method actually used."""
     info = {} if info is None else info
     info["layer"] = resolve_layer(model, layer)[0]
     name, module = ablation_layer(model, layer)
     info["ablated_module"] = name
     device = torch.device(device) if device is not None else model_device(model)
-    if units_per_pass is None:
-        units_per_pass = UNITS_PER_PASS.get(device.type, 16)
     total = num_batches(x, batch_size)
     bar = tqdm(total=total, desc=desc, unit="batch", disable=None, leave=False)
     unit_sets: list[Tensor] | None = None
@@ -220,7 +247,8 @@ def _ablation_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[in
         for xb, yb in iterate_batches(x, y, batch_size):
             if yb is None:
                 raise ValueError("ablation needs labels: pass y, or batches of (x, y)")
-            xb, yb = xb.to(device), torch.as_tensor(yb).long().cpu()
+            xb = xb.to(device, non_blocking=True)
+            yb = torch.as_tensor(yb).long().to(device, non_blocking=True)
             n_img = len(xb)
             if fast:
                 with torch.no_grad():
@@ -228,17 +256,19 @@ def _ablation_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[in
                     base = tail(h.clone())  # clone: the tail may write into its input in place
                 if unit_sets is None:
                     info["units"] = h.shape[1]
-                    unit_sets = make_unit_sets(h.shape[1])
-                yield yb, None, base.float().cpu()[None]
-                per_pass = max(1, units_per_pass) if n_img >= MIN_STACK_BATCH else 1
+                    unit_sets = [_as_index(u).to(device) for u in make_unit_sets(h.shape[1])]
+                    info["units_per_pass"] = max(1, units_per_pass) if units_per_pass \
+                        else auto_units_per_pass(h, device)
+                yield yb, None, base.float()[None]
+                per_pass = info["units_per_pass"] if n_img >= MIN_STACK_BATCH else 1
                 for start in range(0, len(unit_sets), per_pass):
                     ids = range(start, min(start + per_pass, len(unit_sets)))
                     stacked = h.repeat(len(ids), *([1] * (h.dim() - 1)))
                     for r, m in enumerate(ids):
-                        stacked[r * n_img:(r + 1) * n_img, unit_sets[m].to(h.device)] = 0
+                        stacked[r * n_img:(r + 1) * n_img, unit_sets[m]] = 0
                     with torch.no_grad():
                         logits = tail(stacked)
-                    yield yb, ids, logits.float().cpu().view(len(ids), n_img, -1)
+                    yield yb, ids, logits.float().view(len(ids), n_img, -1)
             else:
                 calls: list[Tensor] = []
                 handle = module.register_forward_hook(lambda _m, _i, out: calls.append(out))
@@ -250,28 +280,32 @@ def _ablation_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[in
                                      "pass; ablating it would be ambiguous")
                 if unit_sets is None:
                     info["units"] = calls[0].shape[1]
-                    unit_sets = make_unit_sets(calls[0].shape[1])
-                yield yb, None, base.float().cpu()[None]
+                    unit_sets = [_as_index(u).to(device) for u in make_unit_sets(info["units"])]
+                    info["units_per_pass"] = 1
+                yield yb, None, base.float()[None]
                 for m, units in enumerate(unit_sets):
                     with ablate(module, units), torch.no_grad():
                         logits = model(xb)
-                    yield yb, [m], logits.float().cpu()[None]
+                    yield yb, range(m, m + 1), logits.float()[None]
             bar.update()
     bar.close()
 
 
-def _class_hits(yb: Tensor, logits: Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Correct predictions per class [R, K] and images per class [K] of one batch."""
-    hits = (logits.argmax(-1) == yb[None]).double().numpy()  # [R, B]
-    onehot = np.eye(num_classes)[yb.numpy()]  # [B, K]
+def _class_hits(yb: Tensor, logits: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Correct predictions per class [R, K] and images per class [K] of one batch, float64 on
+    the logits' device."""
+    onehot = torch.nn.functional.one_hot(yb, num_classes).double()  # [B, K]
+    hits = (logits.argmax(-1) == yb[None]).double()  # [R, B]
     return hits @ onehot, onehot.sum(0)
 
 
-def _class_predictions(logits: Tensor, num_classes: int) -> np.ndarray:
-    """Images predicted as each class [R, K] of one batch."""
-    pred = logits.argmax(-1).numpy()  # [R, B]
-    return np.stack([np.bincount(p, minlength=num_classes)[:num_classes] for p in pred]
-                    ).astype(np.float64)
+def _class_predictions(logits: Tensor, num_classes: int) -> Tensor:
+    """Images predicted as each class [R, K] of one batch (predictions of a logit beyond
+    ``num_classes`` are not counted), float64 on the logits' device."""
+    pred = logits.argmax(-1)  # [R, B]
+    width = max(num_classes, logits.shape[-1])
+    out = torch.zeros(len(pred), width, dtype=torch.float64, device=logits.device)
+    return out.scatter_add_(1, pred, torch.ones_like(pred, dtype=torch.float64))[:, :num_classes]
 
 
 def balanced_class_accuracy(correct: np.ndarray, predicted: np.ndarray, counts: np.ndarray
@@ -282,12 +316,13 @@ def balanced_class_accuracy(correct: np.ndarray, predicted: np.ndarray, counts: 
     [..., K] correct and predicted counts per class, ``counts`` [K] images per class. NaN
     where a class or its complement is absent."""
     n = counts.sum()
-    recall = _ratio(correct, counts)
+    recall = safe_ratio(correct, counts)
     true_neg = (n - counts) - (predicted - correct)
-    return (recall + _ratio(true_neg, n - counts)) / 2
+    return (recall + safe_ratio(true_neg, n - counts)) / 2
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 (an absent class has no accuracy)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
@@ -303,50 +338,53 @@ def single_unit_ablation(model: nn.Module, layer: str | nn.Module, x, y=None,
     ``overall_drop[U]`` (baseline minus ablated accuracy), ``class_drops[U, K]``,
     ``max_class_drop[U]``, ``class_drop_std[U]`` (population std over classes), plus
     ``class_counts[K]``, ``n_images``, ``layer``, ``ablated_module`` (where units are zeroed,
-    module docstring) and ``method``. Beside the per-class accuracy (recall, METHODS.md sec.
-    3), dissect's per-class score: ``baseline_class_balanced_acc[K]``,
-    ``ablated_class_balanced_acc[U, K]`` and ``class_balanced_drops[U, K]``
-    (``balanced_class_accuracy``). Classes absent from the data
+    module docstring), ``method`` and ``units_per_pass``. Beside the per-class accuracy
+    (recall, METHODS.md sec. 3), dissect's per-class score:
+    ``baseline_class_balanced_acc[K]``, ``ablated_class_balanced_acc[U, K]`` and
+    ``class_balanced_drops[U, K]`` (``balanced_class_accuracy``). Classes absent from the data
     have NaN accuracies and are skipped by the summaries. ``num_classes`` defaults to the
     number of logits. ``fast``: the split-network method (module docstring) or the naive
-    one; ``units_per_pass``: ablations per tail pass (default ``UNITS_PER_PASS``: 1 on CPU,
-    16 on GPU).
+    one; ``units_per_pass``: ablations per tail pass (default: ``auto_units_per_pass``).
     """
-    correct = base = counts = None
+    acc: dict[str, Tensor] = {}
     info: dict = {}
     name, _ = resolve_layer(model, layer)
-    for yb, ids, logits in _ablation_logits(model, layer, x, y,
-                                            lambda n: [torch.tensor([u]) for u in range(n)],
-                                            fast=fast, units_per_pass=units_per_pass,
-                                            batch_size=batch_size, device=device,
-                                            desc=f"ablate {name}", info=info):
+    for yb, ids, logits in ablated_logits(model, layer, x, y,
+                                          lambda n: [torch.tensor([u]) for u in range(n)],
+                                          fast=fast, units_per_pass=units_per_pass,
+                                          batch_size=batch_size, device=device,
+                                          desc=f"ablate {name}", info=info):
         k = num_classes or logits.shape[-1]
-        if correct is None:
-            correct, base, counts = np.zeros((info["units"], k)), np.zeros(k), np.zeros(k)
-            predicted, base_predicted = np.zeros((info["units"], k)), np.zeros(k)
+        if not acc:  # counts on the device: read once, at the end
+            acc = {key: torch.zeros(shape, dtype=torch.float64, device=logits.device)
+                   for key, shape in (("correct", (info["units"], k)), ("base", k),
+                                      ("counts", k), ("predicted", (info["units"], k)),
+                                      ("base_predicted", k))}
         hits, n = _class_hits(yb, logits, k)
         preds = _class_predictions(logits, k)
         if ids is None:
-            base += hits[0]
-            base_predicted += preds[0]
-            counts += n
+            acc["base"] += hits[0]
+            acc["base_predicted"] += preds[0]
+            acc["counts"] += n
         else:
-            correct[list(ids)] += hits
-            predicted[list(ids)] += preds
-    if correct is None:
+            acc["correct"][ids.start:ids.stop] += hits
+            acc["predicted"][ids.start:ids.stop] += preds
+    if not acc:
         raise ValueError("no data: x is empty")
+    a = {key: v.cpu().numpy() for key, v in acc.items()}
+    correct, base, counts = a["correct"], a["base"], a["counts"]
     n_images = counts.sum()
-    base_class = _ratio(base, counts)
-    abl_class = _ratio(correct, counts[None])
+    base_class = safe_ratio(base, counts)
+    abl_class = safe_ratio(correct, counts[None])
     drops = base_class[None] - abl_class
-    base_bal = balanced_class_accuracy(base, base_predicted, counts)
-    abl_bal = balanced_class_accuracy(correct, predicted, counts)
+    base_bal = balanced_class_accuracy(base, a["base_predicted"], counts)
+    abl_bal = balanced_class_accuracy(correct, a["predicted"], counts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows only with no data
         max_drop, drop_std = np.nanmax(drops, 1), np.nanstd(drops, 1)
     return {
         "layer": name, "ablated_module": info["ablated_module"], "method": info["method"],
-        "n_images": int(n_images),
+        "units_per_pass": info["units_per_pass"], "n_images": int(n_images),
         "class_counts": counts.astype(np.int64),
         "baseline_acc": float(base.sum() / n_images), "baseline_class_acc": base_class,
         "ablated_acc": correct.sum(1) / n_images, "ablated_class_acc": abl_class,
@@ -397,219 +435,82 @@ def cumulative_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, si=
             raise ValueError(f"si has {n_units} entries but layer '{name}' has {n} units")
         return [torch.as_tensor(o[:k]) for o in orders.values() for k in n_abl]
 
-    correct = np.zeros(len(orders) * len(fractions))
-    base = n_images = 0
+    correct = base = None  # hits on the device: read once, at the end
+    n_images = 0
     info: dict = {}
-    for yb, ids, logits in _ablation_logits(model, layer, x, y, unit_sets, fast=fast,
-                                            units_per_pass=units_per_pass, batch_size=batch_size,
-                                            device=device, desc=f"cumulative ablation {name}",
-                                            info=info):
-        hits = (logits.argmax(-1) == yb[None]).sum(1).numpy()
+    for yb, ids, logits in ablated_logits(model, layer, x, y, unit_sets, fast=fast,
+                                          units_per_pass=units_per_pass, batch_size=batch_size,
+                                          device=device, desc=f"cumulative ablation {name}",
+                                          info=info):
+        hits = (logits.argmax(-1) == yb[None]).sum(1).double()
+        if correct is None:
+            correct = torch.zeros(len(orders) * len(fractions), dtype=torch.float64,
+                                  device=hits.device)
+            base = torch.zeros((), dtype=torch.float64, device=hits.device)
         if ids is None:
             base += hits[0]
             n_images += len(yb)
         else:
-            correct[list(ids)] += hits
-    acc = (correct / n_images).reshape(len(orders), len(fractions))
+            correct[ids.start:ids.stop] += hits
+    if correct is None:
+        raise ValueError("no data: x is empty")
+    acc = (correct.cpu().numpy() / n_images).reshape(len(orders), len(fractions))
     rand = acc[2:]
     return {
         "layer": name, "fractions": fractions, "n_ablated": n_abl,
         "si_high_first": acc[0], "si_low_first": acc[1], "random": rand,
         "random_mean": rand.mean(0) if n_random else np.full(len(fractions), np.nan),
         "random_std": rand.std(0) if n_random else np.full(len(fractions), np.nan),
-        "baseline_acc": base / n_images, "n_images": int(n_images), "method": info["method"],
-        "ablated_module": info["ablated_module"],
+        "baseline_acc": float(base) / n_images, "n_images": int(n_images),
+        "method": info["method"], "ablated_module": info["ablated_module"],
+        "units_per_pass": info["units_per_pass"],
     }
 
 
-def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-            and not isinstance(m, nn.modules.conv._ConvTransposeNd)}
+# --------------------------------------------------------------------------- the analysis
+
+# What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
+SWEEP_HEADLINE = ("mean_overall_drop",)
 
 
-def incoming_weight_module(model: nn.Module, layer: str | nn.Module, x_example: Tensor
-                           ) -> tuple[str, nn.Module]:
-    """The conv/linear layer whose output channels are ``layer``'s units: of the conv/linear
-    layers that finish before ``layer`` finishes in a forward pass on ``x_example``, the last
-    one with as many outputs as ``layer`` has units. Shortcut projections (module paths with a
-    ``downsample`` or ``shortcut`` part) are skipped, so for a residual block this is the
-    block's last conv (conv2 in a BasicBlock, conv3 in a Bottleneck); for a ReLU probe it is
-    the conv before it. Pass ``weight_module`` to ``unit_attributes`` where this does not fit."""
-    name, module = resolve_layer(model, layer)
-    candidates = _weight_layers(model)
-    if name in candidates:
-        return name, module
-    finished: list[tuple[str, int]] = []  # (module path, output channels) in finishing order
-    width: list[int] = []
+def compute(target: Target, opts: AblationOptions) -> dict:
+    """``seltrain analyze ablation``: per layer, single-unit ablation, the unit attributes and
+    their correlations with the drops, and (``opts.cumulative``) cumulative ablation; a
+    summary per layer and over layers."""
+    from seltrain.analysis.attributes import correlations, unit_attributes
+    from seltrain.analysis.selectivity import unit_selectivity
 
-    def record(n):
-        return lambda _m, _i, out: finished.append((n, out.shape[1]))
-
-    handles = [m.register_forward_hook(record(n)) for n, m in candidates.items()]
-    handles.append(module.register_forward_hook(lambda _m, _i, out: width.append(out.shape[1])
-                                                or finished.append(("", -1))))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(x_example.to(model_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-    if not width:
-        raise LayerError(f"layer '{name}' did not run in the forward pass")
-    before = finished[:finished.index(("", -1))]
-    for n, w in reversed(before):
-        if w == width[0] and not set(n.split(".")) & {"downsample", "shortcut"}:
-            return n, candidates[n]
-    raise LayerError(f"found no conv/linear layer feeding '{name}'; pass weight_module")
-
-
-def folding_batchnorm(model: nn.Module, weight_module: nn.Module, x_example: Tensor
-                      ) -> tuple[str, nn.Module] | None:
-    """The BatchNorm that normalises ``weight_module``'s output channels on their way to the
-    next layer: the first BN whose input *is* the weight module's output (conv -> BN), or the
-    output of a ReLU module applied to it (conv -> ReLU -> BN, cnn7), with one feature per
-    output channel. Found by following tensor identity through forward hooks on one pass of
-    ``x_example``; None when no such BN exists (vgg16, a plain linear head). A BN on another
-    path (a shortcut's) never receives that tensor, so it is never picked."""
-    width = weight_module.weight.shape[0]
-    derived: list[Tensor] = []  # the weight module's output, and ReLU(it)
-    found: list[nn.Module] = []
-
-    def on_weight(_m, _i, out):
-        derived.append(out)
-
-    def on_relu(_m, inp, out):
-        if any(inp[0] is t for t in derived):
-            derived.append(out)
-
-    def on_bn(m, inp, _out):
-        if not found and m.num_features == width and any(inp[0] is t for t in derived):
-            found.append(m)
-
-    handles = [weight_module.register_forward_hook(on_weight)]
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            handles.append(m.register_forward_hook(on_relu))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            handles.append(m.register_forward_hook(on_bn))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(x_example.to(model_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-    if not found:
-        return None
-    return resolve_layer(model, found[0])
-
-
-def batchnorm_scale(bn: nn.Module) -> np.ndarray | None:
-    """|gamma| / sqrt(running_var + eps) per channel (eval-mode BN), or None for a BN that
-    keeps no running statistics (it normalises by batch statistics, which no fold captures)."""
-    if bn.running_var is None:
-        return None
-    var = bn.running_var.detach().double().cpu()
-    gamma = bn.weight.detach().double().cpu().abs() if bn.weight is not None \
-        else torch.ones_like(var)
-    return (gamma / torch.sqrt(var + bn.eps)).numpy()
-
-
-L1_WEIGHTS = ("bn_folded", "raw")
-
-
-def unit_attributes(model: nn.Module, layer: str | nn.Module, x, y=None, *,
-                    num_classes: int | None = None, weight_module: str | nn.Module | None = None,
-                    l1_weights: str = "bn_folded", batch_size: int = 256, device=None) -> dict:
-    """Per-unit attributes for correlating with ablation drops (Zhou et al. 2018).
-
-    ``l1_norm[U]``: L1 norm of each unit's incoming weights (the conv/linear that produces the
-    unit, see ``incoming_weight_module``, or ``weight_module``). With ``l1_weights="bn_folded"``
-    (default) and a BatchNorm on the channel (``folding_batchnorm``), the L1 of the BN-folded
-    effective weight ``w * gamma / sqrt(running_var + eps)`` (module docstring: BN cancels
-    the raw scale); otherwise, or with ``"raw"``, the raw L1. ``l1_weights`` in the result
-    says which was used, ``l1_batchnorm`` names the BN folded in (or None) and
-    ``l1_norm_raw[U]`` is always the raw L1. ``mean_activation[U]``: mean over images of the
-    unit's (spatially averaged) activation at its probe. With labels also
-    ``class_means[U, K]`` (NaN for absent classes) and ``preferred_class[U]`` (argmax of the
-    class means). ``num_classes`` defaults to the largest label + 1 of the first batch, so
-    pass it when streaming batches.
-    """
-    if l1_weights not in L1_WEIGHTS:
-        raise ValueError(f"l1_weights '{l1_weights}': use one of {', '.join(L1_WEIGHTS)}")
-    name, module = resolve_layer(model, layer)
-    total, sums, counts, first, n_images = None, None, None, None, 0
-    for outs, xb, yb in layer_outputs(model, {name: module}, x, y, batch_size=batch_size,
-                                      device=device, desc=f"attributes {name}"):
-        acts = unit_responses(outs[name]).double().cpu()
-        first = xb[:1] if first is None else first
-        total = acts.sum(0) if total is None else total + acts.sum(0)
-        n_images += len(acts)
-        if yb is not None:
-            yb = torch.as_tensor(yb).long().cpu()
-            if sums is None:
-                k = num_classes or int(yb.max()) + 1
-                sums, counts = torch.zeros(k, acts.shape[1], dtype=torch.float64), torch.zeros(k)
-            if int(yb.max()) >= len(counts):
-                raise ValueError(f"label {int(yb.max())} >= num_classes {len(counts)}")
-            onehot = torch.nn.functional.one_hot(yb, len(counts)).double()
-            sums += onehot.t() @ acts
-            counts += onehot.sum(0)
-    if total is None:
-        raise ValueError("no data: x is empty")
-    if weight_module is None:
-        w_name, w_module = incoming_weight_module(model, module, first)
-    else:
-        w_name, w_module = resolve_layer(model, weight_module)
-    raw = w_module.weight.detach().double().cpu().abs().flatten(1).sum(1).numpy()
-    if len(raw) != total.shape[0]:
-        raise LayerError(f"'{w_name}' has {len(raw)} outputs but '{name}' has {total.shape[0]} "
-                         "units; pass another weight_module")
-    l1, used, bn_name = raw, "raw", None
-    if l1_weights == "bn_folded":
-        bn = folding_batchnorm(model, w_module, first)
-        scale = None if bn is None else batchnorm_scale(bn[1])
-        if scale is not None:
-            l1, used, bn_name = raw * scale, "bn_folded", bn[0]
-    result = {"layer": name, "weight_module": w_name, "l1_norm": l1, "l1_weights": used,
-              "l1_batchnorm": bn_name, "l1_norm_raw": raw,
-              "mean_activation": (total / n_images).numpy()}
-    if sums is not None:
-        means = _ratio(sums.numpy(), counts.numpy()[:, None]).T  # [U, K]
-        result["class_means"] = means
-        result["preferred_class"] = np.argmax(np.nan_to_num(means, nan=-np.inf), 1)
-    return result
-
-
-DROP_MEASURES = ("overall_drop", "max_class_drop", "class_drop_std", "preferred_class_drop")
-
-
-def correlations(ablation: dict, attributes: dict[str, np.ndarray],
-                 preferred_class: np.ndarray | None = None) -> dict:
-    """Spearman rank correlations between ablation drops and unit attributes.
-
-    ``ablation``: the result of ``single_unit_ablation``. ``attributes``: name -> [U] array,
-    e.g. ``{"si": si, "l1_norm": ..., "mean_activation": ...}``. With ``preferred_class[U]``
-    (argmax of class-mean activation) the drop on each unit's preferred class is included.
-    Returns ``{drop: {attribute: {"rho", "p", "n"}}}``; units with a NaN in either variable are
-    left out, and a constant variable gives rho = p = NaN.
-    """
-    drops = {k: np.asarray(ablation[k], dtype=np.float64) for k in DROP_MEASURES[:3]}
-    if preferred_class is not None:
-        pref = np.asarray(preferred_class, dtype=np.int64)
-        cd = np.asarray(ablation["class_drops"], dtype=np.float64)
-        drops["preferred_class_drop"] = cd[np.arange(len(pref)), pref]
-    out: dict[str, dict] = {}
-    for dname, d in drops.items():
-        out[dname] = {}
-        for aname, a in attributes.items():
-            a = np.asarray(a, dtype=np.float64)
-            if a.shape != d.shape:
-                raise ValueError(f"attribute '{aname}' has shape {a.shape}, drops have {d.shape}")
-            ok = np.isfinite(a) & np.isfinite(d)
-            rho = p = math.nan
-            if ok.sum() >= 3 and np.ptp(a[ok]) > 0 and np.ptp(d[ok]) > 0:
-                res = stats.spearmanr(a[ok], d[ok])
-                rho, p = float(res.statistic), float(res.pvalue)
-            out[dname][aname] = {"rho": rho, "p": p, "n": int(ok.sum())}
-    return out
+    sel = unit_selectivity(target)
+    k = target.info.num_classes
+    per_pass = opts.unit_batch or None
+    layers, summary = {}, {"layers": {}}
+    for name in target.layers:
+        res = single_unit_ablation(target.model, name, target.data, num_classes=k,
+                                   units_per_pass=per_pass, device=target.device)
+        attrs = unit_attributes(target.model, name, target.data, num_classes=k,
+                                l1_weights=opts.l1_weights, device=target.device)
+        si = sel["si"][name]
+        pref = attrs["preferred_class"]
+        corr = correlations(res, {"si": si, "l1_norm": attrs["l1_norm"],
+                                  "mean_activation": attrs["mean_activation"]}, pref)
+        layers[name] = {"single_unit": res, "attributes": attrs, "si": si,
+                        "preferred_class_drop": res["class_drops"][np.arange(len(pref)), pref],
+                        "correlations": corr}
+        if opts.cumulative:
+            layers[name]["cumulative"] = cumulative_ablation(
+                target.model, name, target.data, si=si, n_random=opts.n_random,
+                units_per_pass=per_pass, device=target.device)
+        rho = corr["max_class_drop"]["si"]
+        summary["layers"][name] = {
+            "baseline_acc": res["baseline_acc"],
+            "mean_overall_drop": float(np.mean(res["overall_drop"])),
+            "mean_max_class_drop": float(np.nanmean(res["max_class_drop"])),
+            "rho_si_max_class_drop": rho["rho"], "p_si_max_class_drop": rho["p"],
+            "rho_si_overall_drop": corr["overall_drop"]["si"]["rho"],
+            "method": res["method"], "ablated_module": res["ablated_module"],
+            "l1_weights": attrs["l1_weights"], "l1_batchnorm": attrs["l1_batchnorm"]}
+    first = next(iter(summary["layers"].values()), {})
+    summary["baseline_acc"] = first.get("baseline_acc")
+    summary["mean_overall_drop"] = float(np.mean([v["mean_overall_drop"]
+                                                  for v in summary["layers"].values()]))
+    return {"layers": layers, "summary": summary}

@@ -20,7 +20,7 @@ table; pass ``--corruption-table`` to choose another (e.g. ``tiny`` for a 64 px 
 Every tuple below is the reference's list for severities 1-5, and ``lines`` gives the line of
 that list in the script (read at the commits named in ``REFERENCE_COMMITS``), so a reader can
 check each number against its source. Pixel lengths are the reference's, at the table's
-native size; ``robustness.corrupt`` scales them for other image sizes.
+native size; ``corruptions.corrupt`` scales them for other image sizes.
 """
 from __future__ import annotations
 
@@ -208,8 +208,11 @@ def get_table(table: str | CorruptionTable) -> CorruptionTable:
     return TABLES[table]
 
 
-def table_for(dataset: str) -> CorruptionTable:
-    """The table of the released set that matches ``dataset`` (module docstring)."""
+def table_for(dataset: str, choice: str = "auto") -> CorruptionTable:
+    """The table of the released set that matches ``dataset`` (module docstring), or the one
+    ``choice`` names (``--corruption-table``; "auto": by dataset)."""
+    if choice != "auto":
+        return get_table(choice)
     if dataset not in DATASET_TABLES:
         raise ConfigError(f"no corruption table for dataset {dataset!r}; pass "
                           f"--corruption-table {'|'.join(TABLES)}")

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seltrain.analysis.capture import layer_outputs, resolve_layer, unit_responses
+from seltrain.analysis.options import DimensionalityOptions
+from seltrain.analysis.target import Target
+from seltrain.probes import layer_outputs, named_layers, unit_activation
 
 # Slack when comparing a cumulative variance ratio with the threshold: with equal variances
 # per component the sum can land a few ulps below an exactly reachable threshold.
@@ -103,27 +105,20 @@ def layer_features(model: nn.Module, layers: Sequence[str | nn.Module] | str | n
     names or module paths)."""
     if spatial not in ("flatten", "mean"):
         raise ValueError(f"spatial must be 'flatten' or 'mean', got '{spatial}'")
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    resolved = [resolve_layer(model, layer) for layer in layers]
-    # keyed as given (a probe name such as cnn7's "conv1" is not its module path "relu1")
-    keys = {path: layer if isinstance(layer, str) else path
-            for layer, (path, _) in zip(layers, resolved)}
-    named = dict(resolved)
+    named = named_layers(model, layers)  # keyed as given: cnn7's probe "conv1" is "relu1"
     feats: dict[str, list[Tensor]] = {n: [] for n in named}
     seen = 0
-    with closing(layer_outputs(model, named, x, batch_size=batch_size, device=device,
-                               desc="layer features")) as batches:  # closing: hooks go on break
-        for outs, xb, _ in batches:
+    reduce = unit_activation if spatial == "mean" else None  # only the features asked for
+    with closing(layer_outputs(model, named, x, reduce=reduce, batch_size=batch_size,
+                               device=device, desc="layer features")) as batches:
+        for outs, xb, _ in batches:  # closing: the hooks go when the loop breaks
             take = len(xb) if max_samples is None else min(len(xb), max_samples - seen)
             for n, out in outs.items():
-                out = out[:take]
-                rep = out.flatten(1) if spatial == "flatten" else unit_responses(out)
-                feats[n].append(rep.float().cpu())
+                feats[n].append(out[:take].flatten(1).float().cpu())
             seen += take
             if max_samples is not None and seen >= max_samples:
                 break
-    return {keys[p]: torch.cat(v).numpy() for p, v in feats.items()}
+    return {n: torch.cat(v).numpy() for n, v in feats.items()}
 
 
 def feature_dimensionality(features: np.ndarray, threshold: float = 0.95,
@@ -219,3 +214,97 @@ def early_layers(layers: Sequence[str], n: int | None = None) -> list[str]:
     paper drew the line is unconfirmed."""
     n = math.ceil(len(layers) / 3) if not n else n
     return list(layers[:max(1, min(n, len(layers)))])
+
+
+# --------------------------------------------------------------------------- the analysis
+
+# What `seltrain report --analyses` plots against alpha and mean SI: the abstract's two
+# claims, that clean early-layer dimensionality falls with selectivity and that adversarial
+# inputs raise it more than corrupted ones (both readings, README).
+SWEEP_HEADLINE = ("representation_components_clean", "early_increase_corrupted",
+                  "early_increase_adversarial", "early_change_components_corrupted",
+                  "early_change_components_adversarial")
+
+
+def sweep_panels(summaries: list[dict]) -> dict[str, tuple[str, dict]]:
+    """Per-layer figures of a sweep: {figure: (ylabel, {layer: {series: [value per trial]}})}."""
+    layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
+
+    def panels(reading: str, conditions: tuple[str, ...]) -> dict:
+        return {n: {c: [s["layers"].get(n, {}).get(reading, {}).get(c, math.nan)
+                        for s in summaries] for c in conditions} for n in layers}
+
+    return {"dimensionality_clean": ("components, clean representation",
+                                     panels("representation", ("clean",))),
+            "dimensionality_increase": ("increase over clean (representation)",
+                                        panels("increase", ("adversarial", "corrupted"))),
+            "dimensionality_change": ("components of the change (perturbed - clean)",
+                                      panels("change", ("adversarial", "corrupted")))}
+
+
+def compute(target: Target, opts: DimensionalityOptions) -> dict:
+    """``seltrain analyze dimensionality``: both readings per layer, of the representation of
+    clean, corrupted (the mean over ``opts.corruptions`` at ``opts.severity``, made as
+    ``analyze robustness`` makes them: the dataset's -C table, stored as the released files
+    unless ``opts.raw_corruptions``) and adversarial inputs, and of the perturbation-induced
+    change; the increase over clean. Returns ``{"dimensionality": <dimensionality.json>,
+    "summary": <summary.json>}``."""
+    from seltrain.analysis import robustness as rob
+    from seltrain.analysis.corruption_tables import table_for
+    from seltrain.analysis.corruptions import release_format_name
+
+    model, data, layers = target.model, target.data, target.layers
+    mean, std = target.info.mean, target.info.std
+    share, names = opts.variance_share, list(opts.corruptions)
+    table = table_for(target.cfg.data.dataset, opts.corruption_table)
+    kw = dict(spatial=opts.spatial, device=target.device)
+    clean = layer_features(model, layers, data, **kw)
+    rep = {"clean": {n: feature_dimensionality(f, share, opts.spatial) for n, f in clean.items()}}
+    change: dict = {}
+    per_corruption = {c: perturbed_dimensionality(model, clean, rob.corrupted_batches(
+        data, None, c, opts.severity, mean=mean, std=std, seed=opts.seed, table=table,
+        release_format=not opts.raw_corruptions), share, **kw) for c in names}
+    # "corrupted": the mean over the corruptions, per layer and reading
+    for reading, into in (("representation", rep), ("change", change)):
+        into["corrupted"] = mean_reading([{n: per_corruption[c][n][reading] for n in layers}
+                                          for c in names])
+    adv = perturbed_dimensionality(model, clean, rob.adversarial_batches(
+        model, data, None, opts.eps, attack=opts.attack, steps=opts.steps,
+        step_size=opts.step_size, mean=mean, std=std, seed=opts.seed, device=target.device),
+        share, **kw)
+    rep["adversarial"] = {n: v["representation"] for n, v in adv.items()}
+    change["adversarial"] = {n: v["change"] for n, v in adv.items()}
+    inc = increase(rep)
+    early = early_layers(layers, opts.early_layers)
+    result = {
+        "checkpoint": target.ckpt_path, "split": target.split, "threshold": share,
+        "spatial": opts.spatial, "corruptions": names, "corruption_severity": opts.severity,
+        "corruption_table": table.name,
+        "corruption_storage": ("raw floats" if opts.raw_corruptions
+                               else release_format_name(table)),
+        "attack": opts.attack, "eps": opts.eps, "steps": opts.steps, "early_layers": early,
+        "readings": {**READINGS, "increase": "representation components of the perturbed "
+                     "inputs minus those of the clean inputs"},
+        "representation": rep, "change": change, "increase": inc,
+        "per_corruption": {c: {reading: {n: v[reading] for n, v in r.items()}
+                               for reading in ("representation", "change")}
+                           for c, r in per_corruption.items()}}
+
+    def mean_over(names, values):
+        return float(np.mean([values[n] for n in names]))
+
+    summary: dict = {"threshold": share, "early_layers": early}
+    for cond, r in rep.items():
+        summary[f"representation_components_{cond}"] = mean_over(
+            layers, {n: v["n_components"] for n, v in r.items()})
+    for cond, r in change.items():
+        summary[f"change_components_{cond}"] = mean_over(
+            layers, {n: v["n_components"] for n, v in r.items()})
+        summary[f"early_change_components_{cond}"] = mean_over(
+            early, {n: v["n_components"] for n, v in r.items()})
+    for cond, r in inc.items():
+        summary[f"early_increase_{cond}"] = mean_over(early, r)
+    summary["layers"] = {n: {"representation": {c: rep[c][n]["n_components"] for c in rep},
+                             "change": {c: change[c][n]["n_components"] for c in change},
+                             "increase": {c: inc[c][n] for c in inc}} for n in layers}
+    return {"dimensionality": result, "summary": summary}

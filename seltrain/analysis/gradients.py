@@ -70,6 +70,7 @@ all other gradients agree to 1e-6 of the largest entry.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -77,9 +78,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seltrain.analysis.capture import (LayerError, eval_mode, iterate_batches, model_device,
-                                       resolve_layer)
-from seltrain.probes import unit_activation
+from seltrain.analysis.options import GradientsOptions
+from seltrain.analysis.target import Target
+from seltrain.probes import (LayerError, eval_mode, iterate_batches, model_device, named_layers,
+                             resolve_layer, unit_activation)
 
 STATISTICS = {
     "direction": "1 - mean pairwise cosine similarity of the non-zero input gradients "
@@ -143,7 +145,7 @@ def gradient_blocks(model: nn.Module, module: nn.Module, x: Tensor,
                     std=None) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (unit indices [B], gradients [B, N, *x.shape[1:]]) for one batch ``x``, blocks of
     ``unit_block`` units, one vmapped backward per block (module docstring). The model must
-    be in eval mode (call under ``capture.eval_mode``) so that images do not interact."""
+    be in eval mode (call under ``probes.eval_mode``) so that images do not interact."""
     if unit_block < 1:
         raise ValueError(f"unit_block must be >= 1, got {unit_block}")
     x = x.detach().clone().requires_grad_(True)
@@ -309,8 +311,7 @@ def gradient_variability(model: nn.Module, layers: Sequence[str | nn.Module] | s
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else model_device(model)
-    resolved = {(layer if isinstance(layer, str) else resolve_layer(model, layer)[0]):
-                resolve_layer(model, layer) for layer in layers}
+    resolved = named_layers(model, layers)
     stats: dict[str, _LayerStatistics] = {}
     labels: list[np.ndarray] = []
     n = len(x) if isinstance(x, Tensor) else getattr(x, "num_images", None)
@@ -322,7 +323,7 @@ def gradient_variability(model: nn.Module, layers: Sequence[str | nn.Module] | s
             if yb is not None:
                 labels.append(np.asarray(yb))
             xb = xb.to(device)
-            for key, (_, module) in resolved.items():
+            for key, module in resolved.items():
                 if key not in stats:
                     stats[key] = _LayerStatistics(
                         _chosen_units(model, module, key, xb[:1], max_units, seed),
@@ -340,3 +341,36 @@ def gradient_variability(model: nn.Module, layers: Sequence[str | nn.Module] | s
             r["labels"] = np.concatenate(labels)
         out[key] = r
     return out
+
+
+# --------------------------------------------------------------------------- the analysis
+
+# What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
+SWEEP_HEADLINE = ("grad_across_samples_direction", "grad_across_units_direction",
+                  "grad_across_samples_norm_cv", "grad_across_units_norm_cv")
+
+
+def sweep_panels(summaries: list[dict]) -> dict[str, tuple[str, dict]]:
+    """One figure of a sweep: a panel per statistic, a series per layer."""
+    layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
+    return {"gradients_per_layer": ("input-gradient variability", {
+        st: {n: [s["layers"].get(n, {}).get(st, math.nan) for s in summaries]
+             for n in layers}
+        for st in (key[len("grad_"):] for key in SWEEP_HEADLINE)})}
+
+
+def compute(target: Target, opts: GradientsOptions) -> dict:
+    """``seltrain analyze gradients``: ``gradient_variability`` of the target's layers with
+    respect to pixel values (``opts.wrt``) or the normalised input, and the per-layer means.
+    Returns ``{"layers": {layer: result}, "summary": <summary.json>}``."""
+    std = target.info.std if opts.wrt == "pixels" else None
+    res = gradient_variability(target.model, target.layers, target.data,
+                               batch_size=opts.batch_size, unit_block=opts.unit_block,
+                               max_units=opts.max_units, seed=opts.seed, std=std,
+                               device=target.device)
+    means = {n: r["means"] for n, r in res.items()}
+    summary: dict = {"wrt": opts.wrt, "layers": means}
+    for key in next(iter(means.values())):
+        v = [m[key] for m in means.values() if math.isfinite(m[key])]
+        summary[f"grad_{key}"] = float(np.mean(v)) if v else math.nan
+    return {"layers": res, "summary": summary}

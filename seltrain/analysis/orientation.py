@@ -3,7 +3,10 @@
 Matched to the author's code, ukky17/ori_selectivity_CNN (Keras): grating.py
 (``create_gratings``, ``create_grating``), grating_analysis.py (``get_oristats`` and the
 permuted-grating control) and ablation.py (``ablation_selective``, ``cross_entropy``,
-``plot_impact_tuned``). Every deviation is listed at the end of this docstring.
+``plot_impact_tuned``). Every deviation is listed at the end of this docstring. Besides the
+math: ``compute`` (``seltrain analyze orientation``, ``OrientationOptions``; his shift
+invariance is in ``shift_invariance``) and ``OrientationTracking``, the trainer's per-epoch
+hook for ``run.track_orientation``.
 
 Stimuli
 -------
@@ -59,7 +62,7 @@ Top/bottom-gOSI ablation (his ablation.py)
 Units strictly above ``np.percentile(gOSI, 100 - p)`` (top) and strictly below
 ``np.percentile(gOSI, p)`` (bottom), p = 50: units tied with the median are in neither
 group, and the groups can differ in size. They are zeroed at the layer's ablation point
-(``capture.ablation_layer``: for cnn7 the BatchNorm output, his ``bn1``...``bn7``), so the
+(``probes.ablation_layer``: for cnn7 the BatchNorm output, his ``bn1``...``bn7``), so the
 next layer receives 0. The per-image cross-entropy is his: the softmax probability of the
 true class clipped to [1e-7, 1 - 1e-7] (Keras ``K.epsilon()``), then -log; the increase is
 ablated minus intact per image, reported as its mean and SEM with his population standard
@@ -84,11 +87,12 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from seltrain.analysis.ablation import _ablation_logits, ablate
-from seltrain.analysis.capture import (ablation_layer, iterate_batches, layer_outputs,
-                                       num_batches, resolve_layer, unit_responses)
+from seltrain.analysis.ablation import ablated_logits
+from seltrain.analysis.options import OrientationOptions
+from seltrain.analysis.shift_invariance import shift_invariance_layers
+from seltrain.analysis.target import Target
+from seltrain.probes import layer_outputs, resolve_layer, unit_activation
 
 GOSI_THRESHOLD = 0.33  # Ukita's cut-off for an orientation-selective unit
 CE_CLIP = 1e-7  # Keras K.epsilon(): his cross_entropy clips probabilities to [eps, 1 - eps]
@@ -143,14 +147,10 @@ def stimuli(size: int, channels: int, mean: Sequence[float], std: Sequence[float
 def grating_responses(model: nn.Module, layer: str | nn.Module, stim: Tensor, *,
                       batch_size: int = 256, device=None) -> np.ndarray:
     """Unit responses [U, n_orient, n_phase, n_freq] to ``stim`` (from ``stimuli``), read at
-    the layer's probe (post-ReLU output, spatially averaged)."""
-    name, module = resolve_layer(model, layer)
-    grid = stim.shape[:3]
-    acts = [unit_responses(outs[name]).double().cpu()
-            for outs, _, _ in layer_outputs(model, {name: module}, stim.flatten(0, 2),
-                                            batch_size=batch_size, device=device,
-                                            desc=f"gratings {name}")]
-    return torch.cat(acts).reshape(*grid, -1).permute(3, 0, 1, 2).numpy()
+    the layer's probe (post-ReLU output, spatially averaged: ``probes.unit_activation``)."""
+    (responses,) = layers_grating_responses(model, [layer], stim, batch_size=batch_size,
+                                            device=device).values()
+    return responses
 
 
 def tuning_curves(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,9 +316,10 @@ def clipped_cross_entropy(logits: Tensor, y: Tensor, clip: float | None = CE_CLI
 
 def gosi_split_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, gosi_values=None, *,
                         percentile: float = 50.0, ce_clip: float | None = CE_CLIP,
-                        fast: bool = True, batch_size: int = 256, device=None) -> dict:
+                        fast: bool = True, units_per_pass: int | None = None,
+                        batch_size: int = 256, device=None) -> dict:
     """Ablate the top-gOSI units of ``layer``, and as a control the bottom-gOSI units
-    (Ukita; ``split_by_gosi``), at the layer's ablation point (``capture.ablation_layer``),
+    (Ukita; ``split_by_gosi``), at the layer's ablation point (``probes.ablation_layer``),
     and measure the per-image test cross-entropy (``clipped_cross_entropy``).
 
     Returns ``baseline_ce`` (mean per-image cross-entropy), ``baseline_acc``, ``n_images``,
@@ -340,10 +341,10 @@ def gosi_split_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, gos
 
     info: dict = {}
     base_ce, base_hit, ce, hit = [], [], {k: [] for k in groups}, {k: [] for k in groups}
-    for yb, ids, logits in _ablation_logits(model, layer, x, y, unit_sets, fast=fast,
-                                            units_per_pass=None, batch_size=batch_size,
-                                            device=device, desc="gOSI split ablation",
-                                            info=info):
+    for yb, ids, logits in ablated_logits(model, layer, x, y, unit_sets, fast=fast,
+                                          units_per_pass=units_per_pass, batch_size=batch_size,
+                                          device=device, desc="gOSI split ablation", info=info):
+        yb, logits = yb.cpu(), logits.cpu()
         for r, lg in enumerate(logits):
             loss = clipped_cross_entropy(lg, yb, ce_clip)
             correct = (lg.argmax(-1) == yb).numpy()
@@ -370,81 +371,17 @@ def gosi_split_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, gos
     return out
 
 
-def shift_images(x: Tensor, shift: int, dims: Sequence[int] = (-1,), mode: str = "roll") -> Tensor:
-    """Translate images by ``shift`` pixels along each of ``dims`` (-1: right, -2: down).
-    ``mode="roll"``: circular (content wraps around, nothing is invented); ``"edge"``: the
-    vacated border repeats the edge pixels (no wrap-around, but a smeared border)."""
-    if mode == "roll":
-        return torch.roll(x, shifts=[shift] * len(dims), dims=list(dims))
-    if mode != "edge":
-        raise ValueError(f"unknown shift mode '{mode}'; use 'roll' or 'edge'")
-    out = x
-    for d in dims:
-        n = out.shape[d]
-        src = (torch.arange(n, device=x.device) - shift).clamp(0, n - 1)
-        out = out.index_select(d % out.dim(), src)
-    return out
-
-
-def shift_invariance(model: nn.Module, layer: str | nn.Module, x, shift: int = 2, *,
-                     dims: Sequence[int] = (-1,), mode: str = "roll",
-                     ablation: tuple[str | nn.Module, Sequence[int]] | None = None,
-                     batch_size: int = 256, device=None) -> dict:
-    """How little ``layer``'s representation changes when the image moves (Ukita; how the
-    paper measured it is unconfirmed). Per image: the Pearson correlation between the
-    flattened layer output (all channels and positions; a spatial mean would hide the shift)
-    for the image and for the image shifted by ``shift`` px (``shift_images``). Returns the
-    ``mean`` and ``sem`` over images and ``n``; images with a constant representation are left
-    out (``n_constant``). ``ablation=(layer, units)`` zeroes those units, typically of a lower
-    layer, in both passes, at that layer's ablation point (``capture.ablation_layer``).
-
-    ``x``: normalised images (tensor or batches of (x, y)); shifting normalised images equals
-    normalising shifted ones, as normalisation is per channel.
-    """
-    name, module = resolve_layer(model, layer)
-    corrs: list[np.ndarray] = []
-    n_constant = 0
-
-    def run(images: Tensor) -> Tensor:
-        (outs, _, _), = layer_outputs(model, {name: module}, images, batch_size=len(images),
-                                      device=device)
-        return outs[name].flatten(1).double().cpu()
-
-    for xb, _ in tqdm(iterate_batches(x, None, batch_size), total=num_batches(x, batch_size),
-                      desc=f"shift invariance {name}", disable=None, leave=False):
-        pair = torch.cat([xb, shift_images(xb, shift, dims, mode)])
-        if ablation is None:
-            reps = run(pair)
-        else:
-            with ablate(ablation_layer(model, ablation[0])[1], ablation[1]):
-                reps = run(pair)
-        a, b = reps[:len(xb)], reps[len(xb):]
-        a = a - a.mean(1, keepdim=True)
-        b = b - b.mean(1, keepdim=True)
-        den = a.norm(dim=1) * b.norm(dim=1)
-        ok = den > 0
-        n_constant += int((~ok).sum())
-        corrs.append(((a * b).sum(1)[ok] / den[ok]).numpy())
-    r = np.concatenate(corrs) if corrs else np.zeros(0)
-    return {"mean": float(r.mean()) if len(r) else math.nan,
-            "sem": float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else math.nan,
-            "n": int(len(r)), "n_constant": n_constant, "shift": shift, "mode": mode}
-
-
 def layers_grating_responses(model: nn.Module, layers: Sequence[str | nn.Module], stim: Tensor, *,
                              batch_size: int = 256, device=None) -> dict[str, np.ndarray]:
-    """``grating_responses`` for several layers in one pass over the stimuli:
-    {layer name as given (or module path): responses [U, n_orient, n_phase, n_freq]}."""
-    mods = {}
-    for layer in layers:
-        path, module = resolve_layer(model, layer)
-        mods[layer if isinstance(layer, str) else path] = module
+    """Unit responses [U, n_orient, n_phase, n_freq] of several layers to ``stim`` (from
+    ``stimuli``) in one pass over the stimuli, read at each layer's probe (post-ReLU output,
+    spatially averaged: ``probes.unit_activation``), keyed as given (a module by its path)."""
     grid = stim.shape[:3]
-    acts: dict[str, list[Tensor]] = {n: [] for n in mods}
-    for outs, _, _ in layer_outputs(model, mods, stim.flatten(0, 2), batch_size=batch_size,
-                                    device=device, desc="gratings"):
-        for n, o in outs.items():
-            acts[n].append(unit_responses(o).double().cpu())
+    acts: dict[str, list[Tensor]] = {}
+    for outs, _, _ in layer_outputs(model, layers, stim.flatten(0, 2), reduce=unit_activation,
+                                    batch_size=batch_size, device=device, desc="gratings"):
+        for n, a in outs.items():
+            acts.setdefault(n, []).append(a.double().cpu())
     return {n: torch.cat(a).reshape(*grid, -1).permute(3, 0, 1, 2).numpy()
             for n, a in acts.items()}
 
@@ -456,41 +393,111 @@ def mean_osi_per_layer(model: nn.Module, layers: Sequence[str | nn.Module], stim
     return {n: float(osi(tuning_curves(r)[0]).mean()) for n, r in resp.items()}
 
 
-def shift_invariance_layers(model: nn.Module, layers: Sequence[str | nn.Module], x,
-                            shift: int = 2, *, dims: Sequence[int] = (-1,), mode: str = "roll",
-                            ablation: tuple[str | nn.Module, Sequence[int]] | None = None,
-                            batch_size: int = 256, device=None) -> dict[str, dict]:
-    """``shift_invariance`` for several layers in one pass over ``x`` (same measure, same
-    result per layer): {layer: {"mean", "sem", "n", "n_constant", "shift", "mode"}}."""
-    mods = {}
-    for layer in layers:
-        path, module = resolve_layer(model, layer)
-        mods[layer if isinstance(layer, str) else path] = module
-    corrs: dict[str, list[np.ndarray]] = {n: [] for n in mods}
-    n_constant = {n: 0 for n in mods}
-    abl = None if ablation is None else (ablation_layer(model, ablation[0])[1], ablation[1])
-    for xb, _ in tqdm(iterate_batches(x, None, batch_size), total=num_batches(x, batch_size),
-                      desc="shift invariance", disable=None, leave=False):
-        pair = torch.cat([xb, shift_images(xb, shift, dims, mode)])
-        if abl is None:
-            (outs, _, _), = layer_outputs(model, mods, pair, batch_size=len(pair), device=device)
-        else:
-            with ablate(*abl):
-                (outs, _, _), = layer_outputs(model, mods, pair, batch_size=len(pair),
-                                              device=device)
-        for n, o in outs.items():
-            reps = o.flatten(1).double().cpu()
-            a, b = reps[:len(xb)], reps[len(xb):]
-            a = a - a.mean(1, keepdim=True)
-            b = b - b.mean(1, keepdim=True)
-            den = a.norm(dim=1) * b.norm(dim=1)
-            ok = den > 0
-            n_constant[n] += int((~ok).sum())
-            corrs[n].append(((a * b).sum(1)[ok] / den[ok]).numpy())
-    out = {}
-    for n in mods:
-        r = np.concatenate(corrs[n]) if corrs[n] else np.zeros(0)
-        out[n] = {"mean": float(r.mean()) if len(r) else math.nan,
-                  "sem": float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else math.nan,
-                  "n": int(len(r)), "n_constant": n_constant[n], "shift": shift, "mode": mode}
-    return out
+
+
+# --------------------------------------------------------------------------- tracking in training
+
+class OrientationTracking:
+    """The trainer's per-epoch hook for ``run.track_orientation``: the mean OSI of every probed
+    layer on Ukita's 432 gratings at the model's input size (``stimuli``, normalised like the
+    data), read at the probe points (post-ReLU, for cnn7 before BatchNorm). Every probed
+    layer counts, fully connected ones included, as his grating_analysis.py analyses fc1 (and
+    fc1, fc2 of VGG16). Every rank computes the same numbers on its own replica.
+
+    Called as ``hook(trainer, epoch)`` after evaluation; the values go into the epoch record
+    under ``record_key`` and into TensorBoard as ``<tag>/<layer>``."""
+
+    record_key = "osi_per_layer"
+    tag = "orientation/osi_mean"
+
+    def __init__(self):
+        self.stimuli: Tensor | None = None  # made once, at the first epoch's end
+
+    @torch.no_grad()
+    def __call__(self, trainer, epoch: int) -> dict[str, float]:
+        if self.stimuli is None:
+            info = trainer.info
+            self.stimuli = stimuli(trainer.data.image_size, info.channels, info.mean, info.std)
+        device = trainer.ctx.device
+        # the grating passes must leave no activations in the regularizer's probe
+        with trainer.probe.paused(), torch.autocast(device.type, enabled=False):
+            return mean_osi_per_layer(trainer.engine.module, list(trainer.layer_names),
+                                      self.stimuli, device=device)
+
+
+# --------------------------------------------------------------------------- the analysis
+
+# What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
+SWEEP_HEADLINE = ("mean_gosi", "fraction_selective")
+
+
+def compute(target: Target, opts: OrientationOptions) -> dict:
+    """``seltrain analyze orientation``: per layer OSI, gOSI, their permuted-grating null
+    distributions and orientation ranges; unless ``opts.no_ablation``, the top- vs
+    bottom-gOSI ablation (Ukita: units strictly above/below the median, zeroed at the
+    ablation point) with cross-entropy, accuracy and the shift invariance of the layers above.
+    Returns ``{"orientation": <orientation.json>, "summary": <summary.json>}``."""
+    threshold = opts.gosi_threshold
+    stim = stimuli(target.image_size, target.info.channels, target.info.mean, target.info.std)
+    params = grating_parameters(target.image_size)
+    angles = params["orientations_deg"]
+    responses = layers_grating_responses(target.model, target.layers, stim,
+                                         device=target.device)
+    layers, perms = {}, None
+    for name in target.layers:
+        R, best_f = tuning_curves(responses[name])
+        o, g = osi(R, angles), gosi(R, angles)
+        # Ukita's controls: the same indices on shuffled gratings, and how far the preferred
+        # orientation moves across the spatial frequencies a unit responds to
+        null = null_indices(responses[name], opts.permutations, opts.seed, angles)
+        rng = orientation_range(responses[name], angles)
+        perms = null["permutations"]
+        selective = g > threshold
+        layers[name] = {
+            "osi": o, "gosi": g, "tuning_curves": R, "best_frequency": best_f,
+            "preferred_orientation_deg": preferred_orientation(R, angles),
+            "orientation_range_deg": rng, "null_osi": null["osi"], "null_gosi": null["gosi"],
+            "mean_osi": float(o.mean()), "mean_gosi": float(g.mean()),
+            "fraction_selective": fraction_selective(g, threshold),
+            "mean_null_osi": float(null["osi"].mean()),
+            "mean_null_gosi": float(null["gosi"].mean()),
+            "fraction_selective_null": fraction_selective(null["gosi"], threshold),
+            "n_selective": int(selective.sum()),
+            "mean_orientation_range_selective": float(np.nanmean(rng[selective]))
+            if np.isfinite(rng[selective]).any() else math.nan}
+    split_abl, before, after = {}, {}, {}
+    if not opts.no_ablation:
+        before = shift_invariance_layers(target.model, target.layers, target.data,
+                                         shift=opts.shift, device=target.device)
+        for i, name in enumerate(target.layers):
+            r = gosi_split_ablation(target.model, name, target.data,
+                                    gosi_values=layers[name]["gosi"],
+                                    percentile=opts.percentile, device=target.device)
+            split_abl[name] = r
+            above = target.layers[i + 1:]
+            path = resolve_layer(target.model, name)[0]
+            # the layers above the ablated one, with its top or bottom group silenced
+            after[name] = {group: shift_invariance_layers(
+                target.model, above, target.data, shift=opts.shift, device=target.device,
+                ablation=(path, r[group]["units"])) for group in ("top", "bottom")} \
+                if above else {}
+    result = {"checkpoint": target.ckpt_path, "split": target.split, "threshold": threshold,
+              "grating_parameters": params, "permutations": perms, "seed": opts.seed,
+              "layers": layers, "gosi_split_ablation": split_abl,
+              "shift_invariance": {"shift": opts.shift, "before": before,
+                                   "after_ablation": after}}
+    keys = ("mean_osi", "mean_gosi", "fraction_selective", "mean_null_osi", "mean_null_gosi",
+            "fraction_selective_null", "mean_orientation_range_selective")
+    summary = {"layers": {n: {k: v[k] for k in keys} for n, v in layers.items()}}
+    summary["mean_gosi"] = float(np.mean([v["mean_gosi"] for v in layers.values()]))
+    summary["mean_null_gosi"] = float(np.mean([v["mean_null_gosi"] for v in layers.values()]))
+    summary["fraction_selective"] = float(np.mean(np.concatenate(
+        [v["gosi"] for v in layers.values()]) > threshold))
+    for n, r in split_abl.items():
+        summary["layers"][n].update(
+            ce_increase_top=r["top"]["ce_increase_mean"],
+            ce_increase_bottom=r["bottom"]["ce_increase_mean"],
+            n_top=r["top"]["n_units"], n_bottom=r["bottom"]["n_units"],
+            acc_change_top=r["top"]["acc_change"], acc_change_bottom=r["bottom"]["acc_change"],
+            ablated_module=r["ablated_module"], shift_invariance=before[n]["mean"])
+    return {"orientation": result, "summary": summary}

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from seltrain.data.sources import (ArraySplit, DatasetInfo, FileSplit, SyntheticSpec,
-                                   load_split, split_indices)
+from seltrain.data.sources import ArraySplit, DatasetInfo, load_split, split_indices
 from seltrain.data.loaders import (ArrayLoader, DevicePreprocess, FileLoader, RankSharding,
                                    val_count)
 
 __all__ = ["DataBundle", "build_data", "DevicePreprocess", "RankSharding", "train_val_indices",
-           "load_split", "split_indices", "synthetic_spec"]
+           "load_split", "split_indices"]
 
 
 @dataclass
@@ -27,12 +26,6 @@ class DataBundle:
     val: Any | None
     test: Any
     image_size: int
-
-
-def synthetic_spec(cfg) -> SyntheticSpec:
-    s = cfg.data.synthetic
-    return SyntheticSpec(num_classes=s.num_classes, image_size=s.image_size, channels=s.channels,
-                         train_size=s.train_size, test_size=s.test_size, seed=s.seed)
 
 
 def train_val_indices(cfg, n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +41,7 @@ def train_val_indices(cfg, n_train: int) -> tuple[np.ndarray, np.ndarray]:
 def load_dataset(cfg, split: str):
     d = cfg.data
     return load_split(d.dataset, d.root, split, download=d.download,
-                      synthetic=synthetic_spec(cfg) if d.dataset == "synthetic" else None)
+                      synthetic=d.synthetic if d.dataset == "synthetic" else None)
 
 
 def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None,

@@ -54,9 +54,8 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 
-from seltrain.data.loaders import ARRAY_AUGMENT, RankSharding, epoch_generator, val_count
+from seltrain.data.loaders import ARRAY_AUGMENT, RankSharding, val_count
 from seltrain.data.sources import DatasetInfo
 from seltrain.errors import ConfigError, DataError
 
@@ -70,8 +69,9 @@ FIXED_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 def require_ffcv() -> None:
     try:
-        import ffcv  # noqa: F401
-        import ffcv.loader  # noqa: F401  (pulls numba and cv2, the usual missing pieces)
+        import importlib
+
+        importlib.import_module("ffcv.loader")  # pulls numba and cv2, the usual missing pieces
     except ImportError as e:
         raise DataError(f"FFCV is not installed ({e}); install it with {FFCV_INSTALL}, or set "
                         f"data.loader=torch") from None
@@ -175,81 +175,19 @@ def _info(meta: dict) -> DatasetInfo:
 
 # --------------------------------------------------------------------------- pipelines
 
-def _random_resized_crop_flip(output_size: tuple[int, int], scale: tuple[float, float],
-                              flip_prob: float = 0.5):
-    """FFCV's ``RandomResizedCropRGBImageDecoder`` (same crop sampler, same INTER_AREA resize)
-    with the horizontal flip done in place on each resized crop. FFCV's separate
-    ``RandomHorizontalFlip`` copies every image of the batch into a new buffer, flipped or not;
-    folding it in saved ~20% of the training pipeline's time at 64 px on 2 cores."""
-    from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
-                                       get_random_crop)
-    from ffcv.libffcv import imdecode, resize_crop
-    from ffcv.pipeline.compiler import Compiler
-
-    def hflip_in_place(image):  # [H, W, 3] uint8
-        w = image.shape[1]
-        for r in range(image.shape[0]):
-            for c in range(w // 2):
-                for k in range(image.shape[2]):
-                    t = image[r, c, k]
-                    image[r, c, k] = image[r, w - 1 - c, k]
-                    image[r, w - 1 - c, k] = t
-
-    class RandomResizedCropFlipDecoder(ResizedCropRGBImageDecoder):
-        def __init__(self):
-            super().__init__(output_size)
-            self.scale, self.ratio = np.array(scale), np.array((3 / 4, 4 / 3))
-
-        @property
-        def get_crop_generator(self):
-            return get_random_crop
-
-        def generate_code(self):
-            jpg = IMAGE_MODES["jpg"]
-            mem_read = self.memory_read
-            my_range = Compiler.get_iterator()
-            imdecode_c = Compiler.compile(imdecode)
-            resize_crop_c = Compiler.compile(resize_crop)
-            get_crop_c = Compiler.compile(get_random_crop)
-            flip_c = Compiler.compile(hflip_in_place)
-            sc, ratio, p = self.scale, self.ratio, flip_prob
-
-            def decode(batch_indices, my_storage, metadata, storage_state):
-                destination, temp_storage = my_storage
-                for dst_ix in my_range(len(batch_indices)):
-                    field = metadata[batch_indices[dst_ix]]
-                    image_data = mem_read(field["data_ptr"], storage_state)
-                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                    if field["mode"] == jpg:
-                        temp = temp_storage[dst_ix]
-                        imdecode_c(image_data, temp, height, width, height, width, 0, 0, 1, 1,
-                                   False, False)
-                        image = temp.reshape(-1)[:3 * height * width].reshape(height, width, 3)
-                    else:
-                        image = image_data.reshape(height, width, 3)
-                    i, j, h, w = get_crop_c(height, width, sc, ratio)
-                    resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
-                    if np.random.rand() < p:
-                        flip_c(destination[dst_ix])
-                return destination[:len(batch_indices)]
-
-            decode.is_parallel = True
-            return decode
-
-    return RandomResizedCropFlipDecoder()
-
-
 def image_pipeline(family: str, size: int, train: bool, augment: bool) -> list:
     """Decoder and CPU augmentations for the image field, ending in a uint8 NCHW tensor view."""
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
     from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToTensor, ToTorchImage
+
+    from seltrain.data.ffcv_extensions import RandomResizedCropFlipDecoder
 
     aug = train and augment
     if family == "imagenet":
         if aug:
             # Same scale ranges as the torch path (loaders.file_transforms).
             scale = (0.08, 1.0) if size > 96 else (0.25, 1.0)
-            ops = [_random_resized_crop_flip((size, size), scale)]
+            ops = [RandomResizedCropFlipDecoder((size, size), scale)]
         else:
             ops = [CenterCropRGBImageDecoder((size, size), ratio=0.875 if size > 96 else 1.0)]
     else:
@@ -271,26 +209,6 @@ def label_pipeline() -> list:
     return [IntDecoder(), ToTensor(), Squeeze(1)]
 
 
-def _rank_batch_order(sharding: RankSharding, seed: int, batch_size: int, drop_last: bool):
-    """A TraversalOrder giving this rank its slices of the torch path's global batches."""
-    from ffcv.traversal_order.base import TraversalOrder
-
-    class RankBatchOrder(TraversalOrder):
-        def __init__(self):  # FFCV 1.0.2 calls ``order(loader)`` on a TraversalOrder instance
-            pass
-
-        def __call__(self, loader):
-            super().__init__(loader)
-            return self
-
-        def sample_order(self, epoch: int):
-            batches = sharding.train_batches(np.asarray(self.indices), batch_size,
-                                             epoch_generator(seed, epoch), drop_last)
-            return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
-
-    return RankBatchOrder()
-
-
 class FFCVLoader:
     """One split of a .beton for one rank, with the torch loaders' interface."""
 
@@ -298,6 +216,8 @@ class FFCVLoader:
                  pipeline: list, sharding: RankSharding, seed: int, order: str, os_cache: bool,
                  drop_last: bool, num_workers: int, channels: int, borrow: bool = False):
         from ffcv.loader import Loader, OrderOption
+
+        from seltrain.data.ffcv_extensions import RankBatchOrder
 
         self.path = path
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -308,7 +228,7 @@ class FFCVLoader:
         if not train:
             indices, ffcv_order = sharding.eval_indices(self.rows), OrderOption.SEQUENTIAL
         elif order == "random":
-            ffcv_order = _rank_batch_order(sharding, seed, batch_size, drop_last)
+            ffcv_order = RankBatchOrder(sharding, seed, batch_size, drop_last)
         else:  # quasi_random: FFCV's page-aware order within this rank's equal share
             usable = self.rows[:len(self.rows) - len(self.rows) % sharding.world]
             indices, ffcv_order = usable[sharding.rank::sharding.world], OrderOption.QUASI_RANDOM

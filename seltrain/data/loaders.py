@@ -1,6 +1,7 @@
 """Loaders for the torch path: batches of uint8 images [B, C, H, W] and int64 labels.
 
-Two kinds, one contract:
+Two kinds, one contract (``len()``, ``set_epoch()``, ``num_samples``, and which samples each
+batch holds, all from their base ``ShardedLoader``):
 - ``ArrayLoader`` for datasets that fit in memory (Fashion-MNIST, CIFAR, synthetic). The whole
   split is one uint8 tensor; batches are gathered by index and augmented *as a batch* (pad,
   random crop, flip) with a generator seeded by (seed, epoch). No worker processes: on a
@@ -70,6 +71,39 @@ def _batched(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
+class ShardedLoader:
+    """What both torch-path loaders share: the rank's batches of ``indices`` for the current
+    epoch (``RankSharding``'s global-batch slices when training, a contiguous chunk when
+    evaluating), ``set_epoch``, ``len()`` and ``num_samples``. Subclasses set ``indices``,
+    ``batch_size``, ``train``, ``sharding``, ``seed`` and ``drop_last``, and yield the
+    batches in ``__iter__``."""
+
+    indices: np.ndarray
+    batch_size: int
+    train: bool
+    sharding: RankSharding
+    seed: int
+    drop_last: bool
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        if self.train:
+            gen = epoch_generator(self.seed, self.epoch)
+            return self.sharding.train_batches(self.indices, self.batch_size, gen,
+                                               self.drop_last)
+        return _batched(self.sharding.eval_indices(self.indices), self.batch_size)
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+
 def _pad_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
     """Per-sample random crop after zero padding, and horizontal flip, for a uint8 batch."""
     b, c, h, w = x.shape
@@ -92,7 +126,7 @@ def _pad_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Ten
 ARRAY_AUGMENT = {"cifar": (4, True), "mnist": (2, True)}
 
 
-class ArrayLoader:
+class ArrayLoader(ShardedLoader):
     def __init__(self, split: ArraySplit, indices: np.ndarray, batch_size: int, *,
                  train: bool, info: DatasetInfo, sharding: RankSharding, seed: int = 0,
                  augment: bool = True, drop_last: bool | None = None,
@@ -113,23 +147,6 @@ class ArrayLoader:
         # of torch's pinned-memory cache, which is not reused before its copy has completed.
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[np.ndarray]:
-        if self.train:
-            gen = epoch_generator(self.seed, self.epoch)
-            return self.sharding.train_batches(self.indices, self.batch_size, gen,
-                                               self.drop_last)
-        return _batched(self.sharding.eval_indices(self.indices), self.batch_size)
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.indices)
 
     def __iter__(self):
         gen = epoch_generator(self.seed, self.epoch, salt=1)
@@ -230,7 +247,7 @@ def file_transforms(size: int, train: bool, augment: bool):
     return v2.Compose([v2.PILToTensor(), *ops])
 
 
-class FileLoader:
+class FileLoader(ShardedLoader):
     """Image folders through a torch DataLoader whose workers persist across epochs (starting
     ImageNet-sized worker pools every epoch and split costs seconds each time); each sample's
     augmentation is seeded by (seed, epoch, index), so any epoch is reproduced exactly by a
@@ -247,23 +264,6 @@ class FileLoader:
         self.num_workers = num_workers
         self.epoch = 0
         self._loader = None  # made on first use, kept (with its workers) for every epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self):
-        if self.train:
-            gen = epoch_generator(self.seed, self.epoch)
-            return self.sharding.train_batches(self.indices, self.batch_size, gen,
-                                               self.drop_last)
-        return _batched(self.sharding.eval_indices(self.indices), self.batch_size)
-
-    def __len__(self):
-        return len(self._batches())
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.indices)
 
     def __iter__(self):
         if self._loader is None:

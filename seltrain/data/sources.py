@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from seltrain.config import SyntheticConfig
 from seltrain.errors import DataError
 
 DATASETS: tuple[str, ...] = ("synthetic", "fashion_mnist", "cifar10", "cifar100",
@@ -67,24 +68,14 @@ class FileSplit:
 Split = ArraySplit | FileSplit
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    num_classes: int = 10
-    image_size: int = 32
-    channels: int = 3
-    train_size: int = 2048
-    test_size: int = 512
-    seed: int = 0
-
-
 def load_split(name: str, root: str | None, split: str, *, download: bool = False,
-               synthetic: SyntheticSpec | None = None) -> tuple[DatasetInfo, Split]:
+               synthetic: SyntheticConfig | None = None) -> tuple[DatasetInfo, Split]:
     """Load ``split`` ("train" or "test") of dataset ``name`` found under ``root``."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test' (validation is carved "
                         f"from train with data.val_size)")
     if name == "synthetic":
-        return _load_synthetic(synthetic or SyntheticSpec(), split)
+        return _load_synthetic(synthetic or SyntheticConfig(), split)
     if name == "fashion_mnist":
         return _load_fashion_mnist(root, split, download)
     if name in ("cifar10", "cifar100"):
@@ -129,7 +120,7 @@ def _download(name: str, dest: str, fetch, place: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Synthetic: class prototypes the model can learn in a few hundred steps.
 
-def _synthetic_split(spec: SyntheticSpec, split: str) -> ArraySplit:
+def _synthetic_split(spec: SyntheticConfig, split: str) -> ArraySplit:
     """Each class k has a fixed smooth pattern plus a bar at its own angle and colour.
 
     A sample is its class template at a random contrast, circularly shifted by a few pixels,
@@ -175,7 +166,7 @@ def _synthetic_split(spec: SyntheticSpec, split: str) -> ArraySplit:
 
 
 @functools.lru_cache(maxsize=8)
-def _synthetic_info(spec: SyntheticSpec) -> DatasetInfo:
+def _synthetic_info(spec: SyntheticConfig) -> DatasetInfo:
     # Statistics come from (up to) 1024 train-distribution samples, never from the split being
     # loaded, so train and test report the same info; 1024 pins them to ~3 decimals.
     x = _synthetic_split(replace(spec, train_size=min(spec.train_size, 1024)), "train").images
@@ -185,7 +176,7 @@ def _synthetic_info(spec: SyntheticSpec) -> DatasetInfo:
                        tuple(f"class_{k}" for k in range(spec.num_classes)))
 
 
-def _load_synthetic(spec: SyntheticSpec, split: str) -> tuple[DatasetInfo, ArraySplit]:
+def _load_synthetic(spec: SyntheticConfig, split: str) -> tuple[DatasetInfo, ArraySplit]:
     return _synthetic_info(spec), _synthetic_split(spec, split)
 
 

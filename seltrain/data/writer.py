@@ -25,18 +25,15 @@ died (SIGKILL) are removed, with a note, by the next write of the same file.
 from __future__ import annotations
 
 import copy
-import ctypes
 import glob
 import json
 import os
-import queue
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from seltrain.errors import DataError, is_disk_full
+from seltrain.errors import DataError, file_in_the_way, is_disk_full
 
 # Kept light at import time (numpy only): the CLI imports this module to build its parser.
 
@@ -127,129 +124,13 @@ def split_rows(cfg, split: str):
     return info, source, rows, n
 
 
-def _worker(errors, job, *args):
-    """FFCV's worker loop, reporting a failure as one line instead of dying silently."""
-    try:
-        job(*args)
-    except BaseException as e:  # noqa: BLE001 - anything that kills the worker is reported
-        errors.put(str(e) if isinstance(e, DataError) else "interrupted (SIGINT)"
-                   if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
-        sys.exit(1)
-
-
-def _make_writer(path: str, fields: dict, num_workers: int, progress: bool, label: str):
-    """FFCV's DatasetWriter, with a worker-failure check and an images/s progress bar.
-
-    Stock FFCV 1.0.2 polls a shared counter until every sample is done, so one worker dying
-    (an unreadable image) hangs the write forever; this one stops and names the error.
-    """
-    from multiprocessing import Process, Queue, Value
-
-    from ffcv.writer import DatasetWriter
-    from ffcv.memory_allocator import MemoryAllocator
-    from tqdm import tqdm
-
-    class Writer(DatasetWriter):
-        elapsed_s = 0.0
-
-        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-            self.num_samples = num_samples
-            self.prepare()
-            # SIGKILL skips every cleanup: name the metadata's shared memory beside the
-            # temporary file, so the next write of this file can free it (/dev/shm).
-            shm_note = f"{self.fname}.shm"
-            with open(shm_note, "w") as f:
-                f.write(self.metadata_sm.name)
-            work: Queue = Queue()
-            for todo in queue_content:
-                work.put(todo)
-            for _ in range(self.num_workers):
-                work.put(None)
-            allocations: Queue = Queue()
-            errors: Queue = Queue()
-            done = Value(ctypes.c_uint64, 0)
-            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-            args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
-                    allocations, *extra_worker_args)
-            procs = [Process(target=_worker, args=(errors, work_fn, *args))
-                     for _ in range(self.num_workers)]
-            t0 = time.perf_counter()
-            ok = False
-            try:
-                for p in procs:
-                    p.start()
-                bar = tqdm(total=num_samples, desc=f"writing {label}", unit="img",
-                           disable=None if progress else True, dynamic_ncols=True)
-                def check_workers():
-                    failed = [p for p in procs if p.exitcode not in (None, 0)]
-                    if failed:
-                        try:  # the worker's own words, once its queue has flushed them
-                            msg = errors.get(timeout=5)
-                        except queue.Empty:
-                            msg = f"a writer process exited with code {failed[0].exitcode}"
-                        raise DataError(f"writing {label} failed: {msg}")
-
-                seen = 0
-                while seen < num_samples:
-                    now = done.value
-                    bar.update(now - seen)
-                    seen = now
-                    check_workers()
-                    time.sleep(0.05)
-                bar.close()
-                allocation_list = []
-                for _ in procs:
-                    # A worker can still fail after the last sample is counted (its final
-                    # page flush, on a full disk): never wait for its allocations unbounded.
-                    while True:
-                        try:
-                            allocation_list.extend(allocations.get(timeout=0.5))
-                            break
-                        except queue.Empty:
-                            check_workers()
-                for p in procs:
-                    p.join()
-                self.elapsed_s = time.perf_counter() - t0
-                self.finalize(allocation_list)
-                ok = True
-            finally:
-                for p in procs:
-                    if p.is_alive():
-                        p.terminate()
-                if not ok:
-                    # Each queue's feeder thread is joined at interpreter exit; with the
-                    # workers gone, the one still pushing work into a full pipe would block
-                    # that join forever (the Ctrl-C hang). What it holds is not needed now.
-                    for q in (work, allocations, errors):
-                        q.cancel_join_thread()
-                for p in procs:
-                    if p.pid is not None:
-                        p.join(timeout=10)
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
-                os.remove(shm_note)
-
-    return Writer(path, fields, num_workers=num_workers)
-
-
-def _file_in_the_way(path: str) -> str | None:
-    """The first existing component of ``path`` that is a file (no folder can be made)."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return None
-        probe = parent
-    return None if os.path.isdir(probe) else probe
-
-
 def _prepare_out(out: str) -> None:
     """``out``'s folder exists (made if need be) and ``out`` is not a folder."""
     if os.path.isdir(out):
         raise DataError(f"--out {out} is a folder; give a file name, e.g. "
                         f"{os.path.join(out, 'train.beton')}")
     folder = os.path.dirname(out)
-    blocker = _file_in_the_way(folder)
+    blocker = file_in_the_way(folder)
     if blocker:
         raise DataError(f"cannot write --out {out}: {blocker} is a file, not a folder; choose "
                         "another --out")
@@ -274,7 +155,7 @@ def remove_stale_temporaries(out: str, say=None) -> list[str]:
         if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         try:
-            if tmp.endswith(".shm"):  # the dead writer's shared memory (see _make_writer)
+            if tmp.endswith(".shm"):  # the dead writer's shared memory (see CheckedDatasetWriter)
                 with open(tmp) as f:
                     name = f.read().strip().lstrip("/")
                 if name and "/" not in name and os.path.exists(f"/dev/shm/{name}"):
@@ -334,6 +215,7 @@ def _no_space(out: str) -> str:
 
 
 def _write(cfg, split: str, out: str, opts: WriteOptions) -> dict:
+    from seltrain.data.ffcv_extensions import CheckedDatasetWriter
     from seltrain.data.ffcv_pipeline import SIDECAR_FORMAT, sidecar_path
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import worker_job_indexed_dataset
@@ -349,7 +231,8 @@ def _write(cfg, split: str, out: str, opts: WriteOptions) -> dict:
         "label": IntField(),
     }
     tmp = f"{out}.tmp-{os.getpid()}"
-    writer = _make_writer(tmp, fields, workers, opts.progress, os.path.basename(out))
+    writer = CheckedDatasetWriter(tmp, fields, workers, progress=opts.progress,
+                                  label=os.path.basename(out))
     try:
         indices = list(enumerate(range(len(rows))))
         chunks = [indices[i:i + opts.chunksize] for i in range(0, len(indices), opts.chunksize)]

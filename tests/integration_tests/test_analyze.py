@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
+
+# Two trained runs for the module, then one `seltrain analyze` subprocess per test (each > 5 s).
+pytestmark = pytest.mark.slow
 
 TRAIN = ["data.dataset=synthetic", "data.val_size=128", "data.synthetic.train_size=1024",
          "data.synthetic.test_size=256", "data.synthetic.image_size=16", "train.batch_size=32",
@@ -200,8 +203,10 @@ def test_dimensionality(runs):
 
 
 def test_gradients(runs, tmp_path):
-    from seltrain.analysis.commands import default_args, find_checkpoints, load_target
     from seltrain.analysis.gradients import gradient_variability
+    from seltrain.analysis.options import GradientsOptions
+    from seltrain.analysis.target import load_target
+    from seltrain.checkpoint import find_checkpoints
 
     run = runs["a0"]
     out = tmp_path / "grad"
@@ -229,9 +234,8 @@ def test_gradients(runs, tmp_path):
     assert (out / "gradient_variability.png").is_file()
 
     # the same numbers from the library in one batch of 24 and blocks of 64 units
-    args = default_args("gradients", run, ["--max-images", "24", "--device", "cpu"])
     (run_dir, ckpt), = find_checkpoints(run)
-    t = load_target(run_dir, ckpt, args)
+    t = load_target(run_dir, ckpt, GradientsOptions(max_images=24, device="cpu"))
     ref = gradient_variability(t.model, ["layer1.0", "layer3.2"], t.data, batch_size=24,
                                unit_block=64, std=t.info.std)
     for stat in ("direction", "norm_cv"):
@@ -281,6 +285,14 @@ def test_report_with_analyses(runs, tmp_path):
         assert (exp / "plots" / f"analysis_{m}_vs_alpha.png").is_file()
     assert (exp / "results.csv").is_file()  # the ordinary report is still written
     assert (exp / "trials" / "a0" / "analysis" / "robustness" / "summary.json").is_file()
+
+    # a typo, or --threshold meaning two things, is one line before any analysis runs
+    for analysis_args, message in (("--max-imgaes 64", "takes --max-imgaes"),
+                                   ("--threshold 0.9", "--gosi-threshold or --variance-share")):
+        r = run_cli("report", exp, "--analyses", "orientation,dimensionality",
+                    "--analysis-args", analysis_args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert message in r.stderr and "orientation:" not in r.stdout  # nothing analysed
 
 
 def test_analyze_experiment_folder(runs, tmp_path):

@@ -67,6 +67,11 @@ def test_ray_up_runs_quickstart_search_on_two_nodes_then_down_leaves_nothing():
         search, exp = lc.quickstart()
         out = lc.submit(search, timeout=900)
         assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-3000:]
+        # What the user reads: the search console, each trial's epoch line exactly once, no
+        # traceback, and where to point TensorBoard.
+        epoch_lines = [ln for ln in out.splitlines() if re.search(r"\bepoch 1/1\b", ln)]
+        assert len(epoch_lines) == len(ALPHAS), "\n".join(epoch_lines) or out[-3000:]
+        assert "Traceback" not in out and "tensorboard --logdir" in out, out[-3000:]
 
         with open(os.path.join(exp, "results.csv")) as f:
             rows = list(csv.DictReader(f))

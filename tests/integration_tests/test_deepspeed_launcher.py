@@ -23,14 +23,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, subprocess_env
+from helpers import REPO, TINY, free_port, subprocess_env
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
@@ -41,12 +40,6 @@ KILL_AT = STEPS
 # Wall-clock and throughput differ between any two runs, and so does the folder.
 TIMING_KEYS = {"images_per_s", "train_time_s", "run_dir"}
 TIMEOUT_S = 400
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _remove_shm(ports) -> None:
@@ -105,7 +98,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 def _deepspeed(out_dir, *extra_args, ports: list, **env) -> subprocess.CompletedProcess:
-    ports.append(_free_port())
+    ports.append(free_port())
     cmd, full_env = _command(out_dir, ports[-1], *extra_args, **env)
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
@@ -152,7 +145,7 @@ def test_deepspeed_launcher_trains_and_resumes(tmp_path):
     assert ckpt["engine"] == "deepspeed" and ckpt["epoch"] == 1
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())
 
-    from seltrain.trainer import load_trained_model
+    from seltrain.checkpoint import load_trained_model
 
     model, best, cfg = load_trained_model(str(run))
     assert cfg.train.engine == "deepspeed"
@@ -161,7 +154,7 @@ def test_deepspeed_launcher_trains_and_resumes(tmp_path):
 
 @pytest.mark.faults
 def test_deepspeed_sigkilled_rank_stops_the_job_and_resume_matches_uninterrupted(tmp_path):
-    ports = [_free_port(), _free_port(), _free_port()]
+    ports = [free_port(), free_port(), free_port()]
     clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
     try:
         clean = _start(clean_dir, ports[0], "clean.log")

@@ -18,13 +18,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from conftest import TINY, subprocess_env  # noqa: E402
+from helpers import TINY, free_port, subprocess_env  # noqa: E402
 
 ALPHA = 1.0
 GLOBAL_BATCH = 32
@@ -227,6 +227,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 _CACHE: dict = {}
+# The tests below that read _results() share one 2-rank torchrun run and its single-process
+# reference (~25-60 s on 2 cores; the ranks also run DeepSpeed's ZeRO-1 engine): slow, deepspeed.
 
 
 def _results(tmp_path_factory):
@@ -256,6 +258,8 @@ def _results(tmp_path_factory):
     return res
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_rank_start_line(tmp_path_factory):
     res = _results(tmp_path_factory)
     for r, rank in enumerate(res["ranks"]):
@@ -263,6 +267,8 @@ def test_rank_start_line(tmp_path_factory):
         assert "backend gloo, device cpu, launcher torchrun" in rank["describe"]
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_global_si_equals_one_process_ddp_and_zero1(tmp_path_factory):
     res = _results(tmp_path_factory)
     ref = res["single"]
@@ -281,6 +287,8 @@ def test_global_si_equals_one_process_ddp_and_zero1(tmp_path_factory):
         assert abs(rank["si_local"] - ref["si"]) > 1e-3 * abs(ref["si"])
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_payload_present_only_exact_and_bf16_close(tmp_path_factory):
     ranks = _results(tmp_path_factory)["ranks"]
     from seltrain.selectivity import class_stats
@@ -312,6 +320,8 @@ def test_payload_present_only_exact_and_bf16_close(tmp_path_factory):
         assert torch.equal(dense["grads"][0], expect)
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_sync_free_present_only_and_general_backward_equal_dense(tmp_path_factory):
     """present_only with a static row count (max_rows: no host sync) and the general backward
     (gradients all-reduced instead of multiplied by the world size) give the dense numbers."""
@@ -325,6 +335,8 @@ def test_sync_free_present_only_and_general_backward_equal_dense(tmp_path_factor
                 assert torch.equal(got["grads"][i], dense["grads"][i]), mode
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_trainer_present_only_payload_trains_as_dense(tmp_path_factory):
     """train_epoch with selectivity.sync_present_only ships a static min(K, global batch) rows
     (no host sync) and trains exactly as the dense payload does."""
@@ -334,6 +346,8 @@ def test_trainer_present_only_payload_trains_as_dense(tmp_path_factory):
         assert got[False]["train_batch_si"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_fused_penalty_equals_per_layer_reference_across_ranks(tmp_path_factory):
     """Through the real 2-rank all-reduce, the fused penalty gives the per-layer form's values
     and gradients (float64 to 1e-12, float32 to rounding), the same on both ranks, and the
@@ -360,6 +374,8 @@ def test_fused_penalty_equals_per_layer_reference_across_ranks(tmp_path_factory)
                                    atol=tol)
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_sharded_evaluation_equals_one_process(tmp_path_factory):
     res = _results(tmp_path_factory)
     single = res["single"]["eval"]
@@ -384,6 +400,7 @@ def _train_env(tmp_path, **extra):
     return env
 
 
+@pytest.mark.slow
 def test_rank_that_cannot_join_fails_fast(tmp_path):
     """WORLD_SIZE=2 with one process (rank 0 waits), and a rank 1 with nobody to join."""
     for rank, port in ((0, 29741), (1, 29742)):
@@ -401,6 +418,50 @@ def test_rank_that_cannot_join_fails_fast(tmp_path):
         assert "within 4s" in lines[-1] and "Traceback" not in p.stderr
         # 4 s join bound, plus interpreter/torch start-up on a busy 2-core box.
         assert took < 60, took
+
+
+_OWN_GROUP_SCRIPT = """
+import json, os, sys
+import torch.distributed as dist
+from seltrain.config import load_config
+from seltrain.errors import ConfigError
+from seltrain.trainer import Trainer
+
+out, port_b = sys.argv[1], sys.argv[2]
+tiny = ["data.synthetic.train_size=64", "data.synthetic.test_size=16", "data.val_size=0",
+        "data.synthetic.image_size=8", "train.epochs=1", "train.max_steps_per_epoch=2",
+        "run.progress=false", "run.tensorboard=false", f"run.out_dir={out}"]
+seen = {}
+try:  # 7 is not divisible by the world size: the constructor fails after joining
+    Trainer(load_config(None, tiny + ["train.batch_size=7"]))
+except ConfigError:
+    seen["after_failed_init"] = dist.is_initialized()
+os.environ["MASTER_PORT"] = port_b  # a fresh rendezvous for the second group
+trainer = Trainer(load_config(None, tiny + ["train.batch_size=8"]))
+seen["during"] = [dist.is_initialized(), trainer.ctx.owns_group, trainer.ctx.world_size]
+seen["summary_world_size"] = trainer.fit()["world_size"]
+seen["after_fit"] = dist.is_initialized()
+print(json.dumps(seen))
+"""
+
+
+def test_a_trainer_tears_down_the_group_it_set_up_itself(tmp_path):
+    """Trainer(cfg) without a ctx joins the group the environment names, and tears it down
+    again: after fit(), and when its constructor fails."""
+    import json
+
+    port_a, port_b = free_port(), free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _OWN_GROUP_SCRIPT, str(tmp_path / "runs"), str(port_b)],
+        env=_train_env(tmp_path, WORLD_SIZE=2, RANK=r, LOCAL_RANK=r, MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=port_a, SELTRAIN_DIST_TIMEOUT=60),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        seen = json.loads(out.strip().splitlines()[-1])
+        assert seen == {"after_failed_init": False, "during": [True, True, 2],
+                        "summary_world_size": 2, "after_fit": False}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,12 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, TINY, subprocess_env
+import pytest
+
+from helpers import REPO, TINY, subprocess_env
+
+# Two 2-rank torchrun jobs of 3 epochs, one SIGKILLed and restarted (~1-2 min on 2 cores).
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 KILL_AT = 8
 # Wall-clock and throughput differ between any two runs; everything else must match exactly.

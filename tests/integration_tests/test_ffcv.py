@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("ffcv", reason="FFCV not installed (pip install 'seltrain[ffcv]')")
 
-from conftest import REPO, run_cli, subprocess_env  # noqa: E402
+from helpers import REPO, run_cli, subprocess_env  # noqa: E402
 from fixtures_data import (cifar10_arrays, fashion_mnist_arrays, nearest_class,  # noqa: E402
                            write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder,
                            write_tinyimagenet)
@@ -114,6 +114,7 @@ def tiny(tmp_path_factory):
 
 # --------------------------------------------------------------------------- round trips
 
+@pytest.mark.slow
 def test_round_trip_cifar_pickle_raw_exact(cifar):
     _, files = cifar
     x, y = read_raw(files["test"], 100)
@@ -122,6 +123,7 @@ def test_round_trip_cifar_pickle_raw_exact(cifar):
     assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
+@pytest.mark.slow
 def test_round_trip_fashion_mnist_idx_raw_exact(fashion):
     _, files = fashion
     x, y = read_raw(files["test"], 120, channels=1)
@@ -201,16 +203,17 @@ def test_eval_pipeline_matches_torch_loader(name, request):
 
 # --------------------------------------------------------------------------- train decoder
 
+@pytest.mark.slow
 def test_random_resized_crop_flip_decoder(tiny):
     """seltrain's fused crop+flip decoder: with the crop pinned to the whole image (scale 1)
     and the output at the stored size, every image comes back exactly, mirrored or not, and
     about half are mirrored."""
-    from seltrain.data.ffcv_pipeline import _random_resized_crop_flip
+    from seltrain.data.ffcv_extensions import RandomResizedCropFlipDecoder
 
     _, files = tiny
     ref, labels = read_raw(files["test"], 100)
     loader = file_order_loader(files["test"], 100, 32,
-                               decoder=_random_resized_crop_flip((64, 64), (1.0, 1.0)))
+                               decoder=RandomResizedCropFlipDecoder((64, 64), (1.0, 1.0)))
     x, y = map(torch.cat, zip(*loader))
     assert torch.equal(y, labels)
     same = (x == ref).flatten(1).all(1)
@@ -238,6 +241,7 @@ def test_borrowed_batches_are_ffcvs_buffers(tiny):
     assert torch.equal(torch.cat([x for x, _ in kept]), ref)
 
 
+@pytest.mark.slow
 def test_trainer_eval_path_batches_survive_later_draws(syn, tmp_path):
     """The trainer borrows FFCV's buffers for every split, which FFCV rewrites as soon as the
     next batch is drawn (and on a GPU they are pinned, so copies are asynchronous). Batches
@@ -297,6 +301,7 @@ def test_two_rank_training_splits_the_global_batch(syn):
     whole = build_data(cfg, batch_size=32).train
     ranks = [build_data(cfg, RankSharding(r, 2), batch_size=16).train for r in range(2)]
     torch_whole = build_data(torch_cfg, batch_size=32).train
+    orders = []
     for epoch in (0, 1):
         for loader in (whole, torch_whole, *ranks):
             loader.set_epoch(epoch)
@@ -306,7 +311,7 @@ def test_two_rank_training_splits_the_global_batch(syn):
         for (gx, gy), (tx, ty), (ax, ay), (bx, by) in zip(g, t, r0, r1):
             assert torch.equal(torch.cat([ax, bx]), gx) and torch.equal(torch.cat([ay, by]), gy)
             assert torch.equal(gx, tx) and torch.equal(gy, ty)
-        orders = orders + [torch.cat([y for _, y in g])] if epoch else [torch.cat([y for _, y in g])]
+        orders.append(torch.cat([y for _, y in g]))
     assert not torch.equal(*orders)  # set_epoch reshuffles
 
 
@@ -345,6 +350,7 @@ def test_bad_files_are_one_line_errors_naming_the_file(syn, tmp_path):
         build_data(ffcv_recipe(SYN, {**syn, "test": syn["val"]}))
 
 
+@pytest.mark.slow
 def test_cli_class_mismatch_exits_with_one_line(syn):
     r = run_cli("train", "configs/synthetic.yaml", *SYN, "data.loader=ffcv",
                 *(f"data.ffcv.{s}={p}" for s, p in syn.items()), "data.synthetic.num_classes=7",
@@ -382,6 +388,7 @@ def test_interrupted_write_leaves_no_complete_looking_file(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_cli_write_then_train_from_beton_files(syn, tmp_path):
     """`seltrain data write` + `seltrain train data.loader=ffcv`: the whole path, 2 epochs."""
     out = str(tmp_path / "cli_train.beton")

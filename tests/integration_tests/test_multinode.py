@@ -23,14 +23,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import REPO, TINY, subprocess_env
+from helpers import REPO, TINY, free_port, subprocess_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -41,12 +40,6 @@ RECIPE = ["configs/synthetic.yaml", *TINY, "train.epochs=2", "train.max_steps_pe
 # Wall-clock and throughput differ between any two runs, and so does the folder.
 TIMING_KEYS = {"images_per_s", "train_time_s", "run_dir"}
 TIMEOUT_S = 400
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -124,7 +117,7 @@ def _assert_same_results(single_dir, multi_dir) -> dict:
 
 
 def test_torchrun_two_agents_as_two_nodes_match_one_node(tmp_path):
-    port = _free_port()
+    port = free_port()
     run = [sys.executable, "-m", "torch.distributed.run"]
     single = run + ["--standalone", "--nproc_per_node", "2", "-m", "seltrain", "train",
                     *RECIPE, f"run.out_dir={tmp_path / 'single'}"]
@@ -159,7 +152,7 @@ def test_deepspeed_no_ssh_two_nodes_match_one_node(tmp_path):
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     ds = ["train.engine=deepspeed", "train.bf16=true",
           "train.deepspeed_config=configs/deepspeed/zero2_bf16.json"]
-    ports = {"single": _free_port(), "multi": _free_port()}
+    ports = {"single": free_port(), "multi": free_port()}
     os.makedirs(EXTENSIONS, exist_ok=True)
     single = [launcher, "--num_gpus", "2", "--master_port", str(ports["single"]),
               "--no_local_rank", "--module", "seltrain", "train", *RECIPE, *ds,

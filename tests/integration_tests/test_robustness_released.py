@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 
 @pytest.mark.slow  # a real training run and three CLI runs
@@ -18,7 +18,7 @@ def test_cli_reads_a_released_set_and_says_so(tmp_path):
     run = os.path.join(tmp_path, "run")
 
     from seltrain.data import load_dataset
-    from seltrain.trainer import load_trained_model
+    from seltrain.checkpoint import load_trained_model
 
     _, _, cfg = load_trained_model(run)
     _, split = load_dataset(cfg, "test")

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, run_cli, subprocess_env
+from helpers import REPO, TINY, run_cli, subprocess_env
 from seltrain.config import load_config
 from seltrain.trainer import Trainer
 
@@ -20,6 +20,7 @@ ALPHA_RUN = ["data.dataset=synthetic", "data.val_size=256", "data.synthetic.trai
              "run.progress=false", "run.tensorboard=false"]
 
 
+@pytest.mark.slow
 def test_alpha_steers_selectivity(tmp_path):
     si = {}
     for alpha in (0, -10, 10):
@@ -89,6 +90,7 @@ def test_tensorboard_events_hold_expected_tags(reference_run):
     assert b"alpha" in start and b"seed" in start and b"arch" in start
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_identical(reference_run, tmp_path):
     name = "interrupted"
     args = _tiny(tmp_path, name)
@@ -132,6 +134,7 @@ def test_corrupt_checkpoint_is_one_line(reference_run, tmp_path):
     assert "corrupt or unreadable" in r.stderr and "last.pt" in r.stderr
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     # Epoch 1 trains normally; from epoch 2 the lr is multiplied by 1e12 and the loss blows up.
     r = run_cli("train", "configs/synthetic.yaml", *TINY, "train.epochs=3",
@@ -147,6 +150,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_eval_test_at_best_evaluates_test_only_on_new_best_val(tmp_path):
     """train.eval_test=at_best: the same training, the test split evaluated only after epochs
     whose val accuracy beats every earlier one, and the same best record in the end."""
@@ -232,3 +236,42 @@ def test_cudnn_benchmark_follows_determinism():
     for path in ("imagenet_resnet50", "tinyimagenet_resnet18", "tinyimagenet_resnet50"):
         t = load_config(os.path.join(REPO, f"configs/{path}.yaml")).train
         assert (t.deterministic, t.cudnn_benchmark) == (False, "auto"), path
+
+
+class ProbeState:
+    """An epoch hook that reports the regularizer's probe as the epoch's other hooks left it."""
+    record_key, tag = "probe_state", "debug/probe"
+
+    def __call__(self, trainer, epoch):
+        return {"attached": float(trainer.probe.attached),
+                "layers_read": float(len(trainer.probe.acts)), "epoch": float(epoch)}
+
+
+def test_epoch_hooks_reach_the_record_and_tensorboard(tmp_path):
+    """run.track_orientation registers orientation's hook; any hook's values land in the
+    epoch record under its record_key and in TensorBoard as <tag>/<name>. The orientation
+    passes leave nothing in the regularizer's probe, and leave it attached."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from seltrain.analysis.orientation import OrientationTracking
+
+    cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                      [*TINY, "data.synthetic.train_size=256", "train.max_steps_per_epoch=2",
+                       "selectivity.alpha=-1", "run.track_orientation=true",
+                       f"run.out_dir={tmp_path}", "run.name=hooks"])
+    trainer = Trainer(cfg)
+    assert [type(h) for h in trainer.epoch_hooks] == [OrientationTracking]
+    trainer.epoch_hooks.append(ProbeState())
+    trainer.fit()
+    records = [json.loads(ln) for ln in (tmp_path / "hooks" / "metrics.jsonl").open()]
+    assert len(records) == 2
+    for epoch, rec in enumerate(records):
+        assert rec["probe_state"] == {"attached": 1.0, "layers_read": 0.0, "epoch": epoch}
+        osi = rec["osi_per_layer"]
+        assert len(osi) == 9 and all(0 <= v <= 1 for v in osi.values())
+    acc = EventAccumulator(str(tmp_path / "hooks" / "tb"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("debug/probe/epoch")] == [0.0, 1.0]
+    osi = acc.Scalars("orientation/osi_mean/layer1.0")
+    assert [e.step for e in osi] == [0, 1]
+    assert osi[1].value == pytest.approx(records[1]["osi_per_layer"]["layer1.0"], rel=1e-6)

@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, run_cli, subprocess_env
+from helpers import REPO, free_port, run_cli, subprocess_env
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -103,7 +103,8 @@ def test_bad_search_recipe_is_one_line_exit_2(tmp_path, fields, message):
 
 def test_fractional_gpus_for_one_worker_trials(tmp_path):
     """0.25 GPU per one-worker trial: four trials share a GPU (planned here; no GPU to run)."""
-    from seltrain.tuning import _scaling_config, load_search
+    from seltrain.tuning import load_search
+    from seltrain.tuning import scaling_config as _scaling_config
 
     recipe = write_recipe(tmp_path, resources={"workers": 1, "cpus_per_worker": 1,
                                                "gpus_per_worker": 0.25},
@@ -117,14 +118,6 @@ def test_fractional_gpus_for_one_worker_trials(tmp_path):
     assert sc.use_gpu and sc.num_workers == 1
     assert sc.resources_per_worker == {"CPU": 1.0, "GPU": 0.25}
     assert rec.resources.gpus_per_worker == 0.25
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _no_cluster_here(*cmd):
@@ -148,7 +141,7 @@ def test_address_without_a_cluster_is_one_line(tmp_path, address):
                                "--address", "auto")
     else:  # a host:port where nothing listens: before, ray.init retried for minutes
         cmd = [sys.executable, "-m", "seltrain", "tune", "--search", recipe, "--address",
-               f"127.0.0.1:{_free_port()}"]
+               f"127.0.0.1:{free_port()}"]
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]

@@ -22,7 +22,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, TINY, run_cli
+from helpers import REPO, TINY, run_cli
 
 pytest.importorskip("ray")
 pytest.importorskip("psutil")

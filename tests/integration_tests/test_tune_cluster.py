@@ -17,7 +17,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("jsonschema")
@@ -79,10 +79,16 @@ def _installs_the_lock(cfg):
 
 def test_cluster_extra_imports():
     """`ray up` with the AWS provider, `ray job submit` and the State API import here."""
-    import boto3  # noqa: F401
-    import ray.autoscaler._private.aws.node_provider  # noqa: F401 - needs boto3/botocore
-    from ray.dashboard.modules.job.sdk import JobSubmissionClient  # noqa: F401 - ray[default]
-    from ray.util.state import list_nodes  # noqa: F401
+    import importlib
+
+    import boto3
+    from ray.dashboard.modules.job.sdk import JobSubmissionClient  # ray[default]
+    from ray.util.state import list_nodes
+
+    # Ray's AWS provider imports boto3/botocore at module level.
+    aws = importlib.import_module("ray.autoscaler._private.aws.node_provider")
+    assert callable(aws.AWSNodeProvider) and callable(boto3.client)
+    assert callable(JobSubmissionClient) and callable(list_nodes)
 
     assert ray.__version__ == _locked_version("ray")
     assert _locked_version("boto3") and _locked_version("botocore")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from test_tune import _sets, epochs_logged, read_csv, trial_dirs, tune_env, write_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults, pytest.mark.slow]

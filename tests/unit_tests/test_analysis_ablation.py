@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seltrain.analysis.ablation import (UnsupportedModelError, ablate, correlations,
-                                        cumulative_ablation, folding_batchnorm,
-                                        single_unit_ablation, split_at, unit_attributes)
+from helpers import randomise_bn
+
+from seltrain.analysis.ablation import (UnsupportedModelError, ablate, cumulative_ablation,
+                                        single_unit_ablation, split_at)
+from seltrain.analysis.attributes import correlations, folding_batchnorm, unit_attributes
 from seltrain.models import build_model
 
 K = 4
@@ -133,14 +135,9 @@ def test_correlations_known_ranks():
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-            m.bias.data.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
+    # Running means drawn with std 0.2 here (the others use 0.5): these tests' models and
+    # tolerances were set with it.
+    return randomise_bn(model, seed, mean_std=0.2)
 
 
 def chain_net() -> nn.Module:
@@ -418,3 +415,37 @@ def test_iterable_of_batches_equals_tensors():
     a = single_unit_ablation(model, "hidden", loader, None, K)
     b = single_unit_ablation(model, "hidden", x, y, K, batch_size=7)
     np.testing.assert_array_equal(a["class_drops"], b["class_drops"])
+
+
+def test_units_per_pass_fits_the_memory_budget():
+    from seltrain.analysis.ablation import PASS_COST, auto_units_per_pass, units_per_pass
+
+    # resnet50's layer1 at 224 px, 256 images: 256 x 256 x 56 x 56 float32 = 822 MB cached,
+    # 3x that per stacked ablation. The old fixed 16 per pass needed 16 x 822 MB = 13 GB.
+    per_unit = PASS_COST * 256 * 256 * 56 * 56 * 4
+    assert per_unit == 2_466_250_752
+    assert units_per_pass(per_unit, budget=70 * 10**9, cap=64) == 28  # half an H200's 140 GB
+    assert units_per_pass(per_unit, budget=20 * 2**30, cap=64) == 8   # half of 40 GiB free
+    assert units_per_pass(per_unit, budget=2 * 10**9, cap=64) == 1    # not even one: one
+    assert units_per_pass(1000, budget=10**9, cap=64) == 64           # tiny layers: the cap
+    assert units_per_pass(0, budget=0, cap=5) == 1
+    # on the CPU: one per pass (stacking does not pay there), whatever the layer
+    h = torch.zeros(16, 8, 4, 4)
+    assert auto_units_per_pass(h, torch.device("cpu")) == 1
+
+
+def test_results_do_not_depend_on_the_unit_batch():
+    model = chain_net()
+    x, y = labelled_data(model, 40)  # batches of 16, 16 and 8 (the last one unstacked)
+    runs = {per: single_unit_ablation(model, "5", x, y, 10, batch_size=16, units_per_pass=per)
+            for per in (1, 3, None)}
+    cums = {per: cumulative_ablation(model, "5", x, y, si=np.linspace(0, 1, 12),
+                                     n_random=2, batch_size=16, units_per_pass=per)
+            for per in (1, 3, None)}
+    for per in (3, None):
+        for key in ("ablated_acc", "ablated_class_acc", "class_drops", "class_balanced_drops"):
+            np.testing.assert_array_equal(runs[per][key], runs[1][key], err_msg=f"{per} {key}")
+        for key in ("si_high_first", "si_low_first", "random"):
+            np.testing.assert_array_equal(cums[per][key], cums[1][key], err_msg=f"{per} {key}")
+    assert np.any(runs[1]["class_drops"] != 0), "vacuous: no ablation changed a prediction"
+    assert len(runs[1]["overall_drop"]) == 12 and runs[1]["n_images"] == 40

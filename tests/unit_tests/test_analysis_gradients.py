@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from seltrain.analysis import plots
-from seltrain.analysis.capture import LayerError
+from seltrain.probes import LayerError
 from seltrain.analysis.gradients import (gradient_variability, unit_input_gradients,
                                          unit_input_gradients_naive)
 from seltrain.models import build_model

@@ -13,14 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import randomise_bn
+
 from seltrain.analysis import plots
 from seltrain.analysis.orientation import (clipped_cross_entropy, fraction_selective, gosi,
                                            gosi_split_ablation, grating_parameters,
                                            grating_periods, grating_responses, gratings,
                                            null_indices, orientation_range, orientation_tuning,
                                            osi, permute_responses, preferred_orientation,
-                                           shift_images, shift_invariance, split_by_gosi,
-                                           stimulus_permutations, stimuli, tuning_curves)
+                                           split_by_gosi, stimulus_permutations, stimuli,
+                                           tuning_curves)
+from seltrain.analysis.shift_invariance import shift_images, shift_invariance
 from seltrain.models import build_model
 
 
@@ -249,21 +252,10 @@ def test_gosi_split_ablation_matches_zeroed_inputs():
     assert tied["top"]["acc_change"] == -0.25 and tied["bottom"]["acc_change"] == -0.25
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.5 * torch.randn(m.running_mean.shape, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-            m.bias.data.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
-
-
 @pytest.mark.parametrize("fast", [True, False])
 def test_cnn7_gosi_split_zeroes_the_batchnorm_outputs(fast):
     torch.manual_seed(0)
-    model = _randomise_bn(build_model("cnn7", 10))
+    model = randomise_bn(build_model("cnn7", 10))
     x, y = torch.randn(24, 3, 32, 32), torch.arange(24) % 10
     gv = np.linspace(0, 1, 32)[np.random.default_rng(0).permutation(32)]
     r = gosi_split_ablation(model, "conv2", x, y, gv, fast=fast, batch_size=24)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seltrain.analysis.robustness import (CORRUPTIONS, accuracy_under_attack,
-                                          accuracy_under_corruptions, corrupt,
+from seltrain.analysis.corruptions import CORRUPTIONS, corrupt
+from seltrain.analysis.robustness import (accuracy_under_attack, accuracy_under_corruptions,
                                           corrupted_batches, fgsm, pgd_linf)
 
 
@@ -228,7 +228,7 @@ def test_accuracy_under_attack_and_corruptions():
 
 # --- per-dataset tables and the reference's quirks ------------------------------------------
 
-from seltrain.analysis import robustness as rob  # noqa: E402
+from seltrain.analysis import corruptions as rob  # noqa: E402
 from seltrain.analysis.corruption_tables import (DATASET_TABLES, TABLES, get_table,  # noqa: E402
                                                  table_for)
 from seltrain.errors import ConfigError  # noqa: E402
@@ -419,7 +419,7 @@ def test_released_format_truncates_to_8_bits_and_jpegs_the_imagenet_sets():
 
 
 def test_corruption_names_spell_the_extra_set():
-    from seltrain.analysis.commands import _corruption_names
+    from seltrain.analysis.options import corruption_names as _corruption_names
 
     assert _corruption_names("all") == list(CORRUPTIONS)
     assert _corruption_names("extra") == ["speckle_noise", "gaussian_blur", "spatter",
@@ -451,7 +451,7 @@ def test_frost_photographs_are_found_without_importing_imagecorruptions():
     import subprocess
     import sys
 
-    code = ("import sys, torch; from seltrain.analysis import robustness as r; "
+    code = ("import sys, torch; from seltrain.analysis import corruptions as r; "
             "r.corrupt(torch.rand(1, 3, 32, 32), 'frost', 1); "
             "print('photographs' in r.frost_source(), 'imagecorruptions' in sys.modules, "
             "'pkg_resources' in sys.modules)")

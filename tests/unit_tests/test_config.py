@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from seltrain.cli import main
 from seltrain.config import Config, load_config
 from seltrain.errors import ConfigError

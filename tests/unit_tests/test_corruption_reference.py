@@ -49,7 +49,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seltrain.analysis import robustness as rob
+from seltrain.analysis import corruptions as rob
 
 TABLE = rob.get_table("imagenet")
 DETERMINISTIC = ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate",

@@ -54,3 +54,40 @@ def test_resume_without_history_refuses_a_gap_and_drops_later_epochs(tmp_path, c
     RunSink(str(tmp_path), tensorboard=False, resume_epoch=1)
     assert [json.loads(ln)["epoch"] for ln in p.read_text().splitlines()] == [0, 1]
     assert "torn" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_checkpoints_epochs_and_drops_later_ones(tmp_path, capsys):
+    """A crash after epoch 4's record but before its checkpoint: resuming from epoch 2's
+    checkpoint keeps records 0-2 byte for byte, drops 3 and 4, and says nothing."""
+    p = tmp_path / "metrics.jsonl"
+    records = [{"epoch": e, "loss": 2.0 - 0.25 * e} for e in range(5)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sink = RunSink(str(tmp_path), tensorboard=False, resume_epoch=2, history=records[:3])
+    assert [json.loads(ln) for ln in p.read_text().splitlines()] == records[:3]
+    assert sink.records == records[:3]
+    assert capsys.readouterr().err == ""  # the file agreed with the checkpoint
+    sink.epoch({"epoch": 3, "loss": 1.4})  # the resumed run appends after them
+    assert [json.loads(ln)["loss"] for ln in p.read_text().splitlines()] == [2.0, 1.75, 1.5, 1.4]
+    # A fresh (not resumed) run starts a new file.
+    RunSink(str(tmp_path), tensorboard=False)
+    assert not p.exists()
+
+
+def test_resume_purges_tensorboard_events_after_the_checkpoint_step(tmp_path):
+    """Steps logged after the checkpoint (5-9) are hidden by the resumed run's purge_step, so
+    each step's scalar is the resumed run's value: the curve never doubles back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = RunSink(str(tmp_path))
+    for step in range(10):
+        first.scalar("train/loss", step, step)
+    first.close()
+    resumed = RunSink(str(tmp_path), resume_epoch=0, resume_step=5, history=[{"epoch": 0}])
+    for step in range(5, 8):
+        resumed.scalar("train/loss", 100 + step, step)
+    resumed.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert got == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
+                   (5, 105.0), (6, 106.0), (7, 107.0)]

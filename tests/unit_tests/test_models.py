@@ -13,8 +13,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from helpers import randomise_bn
+
 from seltrain.analysis.ablation import ablate, split_at
-from seltrain.analysis.capture import ablation_layer
+from seltrain.probes import ablation_layer
 from seltrain.errors import ConfigError
 from seltrain.models import ARCHS, build_model
 
@@ -250,19 +252,6 @@ def next_layers(model: nn.Module, module: nn.Module) -> list[nn.Module]:
     return found
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    # eval-mode BN at its init (mean 0, var 1, gamma 1, beta 0) maps 0 to 0, which would let
-    # an ablation before BN pass unnoticed
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.5 * torch.randn(m.running_mean.shape, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-            m.bias.data.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
-
-
 def _assert_channels_zero(inp: torch.Tensor, out_shape, units, where: str):
     """``inp`` (a next layer's input) holds ``units`` of a tensor of ``out_shape`` [N, C, ...]
     exactly zero, and some other channel non-zero (else the check proves nothing)."""
@@ -279,13 +268,13 @@ ZERO_CASES = [("resnet20", 8), ("resnet56", 8), ("resnet18", 8), ("resnet50", 8)
 @pytest.mark.parametrize("arch,px", ZERO_CASES)
 def test_an_ablated_unit_reaches_the_next_layer_as_exactly_zero(arch, px):
     """For every probed layer of every architecture: zero units 0 and C-1 where the analyses
-    ablate them (``capture.ablation_layer``), and read the input of each next conv/linear
+    ablate them (``probes.ablation_layer``), and read the input of each next conv/linear
     with a forward pre-hook, through the ablation hook (the naive method) and through the
     split network (the fast method, at the first and the last layer). Layers are ablated
     in two passes, even- then odd-numbered, so that no ablated layer (a VGG pool) sits
     between another one and its next layer."""
     torch.manual_seed(0)
-    model = _randomise_bn(build_model(arch, 10, image_size=px))
+    model = randomise_bn(build_model(arch, 10, image_size=px))
     x = torch.randn(1, 3, px, px)
     names = list(model.probe_points())
     if px == 224:
@@ -338,7 +327,7 @@ def test_an_ablated_unit_reaches_the_next_layer_as_exactly_zero(arch, px):
 
 
 def test_cnn7_ablates_batchnorm_outputs_as_ukita():
-    model = _randomise_bn(build_model("cnn7", 10))
+    model = randomise_bn(build_model("cnn7", 10))
     assert {n: p for n, p in model._ablation_paths.items()} == {
         **{f"conv{i}": f"bn{i}" for i in range(1, 7)}, "fc1": "bn_fc1"}
     assert ablation_layer(model, "conv3") == ("bn3", model.bn3)

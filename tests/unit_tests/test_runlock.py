@@ -119,6 +119,34 @@ def test_elastic_restart_takes_over_its_own_earlier_attempt(tmp_path, monkeypatc
         _lock(path).acquire()
 
 
+def test_ray_trial_restart_takes_over_its_own_earlier_attempt(tmp_path, monkeypatch):
+    """A Ray Train worker restarted on another node: the lost worker's lock, on a host whose
+    heartbeat is still fresh, is taken over at once because it is the same Ray trial."""
+    path = tmp_path / ".seltrain.lock"
+    trial = "02000000/alpha-1_seed0_b1c2d_00001"
+    _plant(path, host="node-a", pid=99, launcher="ray", job=trial, attempt="actor-a")
+    monkeypatch.setenv(runlock.RAY_TRIAL_ENV, trial)
+    monkeypatch.setenv(runlock.RAY_ATTEMPT_ENV, "actor-b")
+    notes = []
+    lock = _lock(path, notes).acquire()
+    info = json.loads(path.read_text())
+    assert (info["launcher"], info["job"], info["attempt"]) == ("ray", trial, "actor-b")
+    lock.release()
+    assert len(notes) == 1 and "pid 99 on node-a" in notes[0]
+    assert f"an earlier attempt of this Ray trial {trial}" in notes[0]
+    # The same attempt, another trial (or the same trial of another search: another Ray job),
+    # or a torchrun job of the same name is live.
+    for planted in ({"launcher": "ray", "job": trial, "attempt": "actor-b"},
+                    {"launcher": "ray", "job": "02000000/alpha0_seed0_b1c2d_00000",
+                     "attempt": "actor-a"},
+                    {"launcher": "ray", "job": "03000000/alpha-1_seed0_b1c2d_00001",
+                     "attempt": "actor-a"},
+                    {"job": trial, "attempt": 0}):
+        _plant(path, host="node-a", pid=99, **planted)
+        with pytest.raises(ConfigError, match="in use by pid 99 on node-a"):
+            _lock(path).acquire()
+
+
 def test_empty_lock_file_is_stale_after_a_few_seconds(tmp_path):
     path = tmp_path / ".seltrain.lock"
     path.write_text("")

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from seltrain.data import sources
-from seltrain.data.sources import (ArraySplit, DataError, FileSplit, SyntheticSpec, load_split,
-                                   split_indices)
-from tests import fixtures_data as fx
+from seltrain.config import SyntheticConfig
+from seltrain.data.sources import ArraySplit, DataError, FileSplit, load_split, split_indices
+import fixtures_data as fx
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -41,7 +41,7 @@ def test_split_indices_edges():
 # --- synthetic ---------------------------------------------------------------------------------
 
 def test_synthetic_is_deterministic_with_the_spec_shapes():
-    spec = SyntheticSpec(num_classes=5, image_size=16, channels=1, train_size=100, test_size=40)
+    spec = SyntheticConfig(num_classes=5, image_size=16, channels=1, train_size=100, test_size=40)
     info, train = load_split("synthetic", None, "train", synthetic=spec)
     _, again = load_split("synthetic", None, "train", synthetic=spec)
     info_test, test = load_split("synthetic", None, "test", synthetic=spec)
@@ -53,7 +53,7 @@ def test_synthetic_is_deterministic_with_the_spec_shapes():
     assert info == info_test  # stats never depend on which split was asked for
     assert (info.num_classes, info.channels, info.image_size, info.family) == (5, 1, 16, "cifar")
     assert abs(info.mean[0] - train.images.mean() / 255) < 0.02
-    other = load_split("synthetic", None, "train", synthetic=SyntheticSpec(seed=1))[1]
+    other = load_split("synthetic", None, "train", synthetic=SyntheticConfig(seed=1))[1]
     assert not np.array_equal(other.images, load_split("synthetic", None, "train")[1].images)
 
 

@@ -1,8 +1,8 @@
 """What ``seltrain tune`` prints while a search runs: one line per trial event, and a table.
 
-Ray's own console is off unless ``--verbose`` (seltrain.tuning._init_ray): Tune's status tables
-and result dumps, Ray Train's worker logs, the raylet's warnings. ``Console``, a Tune
-callback on the driver, prints from what the trials report instead:
+Ray's own console is off unless ``--verbose`` (seltrain.tuning.session, and ``quiet_ray``
+below): Tune's status tables and result dumps, Ray Train's worker logs, the raylet's warnings.
+``Console``, a Tune callback on the driver, prints from what the trials report instead:
 
     alpha-1_seed0_b1c2d_00001  started
     alpha-1_seed0_b1c2d_00001  epoch 2/3  loss 1.0272  val_acc 0.7500  test_acc 0.7383  ...
@@ -29,11 +29,14 @@ import time
 
 from ray import tune
 
-from seltrain import tuning
+from seltrain.config import Config
+from seltrain.tuning.recipe import SearchRecipe, enumerate_trials, trial_name
+from seltrain.tuning.trials import StorageNotSharedError
 
 STATUS_EVERY_S = 120.0
-# Errors that fail every trial the same way: stop the search at the first one.
-_FATAL = re.compile(rf"{tuning.StorageNotSharedError.__name__}: (.*)")
+# Errors that fail every trial the same way: stop the search at the first one. Tune hands
+# the callback a trial's error as the text of its traceback (the trial's error file).
+_FATAL = re.compile(rf"{StorageNotSharedError.__name__}: (.*)")
 # The last line of a trial's traceback that names an exception: "pkg.Error: message".
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit)): (.+)$")
 
@@ -58,10 +61,11 @@ def error_summary(text: str) -> str:
 
 
 class Console(tune.Callback):
-    def __init__(self, recipe, base: dict, *, verbose: bool = False, out=None):
+    def __init__(self, recipe: SearchRecipe, base: Config, *, verbose: bool = False,
+                 out=None):
         self.recipe = recipe
-        self.keys = list(recipe.space) + ["train.seed"]
-        self.epochs = base["train"]["epochs"]
+        self.keys = recipe.keys
+        self.epochs = base.train.epochs
         self.verbose = verbose
         self.out = out  # None: whatever sys.stdout is when a line is printed
         self.fatal: str | None = None
@@ -82,7 +86,7 @@ class Console(tune.Callback):
 
     def header(self, exp_dir: str, address: str | None) -> None:
         r = self.recipe
-        trials = tuning.enumerate_trials(r)
+        trials = enumerate_trials(r)
         space = ", ".join(f"{k} {s.describe()}" for k, s in r.space.items())
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         sch = (f"ASHA (grace {r.scheduler.grace_period}, factor {r.scheduler.reduction_factor})"
@@ -96,7 +100,7 @@ class Console(tune.Callback):
     def _state(self, trial) -> dict:
         st = self.trials.get(trial.trial_id)
         if st is None:
-            name = tuning.trial_name(trial.config, self.keys, trial.trial_id)
+            name = trial_name(trial.config, self.keys, trial.trial_id)
             epochs = trial.config.get("train.epochs", self.epochs)
             # A resumed search starts with the trials it had: finished, stopped or failed.
             done = int((trial.last_result or {}).get("epochs_done", 0) or 0)
