@@ -143,10 +143,18 @@ IMAGEFOLDER = ["data.dataset=imagefolder", "data.root={tmp}/if", "data.image_siz
 
 # --------------------------------------------------------------------------- fault drivers
 
+def _sigint_as_a_terminal_gives_it() -> None:
+    # A suite started in the background (`make test &`, nohup, some CI runners) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the Ctrl-C these
+    # faults send would do nothing. Give the child the default disposition a terminal has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(argv, **kw):
     return subprocess.Popen([sys.executable, "-m", "seltrain", *argv], cwd=REPO,
                             env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_sigint_as_a_terminal_gives_it, **kw)
 
 
 def _finish(proc, timeout=FAULT_TIMEOUT):
