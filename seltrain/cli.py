@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The deepspeed launcher appends --local_rank=N; the rank comes from the environment.
     t.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    dest="local_rank_sub", help=argparse.SUPPRESS)
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_train, sigterm_as_interrupt=True)
 
     c = sub.add_parser("config", help="inspect recipes")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -157,14 +157,65 @@ def _extensions():
     return regs
 
 
+class _Sigterm:
+    """SIGTERM handled as Ctrl-C, for the long commands that opt in (``train``, ``data
+    write``: ``set_defaults(sigterm_as_interrupt=True)``), in a process of its own.
+
+    Schedulers stop jobs with SIGTERM before SIGKILL (Slurm's preemption and time limit,
+    Kubernetes, a spot reclaim, ``kill``). By default Python dies on it at once: the run
+    folder's lock stays behind (a restart elsewhere waits for it to go stale) and nothing says
+    what was kept. Raised as KeyboardInterrupt in the main thread, it takes Ctrl-C's path: the
+    checkpoints already on disk are kept (they are written atomically), temporaries are
+    removed, the lock is released, one line says how to continue, and the exit status is
+    143 (128 + SIGTERM). A second SIGTERM while cleaning up ends the process at once.
+
+    Left alone: a parent that ignores SIGTERM or set its own handler, and the ranks of a
+    multi-rank job (WORLD_SIZE > 1), whose launcher (torchrun, deepspeed) SIGTERMs the
+    survivors when one rank fails and SIGKILLs them after a grace period: a rank blocked in a
+    collective could not run a Python handler within it."""
+
+    received = False
+
+    def __init__(self, wanted: bool):
+        self.wanted = wanted and os.environ.get("WORLD_SIZE", "1") in ("", "1")
+        self.previous = None
+        type(self).received = False
+
+    def __enter__(self):
+        import signal
+
+        if self.wanted and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    @classmethod
+    def _handler(cls, signum, frame):
+        import signal
+
+        cls.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:  # main() called in-process (tests): put it back
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     from seltrain.errors import Interrupted, SeltrainError, is_disk_full, no_space, one_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args) or 0
+        with _Sigterm(getattr(args, "sigterm_as_interrupt", False)):
+            return args.func(args) or 0
     except Interrupted as e:
+        if _Sigterm.received:
+            print(f"seltrain: terminated (SIGTERM): {one_line(e)}", file=sys.stderr, flush=True)
+            return 143
         print(f"seltrain: interrupted: {one_line(e)}", file=sys.stderr, flush=True)
         return e.exit_code
     except SeltrainError as e:
@@ -173,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seltrain: error: {one_line(e)}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
+        if _Sigterm.received:
+            print("seltrain: terminated (SIGTERM)", file=sys.stderr, flush=True)
+            return 143
         print("seltrain: interrupted", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:

@@ -86,7 +86,7 @@ def register(subparsers) -> None:
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
     w.add_argument("--force", action="store_true",
                    help="replace --out if it exists (only once the new file is complete)")
-    w.set_defaults(func=_write)
+    w.set_defaults(func=_write, sigterm_as_interrupt=True)
 
     c = sub.add_parser("check", help="decode every image file of a recipe's dataset and list "
                        "the unreadable ones (not images, truncated)")

@@ -203,6 +203,18 @@ def sigint_data_write(row, tmp):
     return code, out, err
 
 
+def sigterm_data_write(row, tmp):
+    """`kill PID` (SIGTERM to the writer alone, not its group, as a scheduler's stop reaches
+    a job's main process) mid-write: Ctrl-C's path, exit 143, the old file intact."""
+    proc = _popen([fill(a, tmp, "") for a in BIG_WRITE] + ["--force"])
+    _wait_for(_writing(tmp), proc, "the write under way")
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    code, out, err = _finish(proc, timeout=60)
+    assert time.time() - t0 < 60
+    return code, out, err
+
+
 def sigkill_data_write(row, tmp):
     """SIGKILL mid-write leaves big.beton.tmp-PID, the lock and FFCV's shared memory; the same
     command again frees all three (saying so) and writes the file."""
@@ -239,6 +251,22 @@ def sigint_after_checkpoint(row, tmp):
               "the first checkpoint")
     os.killpg(proc.pid, signal.SIGINT)
     code, out, err = _finish(proc, timeout=60)
+    resumed = _finish(_popen(argv + ["--resume"]))
+    assert resumed[0] == 0, resumed[2][-3000:]
+    return code, out, err
+
+
+def sigterm_after_checkpoint(row, tmp):
+    """SIGTERM (Slurm preemption, a spot reclaim) after epoch 1's checkpoint: the checkpoint
+    is kept, the run folder's lock is released at once (a restart on another node is not made
+    to wait for it to go stale), and --resume finishes the run."""
+    argv = [fill(a, tmp, "") for a in train("term", "train.epochs=3")]
+    proc = _popen(argv)
+    _wait_for(lambda: os.path.exists(os.path.join(tmp, "runs/term/checkpoints/last.pt")), proc,
+              "the first checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = _finish(proc, timeout=60)
+    assert not os.path.exists(os.path.join(tmp, "runs/term/.seltrain.lock"))
     resumed = _finish(_popen(argv + ["--resume"]))
     assert resumed[0] == 0, resumed[2][-3000:]
     return code, out, err
@@ -543,6 +571,15 @@ ROWS = [
         r"interrupted: the last checkpoint is kept \(.*/runs/late/checkpoints/last.pt\); "
         r"continue with the same command plus --resume", fault=sigint_after_checkpoint,
         check=epochs_of("runs/late", [0, 1, 2])),
+    # ---- SIGTERM, as schedulers stop jobs, takes Ctrl-C's path (exit 128 + 15)
+    Row("sigterm_after_checkpoint", [], 143,
+        r"terminated \(SIGTERM\): the last checkpoint is kept \(.*/runs/term/checkpoints/"
+        r"last.pt\); continue with the same command plus --resume",
+        fault=sigterm_after_checkpoint, check=epochs_of("runs/term", [0, 1, 2])),
+    Row("sigterm_data_write", [], 143,
+        r"terminated \(SIGTERM\): stopped writing .*big.beton; its temporary file was removed "
+        r"and the existing file is unchanged", setup=write_text("big.beton", "an older file"),
+        keep=("big.beton",), fault=sigterm_data_write, check=nothing_left_by_the_write),
     Row("disk_full_data_write", [], 3,
         r"no space left on .* while writing x.beton; the partial file was removed",
         fault=disk_full_write),
@@ -619,7 +656,8 @@ def test_bad_input(row, tmp_path, capsys, request):
         code, out, err = row.fault(row, tmp)
     assert "Traceback" not in err, err[-3000:]
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    said = [ln for ln in lines if ln.startswith(("seltrain: error:", "seltrain: interrupted:"))]
+    said = [ln for ln in lines if ln.startswith(("seltrain: error:", "seltrain: interrupted:",
+                                                 "seltrain: terminated"))]
     notes = [ln for ln in lines if ln not in said]
     if row.line is None:
         assert said == [], err
