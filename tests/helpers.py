@@ -27,7 +27,10 @@ TINY = [
 def subprocess_env(**extra) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    # The checkout, and tests/ for test modules that run themselves as rank scripts under
+    # torchrun or the deepspeed launcher (they import these helpers as pytest does).
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (REPO, os.path.join(REPO, "tests"), env.get("PYTHONPATH")) if p)
     env.pop("SELTRAIN_DEBUG", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
