@@ -15,8 +15,10 @@ APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
 # listening ports with ss (iproute2); nc (`nc -z HOST PORT`) checks a node's port by hand.
 CLUSTER_PKGS := openssh-server rsync netcat-openbsd iproute2
 STAMP   := $(VENV)/.seltrain-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
-# DeepSpeed JIT-builds its CPU shm_comm op (~30 s); keep it across runs.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/seltrain/torch_extensions
+# DeepSpeed JIT-builds its CPU shm_comm op (~30 s); keep it across runs, inside the venv it
+# was built for: checkouts sharing one folder rebuild the op over a library that the other's
+# running ranks have loaded, and those ranks abort at exit.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 PYTEST_ARGS ?=
 
 .PHONY: setup demo train-demo test test-fast bench sysdeps clean

@@ -62,3 +62,14 @@ def randomise_bn(model: nn.Module, seed: int = 0, mean_std: float = 0.5) -> nn.M
             m.weight.data.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
             m.bias.data.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
     return model.eval()
+
+
+def torch_extensions_dir() -> str:
+    """Where DeepSpeed JIT-builds its CPU shm_comm op for the tests: TORCH_EXTENSIONS_DIR (the
+    Makefile sets it inside .venv), else beside this venv. One folder per venv: two checkouts
+    sharing one folder rebuild the op over the library the other's ranks have loaded (seen
+    with two suites at once: ranks aborting at exit, "terminate called without an active
+    exception")."""
+    path = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(sys.prefix, "torch_extensions")
+    os.makedirs(path, exist_ok=True)
+    return path

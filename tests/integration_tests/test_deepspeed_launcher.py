@@ -29,11 +29,10 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, TINY, free_port, subprocess_env
+from helpers import REPO, TINY, free_port, subprocess_env, torch_extensions_dir
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
-EXTENSIONS = os.path.expanduser("~/.cache/seltrain/torch_extensions")
 STEPS = 2  # per epoch
 # Global steps count from 0: step STEPS is the first of epoch 2, after epoch 1's checkpoint.
 KILL_AT = STEPS
@@ -59,9 +58,7 @@ def _command(out_dir, port, *extra_args, **env) -> tuple[list[str], dict]:
            f"train.max_steps_per_epoch={STEPS}", "train.engine=deepspeed", "train.bf16=true",
            "train.deepspeed_config=configs/deepspeed/zero2_bf16.json", "run.name=ds",
            f"run.out_dir={out_dir}", "run.tensorboard=false", *extra_args]
-    os.makedirs(EXTENSIONS, exist_ok=True)
-    full_env = subprocess_env(TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                                    EXTENSIONS),
+    full_env = subprocess_env(TORCH_EXTENSIONS_DIR=torch_extensions_dir(),
                               SELTRAIN_DIST_TIMEOUT=120,
                               # The launcher's subprocesses find the venv's python this way.
                               PATH=os.path.dirname(sys.executable) + os.pathsep

@@ -24,7 +24,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
-from helpers import TINY, free_port, subprocess_env  # noqa: E402
+from helpers import TINY, free_port, subprocess_env, torch_extensions_dir  # noqa: E402
 
 ALPHA = 1.0
 GLOBAL_BATCH = 32
@@ -34,7 +34,6 @@ EVAL_CFG = TINY + ["data.synthetic.test_size=255", "data.val_size=127",
 GRAD_CFG = TINY + [f"selectivity.alpha={ALPHA}", f"train.batch_size={GLOBAL_BATCH}",
                    "train.weight_decay=0", "train.momentum=0", "train.bf16=false",
                    "data.augment=false"]
-EXTENSIONS = os.path.expanduser("~/.cache/seltrain/torch_extensions")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -216,9 +215,7 @@ def _single_worker(out: str) -> None:
 # --------------------------------------------------------------------------- test side
 
 def _env(tmp_path):
-    os.makedirs(EXTENSIONS, exist_ok=True)
-    return subprocess_env(TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                                EXTENSIONS),
+    return subprocess_env(TORCH_EXTENSIONS_DIR=torch_extensions_dir(),
                           SELTRAIN_DIST_TIMEOUT=120, OMP_NUM_THREADS=1)
 
 

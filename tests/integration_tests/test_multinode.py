@@ -29,11 +29,10 @@ import time
 
 import pytest
 
-from helpers import REPO, TINY, free_port, subprocess_env
+from helpers import REPO, TINY, free_port, subprocess_env, torch_extensions_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-EXTENSIONS = os.path.expanduser("~/.cache/seltrain/torch_extensions")
 # Two epochs of two steps: enough for a resume-free job to show any drift between the runs.
 RECIPE = ["configs/synthetic.yaml", *TINY, "train.epochs=2", "train.max_steps_per_epoch=2",
           "run.tensorboard=false", "run.name=mn"]
@@ -44,8 +43,7 @@ TIMEOUT_S = 400
 
 def _env(**extra) -> dict:
     return subprocess_env(SELTRAIN_DIST_TIMEOUT=120,
-                          TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                              EXTENSIONS),
+                          TORCH_EXTENSIONS_DIR=torch_extensions_dir(),
                           # The deepspeed launcher's children find the venv's python this way.
                           PATH=os.path.dirname(sys.executable) + os.pathsep
                           + os.environ.get("PATH", ""), **extra)
@@ -153,7 +151,6 @@ def test_deepspeed_no_ssh_two_nodes_match_one_node(tmp_path):
     ds = ["train.engine=deepspeed", "train.bf16=true",
           "train.deepspeed_config=configs/deepspeed/zero2_bf16.json"]
     ports = {"single": free_port(), "multi": free_port()}
-    os.makedirs(EXTENSIONS, exist_ok=True)
     single = [launcher, "--num_gpus", "2", "--master_port", str(ports["single"]),
               "--no_local_rank", "--module", "seltrain", "train", *RECIPE, *ds,
               f"run.out_dir={tmp_path / 'single'}"]
