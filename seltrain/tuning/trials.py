@@ -182,8 +182,20 @@ def train_worker(loop_config: dict) -> None:
     # resume=True: a restarted or restored trial continues from its own last.pt.
     trainer = Trainer(cfg, ctx, run_dir=run_dir, resume=True, report=report,
                       hparam_keys=loop_config["keys"])
-    trainer.fit()
+    summary = trainer.fit()
+    if first:
+        # Nothing trained, so nothing reported: the checkpoint was already the last epoch's (the
+        # search was stopped between the last report and summary.json; found by
+        # tests/integration_tests/test_tune_resume.py). Tune still needs the trial's metrics.
+        ray.train.report(summary_metrics(summary))
     distributed.teardown(ctx)
+
+
+def summary_metrics(summary: dict) -> dict:
+    """What Tune gets for a trial that had nothing left to train: its summary's numbers."""
+    return {"val_acc": float("nan") if summary["val_acc"] is None else summary["val_acc"],
+            "test_acc": summary["test_acc"], "test_si": summary["test_si"],
+            "epochs_done": summary["epochs"], "already_done": True}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -210,10 +222,7 @@ def run_trial(config: dict, base: Config, settings: TrialSettings) -> None:
     if os.path.exists(summary):
         # Finished before the driver was interrupted: report its result, train nothing.
         with open(summary) as f:
-            s = json.load(f)
-        tune.report({"val_acc": s["val_acc"] if s["val_acc"] is not None else float("nan"),
-                     "test_acc": s["test_acc"], "test_si": s["test_si"],
-                     "epochs_done": s["epochs"], "already_done": True})
+            tune.report(summary_metrics(json.load(f)))
         return
     trainer = TorchTrainer(
         train_worker,

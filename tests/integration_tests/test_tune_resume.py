@@ -81,3 +81,69 @@ def test_killed_asha_driver_resumes_without_redoing_or_reviving_trials(tmp_path)
     assert epochs_logged(runs[third]) in ([0], [0, 1], [0, 1, 2])  # cut at a rung, or done
     summary = json.load(open(os.path.join(runs[next(iter(done))], "summary.json")))
     assert summary["epochs"] == 3
+
+
+# A trial's Ray Train run, as `seltrain tune` starts it (run_trial's TorchTrainer over
+# train_worker), on a local Ray with the search's own session setup.
+_TRIAL_SCRIPT = r"""
+import json, sys
+import ray.train
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+from seltrain.config import load_config
+from seltrain.tuning.recipe import load_search
+from seltrain.tuning.resources import scaling_config
+from seltrain.tuning.session import start_ray
+from seltrain.tuning.trials import train_worker
+
+recipe_path, run_dir, storage, reports, *overrides = sys.argv[1:]
+
+
+class Reports(UserCallback):
+    # What TuneReportCallback forwards to Tune: every report of rank 0, one JSON line each.
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(reports, "a") as f:
+            f.write(json.dumps(metrics[0]) + "\n")
+
+
+recipe, _ = load_search(recipe_path)
+start_ray(recipe, address=None, num_cpus=2, num_gpus=0, verbose=False)
+cfg = load_config("configs/synthetic.yaml", overrides)
+TorchTrainer(
+    train_worker,
+    train_loop_config={"config": cfg, "run_dir": run_dir, "keys": [], "storage": None},
+    scaling_config=scaling_config(recipe.resources),
+    run_config=ray.train.RunConfig(name="t", storage_path=storage,
+                                   callbacks=[Reports()])).fit()
+"""
+
+
+def test_a_trial_restarted_after_its_last_epoch_reports_its_summary(tmp_path):
+    """A search stopped between a trial's last report and its summary.json (found in CI: the
+    trial ran its 3 tiny epochs while the driver was being killed): on --resume the trial has
+    nothing left to train. It must still report its numbers, or Tune fails the whole search
+    ("Trial returned a result which did not include the specified metric(s) val_acc")."""
+    from test_tune import TINY_BASE
+
+    run_dir = tmp_path / "trial"
+    overrides = [*TINY_BASE, "train.epochs=1", "run.tensorboard=false",
+                 f"run.out_dir={tmp_path}", "run.name=trial"]
+    # The trial's last epoch, checkpointed and reported, then the stop before summary.json.
+    first = run_cli("train", "configs/synthetic.yaml", *overrides, env=tune_env(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(run_dir / "summary.json") as f:
+        expected = json.load(f)
+    os.remove(run_dir / "summary.json")
+
+    recipe = write_recipe(tmp_path)
+    reports = tmp_path / "reports.jsonl"
+    r = subprocess.run([sys.executable, "-c", _TRIAL_SCRIPT, recipe, str(run_dir),
+                        str(tmp_path / "ray_train"), str(reports), *overrides], cwd=REPO,
+                       env=tune_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(reports) as f:
+        (metrics,) = [json.loads(line) for line in f]  # one report: the summary's
+    assert metrics["already_done"] is True and metrics["epochs_done"] == 1
+    assert metrics["val_acc"] == expected["val_acc"] and metrics["test_si"] == expected["test_si"]
+    with open(run_dir / "summary.json") as f:  # written again, from the checkpoint
+        assert json.load(f)["val_acc"] == expected["val_acc"]
