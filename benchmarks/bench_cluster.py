@@ -88,13 +88,13 @@ def measure_rayup(args) -> dict:
             "nodes": {"head": "127.0.0.1 (1 CPU)", "worker": f"{loopback.WORKER} (1 CPU)"}}
 
 
-# The tiny synthetic recipe of the tests (tests/conftest.py TINY), as a search: one worker
+# The tiny synthetic recipe of the tests (tests/helpers.py TINY), as a search: one worker
 # of 1 CPU per trial, so each trial needs a worker node of the fake cluster.
 def _fake_search(tmp: str, name: str, alphas, epochs: int, max_failures: int = 1,
                  train_size: int = 512) -> str:
     import yaml
 
-    from conftest import TINY
+    from helpers import TINY
 
     sets = [o for o in TINY if not o.startswith(("train.epochs=", "data.synthetic.train_size="))]
     recipe = {"base": os.path.join(REPO, "configs", "synthetic.yaml"),
