@@ -111,6 +111,27 @@ def _timeout(name: str, default: float, given: float | None = None) -> datetime.
         raise SeltrainError(f"{name}={raw!r} is not a number of seconds") from None
 
 
+# What MPI launchers export instead of torch's env:// variables: mpirun (Open MPI, and the
+# deepspeed launcher's `--launcher openmpi`), MPICH and Intel MPI's mpiexec, srun --mpi=pmi2.
+_MPI_WORLD_SIZE = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def _refuse_mpi_without_torch_variables() -> None:
+    """Processes started by MPI without WORLD_SIZE would each train alone, all writing the same
+    run folder: refuse with one line naming a launcher that works."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    for name in _MPI_WORLD_SIZE:
+        raw = os.environ.get(name, "")
+        if raw.isdigit() and int(raw) > 1:
+            raise SeltrainError(
+                f"started by an MPI launcher as one of {raw} processes ({name}={raw}), but "
+                "without RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, through which seltrain "
+                "joins: each process would train alone; launch with torchrun or the deepspeed "
+                "launcher (pdsh, or --no_ssh with --node_rank on each node), or export those "
+                "four variables from your launcher")
+
+
 def setup(timeout_s: float | None = None, local_rank: int | None = None) -> DistContext:
     """Join (or adopt) the process group this process was started into.
 
@@ -124,6 +145,7 @@ def setup(timeout_s: float | None = None, local_rank: int | None = None) -> Dist
         local = _env_int("LOCAL_RANK", local_rank if local_rank is not None else 0)
         return DistContext(rank, world, local, dist.get_backend(), _device_for(local),
                            "existing", owns_group=False, restart_count=restart)
+    _refuse_mpi_without_torch_variables()
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         local = local_rank or 0

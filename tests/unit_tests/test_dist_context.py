@@ -29,3 +29,18 @@ def test_a_bad_restart_count_is_one_line(one_process):
     with pytest.raises(SeltrainError, match=r"^TORCHELASTIC_RESTART_COUNT='two' is not an "
                                             r"integer$"):
         distributed.setup()
+
+
+@pytest.mark.parametrize("name", ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])
+def test_mpi_processes_without_torch_variables_are_refused(one_process, name):
+    """mpirun (or deepspeed --launcher openmpi) exports its own rank variables: without
+    WORLD_SIZE each of the 4 processes would train alone into the same run folder."""
+    one_process.setenv(name, "4")
+    with pytest.raises(SeltrainError, match=rf"^started by an MPI launcher as one of 4 "
+                                            rf"processes \({name}=4\).*launch with torchrun"):
+        distributed.setup()
+    one_process.setenv(name, "1")  # a one-process MPI job is a plain run
+    assert distributed.setup().world_size == 1
+    one_process.setenv(name, "4")
+    one_process.setenv("WORLD_SIZE", "1")  # the launcher exported torch's variables too
+    assert distributed.setup().world_size == 1
