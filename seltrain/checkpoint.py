@@ -125,6 +125,13 @@ def run_checkpoint(run_dir: str, names: tuple[str, ...] = RUN_CHECKPOINTS) -> st
     return None
 
 
+def trials_root(exp_dir: str) -> str:
+    """Where an experiment's run folders are: ``exp_dir/trials`` (``seltrain tune``), or the
+    folder itself (run folders collected by hand)."""
+    trials = os.path.join(exp_dir, "trials")
+    return trials if os.path.isdir(trials) else exp_dir
+
+
 def find_checkpoints(path: str) -> list[tuple[str, str]]:
     """[(run folder, checkpoint file)] for a checkpoint file, a run folder (its best.pt, else
     last.pt) or an experiment folder (the same for every run folder under trials/, or under
@@ -139,7 +146,7 @@ def find_checkpoints(path: str) -> list[tuple[str, str]]:
     own = run_checkpoint(path)
     if own:
         return [(os.path.abspath(path), own)]
-    root = os.path.join(path, "trials") if os.path.isdir(os.path.join(path, "trials")) else path
+    root = trials_root(path)
     found = [(os.path.abspath(os.path.join(root, name)), ckpt) for name in sorted(os.listdir(root))
              if (ckpt := run_checkpoint(os.path.join(root, name)))]
     if not found:

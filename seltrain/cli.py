@@ -28,6 +28,7 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         raise Interrupted("interrupted while joining the process group; nothing was "
                           "written") from None
+    last = os.path.join(cfg.run_dir(), "checkpoints", "last.pt")
     try:
         print(ctx.describe(), flush=True)
         summary = Trainer(cfg, ctx, resume=args.resume).fit()
@@ -42,7 +43,6 @@ def _train(args) -> int:
         # with a transport error. The launcher ends the job; say so in one line, not a trace.
         if not (ctx.distributed and distributed.is_peer_failure(e)):
             raise
-        last = os.path.join(cfg.run_dir(), "checkpoints", "last.pt")
         kept = f"the last checkpoint is kept ({last})" if os.path.isfile(last) else \
             "no checkpoint was written yet"
         # gloo prefixes its source location: "[.../pair.cc:545] Read error ...: Connection
@@ -52,7 +52,6 @@ def _train(args) -> int:
                        f"{kept}; rerun the same command with --resume (torchrun "
                        "--max-restarts does it by itself)") from None
     except KeyboardInterrupt:
-        last = os.path.join(cfg.run_dir(), "checkpoints", "last.pt")
         if os.path.isfile(last):
             raise Interrupted(f"the last checkpoint is kept ({last}); continue with the same "
                               "command plus --resume") from None

@@ -298,11 +298,15 @@ def build_dataclass(cls, data: dict, prefix: str = "", where: dict[str, str] | N
         if k not in fields:
             raise ConfigError(f"unknown key '{key}' ({src}){did_you_mean(k, fields, prefix)}")
         tp = hints[k]
-        if dataclasses.is_dataclass(tp):
+        section, optional = _section_type(tp)
+        if section is not None:
+            if v is None and optional:  # Optional[<dataclass>]: absent
+                kwargs[k] = None
+                continue
             if v is None:  # `data=` or an empty `data:`: never fall back to the defaults
                 raise ConfigError(f"section '{key}' is empty ({src}); give its keys "
                                   f"({key}.<key>=value) or leave the section out")
-            kwargs[k] = build_dataclass(tp, v, key + ".", where, default_where)
+            kwargs[k] = build_dataclass(section, v, key + ".", where, default_where)
             continue
         val = _coerce(v, tp, key, src)
         choices = fields[k].metadata.get("choices")
@@ -314,6 +318,18 @@ def build_dataclass(cls, data: dict, prefix: str = "", where: dict[str, str] | N
         _check_range(key, val, src)
         kwargs[k] = val
     return cls(**kwargs)
+
+
+def _section_type(tp) -> tuple[type | None, bool]:
+    """(the dataclass a field holds, whether it is Optional): ``X`` -> (X, False),
+    ``Optional[X]`` -> (X, True), anything else -> (None, False)."""
+    if dataclasses.is_dataclass(tp):
+        return tp, False
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0], True
+    return None, False
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -426,20 +442,10 @@ def config_from_dict(data: dict, where: str = "in saved config") -> Config:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    # Single values are checked where they are built (RANGES in build_dataclass).
     t = cfg.train
-    if t.epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {t.epochs}")
-    if t.batch_size < 1:
-        raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
     if t.milestones and sorted(t.milestones) != t.milestones:
         raise ConfigError(f"train.milestones must be increasing, got {t.milestones}")
-    if cfg.selectivity.eps <= 0:
-        raise ConfigError(f"selectivity.eps must be > 0, got {cfg.selectivity.eps}")
-    vs = cfg.data.val_size
-    if vs < 0 or (isinstance(vs, float) and vs >= 1):
-        raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {vs}")
     name = cfg.run.name
     if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
         raise ConfigError(f"run.name must be a plain folder name inside run.out_dir (no '/', "

@@ -350,9 +350,15 @@ def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
     groups: dict = {}
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
-    for group in groups.values():
-        flat = torch.cat([t.detach().reshape(-1) for t in group])
+    sending = dist.get_rank() == src
+    for (dtype, device), group in groups.items():
+        # Only the sender packs its values; the others receive into an empty buffer and
+        # unpack, and the sender keeps its tensors as they are (no copy back onto itself).
+        flat = torch.cat([t.detach().reshape(-1) for t in group]) if sending else \
+            torch.empty(sum(t.numel() for t in group), dtype=dtype, device=device)
         dist.broadcast(flat, src=src)
+        if sending:
+            continue
         offset = 0
         for t in group:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))

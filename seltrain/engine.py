@@ -203,6 +203,9 @@ class DeepSpeedEngine:
                         buf.data = buf.data.to(torch.bfloat16)
             self.module = _BF16Forward(self._weights)
             self._forward = _BF16Forward(self.model)
+        # Synced after every step (_sync_buffers). The same tensor objects for the whole run:
+        # the cast above swaps .data, load_state_dict copies into them.
+        self._buffers = list(self._weights.buffers())
 
     def forward_model(self) -> nn.Module:
         return self._forward
@@ -223,7 +226,7 @@ class DeepSpeedEngine:
         as many networks as ranks, and ``--resume`` (rank 0's statistics in the checkpoint,
         loaded on every rank) would end with other numbers than an uninterrupted run (found
         by tests/integration_tests/test_deepspeed_launcher.py). One broadcast per dtype."""
-        distributed.broadcast_tensors(list(self._weights.buffers()), src=0)
+        distributed.broadcast_tensors(self._buffers, src=0)
 
     def lr(self) -> float:
         return self.model.get_lr()[0]

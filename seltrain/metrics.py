@@ -8,23 +8,35 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
+import torch
 
 from seltrain.errors import CheckpointError, TrainingError, is_disk_full, no_space
 
 
 def strict_json(value):
-    """``value`` with NaN/inf as None and numpy scalars as Python numbers: strict JSON
-    (bare NaN, which Python's json writes by default, breaks most other JSON readers)."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    """``value`` as plain JSON types: numpy and torch scalars and arrays as Python numbers and
+    lists, NaN/inf as None (bare NaN, which Python's json writes by default, breaks most other
+    JSON readers). Epoch records here; every analysis result (analysis/serialize.py) too."""
+    if isinstance(value, Mapping):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, (list, tuple, range)):
         return [strict_json(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 

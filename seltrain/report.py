@@ -24,8 +24,10 @@ import sys
 
 import numpy as np
 
+from seltrain.checkpoint import run_checkpoint, trials_root
 from seltrain.config import get_dotted
-from seltrain.errors import CheckpointError, ConfigError
+from seltrain.errors import CheckpointError, ConfigError, did_you_mean
+from seltrain.metrics import read_records
 
 
 # --------------------------------------------------------------------------- the trials
@@ -34,9 +36,7 @@ def collect_trials(exp_dir: str) -> list[dict]:
     """One row per trial run folder under exp_dir/trials (or exp_dir itself)."""
     import yaml
 
-    root = os.path.join(exp_dir, "trials")
-    if not os.path.isdir(root):
-        root = exp_dir
+    root = trials_root(exp_dir)
     info_path = os.path.join(exp_dir, "seltrain_experiment.json")
     info = json.load(open(info_path)) if os.path.exists(info_path) else {}
     rows = []
@@ -47,10 +47,8 @@ def collect_trials(exp_dir: str) -> list[dict]:
             continue
         with open(cfg_path) as f:
             cfg = yaml.safe_load(f)
-        records = []
-        jsonl = os.path.join(run, "metrics.jsonl")
-        from seltrain.metrics import read_records  # skips a torn last line (crash mid-write)
-        records = read_records(jsonl)[0]
+        # read_records skips a torn last line (a crash mid-write)
+        records = read_records(os.path.join(run, "metrics.jsonl"))[0]
         complete = os.path.exists(os.path.join(run, "summary.json"))
         key = "val_acc" if records and records[0].get("val_acc") is not None else "test_acc"
         best = max(records, key=lambda r: r[key]) if records else {}
@@ -156,7 +154,7 @@ def _axes():
     return plt, fig, ax
 
 
-def _alpha_axis(ax, alphas) -> None:
+def _alpha_axis(ax) -> None:
     ax.set_xscale("symlog", linthresh=LINTHRESH)
     ax.set_xlabel("alpha (loss = CE - alpha * mean SI)")
     ax.axvline(0, color="0.8", lw=0.8, zorder=0)
@@ -187,25 +185,20 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     label = "mean +- std over seeds" if (by_alpha["n"] > 1).any() else "one seed per alpha"
     paths = []
 
-    plt, fig, ax = _axes()
-    _trial_points(ax, trials, "test_acc")
-    ax.errorbar(a, by_alpha["test_acc_mean"], yerr=std("test_acc_std"), fmt="o-", capsize=3,
-                label=label)
-    _alpha_axis(ax, a)
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Test accuracy against alpha")
-    ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, os.path.join(out_dir, "test_acc_vs_alpha.png")))
-
-    plt, fig, ax = _axes()
-    _trial_points(ax, trials, "test_si")
-    ax.errorbar(a, by_alpha["test_si_mean"], yerr=std("test_si_std"), fmt="o-", capsize=3,
-                color="C1", label=label)
-    _alpha_axis(ax, a)
-    ax.set_ylabel("mean class selectivity (test)")
-    ax.set_title("Mean SI against alpha")
-    ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, os.path.join(out_dir, "si_vs_alpha.png")))
+    for metric, colour, ylabel, title, name in (
+            ("test_acc", "C0", "test accuracy", "Test accuracy against alpha",
+             "test_acc_vs_alpha.png"),
+            ("test_si", "C1", "mean class selectivity (test)", "Mean SI against alpha",
+             "si_vs_alpha.png")):
+        plt, fig, ax = _axes()
+        _trial_points(ax, trials, metric)
+        ax.errorbar(a, by_alpha[f"{metric}_mean"], yerr=std(f"{metric}_std"), fmt="o-",
+                    capsize=3, color=colour, label=label)
+        _alpha_axis(ax)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        paths.append(_save(plt, fig, os.path.join(out_dir, name)))
 
     plt, fig, ax = _axes()
     sc = ax.scatter(trials["test_si"], trials["test_acc"], c=np.arcsinh(trials["alpha"] /
@@ -256,9 +249,6 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     from seltrain.analysis.commands import analysis_module, run_analysis, sweep_options
     from seltrain.analysis.options import ANALYSES
     from seltrain.analysis.serialize import write_csv
-    from seltrain.checkpoint import run_checkpoint
-    from seltrain.errors import did_you_mean
-
     out = out or sys.stdout
 
     bad = [a for a in analyses if a not in ANALYSES]
@@ -267,8 +257,7 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                           f"{did_you_mean(bad[0], ANALYSES)}; choose from {', '.join(ANALYSES)}")
     options = sweep_options(analyses, list(extra or []))
     modules = {a: analysis_module(a) for a in analyses}
-    root = os.path.join(exp_dir, "trials")
-    root = root if os.path.isdir(root) else exp_dir
+    root = trials_root(exp_dir)
     rows = []
     per_trial: dict[str, list[dict]] = {a: [] for a in analyses}
     for t in trials:

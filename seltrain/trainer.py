@@ -171,8 +171,11 @@ class Trainer:
         s = self.cfg.selectivity
         self.reduce = None
         if self.ctx.distributed and s.sync == "global":
+            # The global batch bounds the classes one step can hold: with that bound the
+            # present-only payload has a static size and needs no host sync (distributed.py);
+            # the dense payload ignores it.
             self.reduce = partial(distributed.all_reduce_stats, present_only=s.sync_present_only,
-                                  bf16=s.sync_bf16)
+                                  bf16=s.sync_bf16, max_rows=self.cfg.train.batch_size)
         # Probes stay attached only when the regularizer needs them: alpha = 0 is bare training.
         if self.alpha != 0:
             self.probe.attach()
@@ -188,11 +191,6 @@ class Trainer:
         eps = cfg.selectivity.eps
         self.forward_model.train()
         self.data.train.set_epoch(epoch)
-        reduce = self.reduce
-        if reduce is not None and cfg.selectivity.sync_present_only:
-            # The global batch bounds the classes one step can hold: with that bound the
-            # present-only payload has a static size and needs no host sync (distributed.py).
-            reduce = partial(reduce, max_rows=t.batch_size)
         # The step never reads the device: loss and CE sums stay there and are read, in one
         # transfer, every LOG_EVERY steps and at the end of the epoch, where the NaN check
         # runs too (a non-finite step makes the running sum non-finite for good), so a GPU's
@@ -240,7 +238,7 @@ class Trainer:
                     # SI in float32 outside autocast: max-minus-mean-of-rest is too lossy in bf16.
                     with torch.autocast(self.ctx.device.type, enabled=False), \
                             (torch.no_grad() if self.alpha == 0 else contextlib.nullcontext()):
-                        mu_si, _ = selectivity_penalty(acts, y, k, eps=eps, reduce=reduce)
+                        mu_si, _ = selectivity_penalty(acts, y, k, eps=eps, reduce=self.reduce)
                     if self.alpha != 0:
                         loss = ce - self.alpha * mu_si
                     else:
@@ -250,7 +248,7 @@ class Trainer:
                 self.engine.step()
                 for hook in self.step_hooks:
                     hook(global_step)
-                sums += torch.stack([loss.detach(), ce.detach()]).double()
+                sums += torch.stack([loss.detach(), ce.detach()])  # float32 into float64: exact
                 n_steps += 1
                 n_images += x.shape[0] * self.ctx.world_size
                 if global_step % LOG_EVERY == 0:
@@ -343,13 +341,11 @@ class Trainer:
                     "new run.name")
 
     def _maybe_resume(self) -> tuple[int, int, dict, list]:
+        # Whether resuming is allowed at all was settled by _refuse_to_overwrite (rank 0, for
+        # every rank) before this runs.
         last = self._ckpt("last")
-        restarted = self.ctx.restart_count > 0
         if not os.path.exists(last):
             return 0, 0, {}, []
-        if not (self.resume or restarted):
-            raise ConfigError(f"{self.run_dir} already holds {last}; pass --resume to continue "
-                              "that run, or set run.name to start a new one")
         ckpt = self.engine.load(last)
         self._check_resumable(ckpt["config"])
         set_rng_state(ckpt["rng"])

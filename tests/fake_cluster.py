@@ -43,6 +43,18 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's fixed id for the head
 
 
+def _sigkill(procs: list) -> None:
+    """SIGKILL each psutil process (those already gone are skipped) and wait for them."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -169,18 +181,11 @@ class FakeCluster:
         return list(found.values())
 
     def stop(self) -> None:
-        import psutil
-
         for _ in range(3):  # a dying raylet may still be starting a worker: sweep again
             procs = self._processes()
             if not procs:
                 break
-            for p in procs:
-                try:
-                    p.send_signal(signal.SIGKILL)
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(procs, timeout=10)
+            _sigkill(procs)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ nodes
@@ -231,10 +236,5 @@ class FakeCluster:
                 victims += [p, *p.children(recursive=True)]
         if not victims:
             raise RuntimeError(f"no raylet of node {node_id} in this cluster")
-        for p in victims:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(victims, timeout=10)
+        _sigkill(victims)
         return len(victims)

@@ -257,23 +257,20 @@ def compute(target: Target, opts: DimensionalityOptions) -> dict:
     mean, std = target.info.mean, target.info.std
     share, names = opts.variance_share, list(opts.corruptions)
     table = table_for(target.cfg.data.dataset, opts.corruption_table)
-    kw = dict(spatial=opts.spatial, device=target.device)
-    clean = layer_features(model, layers, data, **kw)
-    rep = {"clean": {n: feature_dimensionality(f, share, opts.spatial) for n, f in clean.items()}}
-    change: dict = {}
-    per_corruption = {c: perturbed_dimensionality(model, clean, rob.corrupted_batches(
+    # Lazy batches, made in the order they are read: the corruptions, then the attack.
+    conditions = {c: rob.corrupted_batches(
         data, None, c, opts.severity, mean=mean, std=std, seed=opts.seed, table=table,
-        release_format=not opts.raw_corruptions), share, **kw) for c in names}
+        release_format=not opts.raw_corruptions) for c in names}
+    conditions["adversarial"] = rob.adversarial_batches(
+        model, data, None, opts.eps, attack=opts.attack, steps=opts.steps,
+        step_size=opts.step_size, mean=mean, std=std, seed=opts.seed, device=target.device)
+    both = perturbation_dimensionality(model, layers, data, conditions, share,
+                                       spatial=opts.spatial, device=target.device)
+    rep, change = {"clean": both["representation"]["clean"]}, {}
     # "corrupted": the mean over the corruptions, per layer and reading
     for reading, into in (("representation", rep), ("change", change)):
-        into["corrupted"] = mean_reading([{n: per_corruption[c][n][reading] for n in layers}
-                                          for c in names])
-    adv = perturbed_dimensionality(model, clean, rob.adversarial_batches(
-        model, data, None, opts.eps, attack=opts.attack, steps=opts.steps,
-        step_size=opts.step_size, mean=mean, std=std, seed=opts.seed, device=target.device),
-        share, **kw)
-    rep["adversarial"] = {n: v["representation"] for n, v in adv.items()}
-    change["adversarial"] = {n: v["change"] for n, v in adv.items()}
+        into["corrupted"] = mean_reading([both[reading][c] for c in names])
+        into["adversarial"] = both[reading]["adversarial"]
     inc = increase(rep)
     early = early_layers(layers, opts.early_layers)
     result = {
@@ -286,9 +283,8 @@ def compute(target: Target, opts: DimensionalityOptions) -> dict:
         "readings": {**READINGS, "increase": "representation components of the perturbed "
                      "inputs minus those of the clean inputs"},
         "representation": rep, "change": change, "increase": inc,
-        "per_corruption": {c: {reading: {n: v[reading] for n, v in r.items()}
-                               for reading in ("representation", "change")}
-                           for c, r in per_corruption.items()}}
+        "per_corruption": {c: {reading: both[reading][c]
+                               for reading in ("representation", "change")} for c in names}}
 
     def mean_over(names, values):
         return float(np.mean([values[n] for n in names]))

@@ -35,6 +35,12 @@ def option(default, help: str, *, parse: Callable[[str], Any] | None = None,
         "nargs": nargs, "metavar": metavar, "shown": shown})
 
 
+def max_images_option(default: int):
+    """``--max-images N``: every analysis has it, with its own default."""
+    return option(default, "use the first N images of the split (0: all)", parse=count,
+                  metavar="N", shown="all" if default == 0 else None)
+
+
 def flag(name: str) -> str:
     """The command-line spelling of field ``name``."""
     return "--" + name.replace("_", "-")
@@ -111,8 +117,7 @@ class AnalysisOptions:
     layers: tuple[str, ...] = option(
         (), "probe names, groups (all, blocks) or module paths", parse=words, nargs="+",
         metavar="LAYER", shown="the layers probed in training")
-    max_images: int = option(0, "use the first N images of the split (0: all)", parse=count,
-                             metavar="N")
+    max_images: int = max_images_option(0)
     device: str = option("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     out: str | None = option(None, "output folder", metavar="DIR",
                              shown="<run>/analysis/<analysis>")
@@ -189,8 +194,7 @@ class AblationOptions(AnalysisOptions):
 class OrientationOptions(AnalysisOptions):
     """OSI/gOSI on gratings, top/bottom-gOSI ablation, shift invariance"""
 
-    max_images: int = option(1000, "use the first N images of the split (0: all)", parse=count,
-                             metavar="N")
+    max_images: int = max_images_option(1000)
     gosi_threshold: float = option(0.33, "gOSI above this counts as orientation selective "
                                    "(Ukita: 0.33)", parse=number, aliases=("--threshold",),
                                    metavar="GOSI")
@@ -233,8 +237,7 @@ TABLES = ("auto", "cifar", "tiny", "imagenet")
 class RobustnessOptions(AnalysisOptions):
     """accuracy under common corruptions and attacks"""
 
-    max_images: int = option(1000, "use the first N images of the split (0: all)", parse=count,
-                             metavar="N")
+    max_images: int = max_images_option(1000)
     corruptions: tuple[str, ...] = option(
         tuple(COMMON), "all (the 15 common), extra (speckle_noise, gaussian_blur, spatter, "
         "saturate), all+extra, or comma-separated names", parse=corruption_names,
@@ -286,8 +289,7 @@ class DimensionalityOptions(AnalysisOptions):
     """principal components for a share of the variance of the representation of clean,
     corrupted and adversarial inputs, and of the perturbation-induced change"""
 
-    max_images: int = option(1000, "use the first N images of the split (0: all)", parse=count,
-                             metavar="N")
+    max_images: int = max_images_option(1000)
     variance_share: float = option(0.95, "share of the variance to explain (the paper's value "
                                    "is unconfirmed)", parse=number, aliases=("--threshold",),
                                    metavar="SHARE")
@@ -325,8 +327,7 @@ class DimensionalityOptions(AnalysisOptions):
 class GradientsOptions(AnalysisOptions):
     """variability of each unit's input gradient across images and across units"""
 
-    max_images: int = option(256, "use the first N images of the split (0: all)", parse=count,
-                             metavar="N")
+    max_images: int = max_images_option(256)
     batch_size: int = option(64, "images per forward pass", parse=whole_number, metavar="N")
     unit_block: int = option(16, "units per vmapped backward pass; memory grows with "
                              "batch-size x unit-block", parse=whole_number, metavar="N")
@@ -365,4 +366,4 @@ def default_shown(f) -> str | None:
         return None
     if isinstance(f.default, tuple):
         return ",".join(map(str, f.default))
-    return "all" if f.name == "max_images" and f.default == 0 else str(f.default)
+    return str(f.default)

@@ -79,7 +79,9 @@ def _attack(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step
     if ms is not None:
         p = p.clamp(0, 1)
     with eval_mode(model):
-        for _ in range(steps):
+        # eps = 0 (the clean point of every sweep) can only come back as the clamped input
+        # above: no forward and backward passes for it.
+        for _ in range(steps if eps > 0 else 0):
             p.requires_grad_(True)
             logits = model(p if ms is None else (p - ms[0]) / ms[1])
             # summed, not averaged: the sign is the same, and no gradient underflows to 0

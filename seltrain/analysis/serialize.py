@@ -7,32 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
-
-def to_jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple, range)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+# Strict JSON of numpy/torch results (NaN and infinities as null): the one converter, which
+# metrics.jsonl uses too.
+from seltrain.metrics import strict_json as to_jsonable
 
 
 def write_json(path, obj) -> Path:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from seltrain.data.sources import ArraySplit, DatasetInfo, FileSplit
+from seltrain.data.sources import ArraySplit, DatasetInfo, FileSplit, open_image
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
@@ -75,16 +75,15 @@ class ShardedLoader:
     """What both torch-path loaders share: the rank's batches of ``indices`` for the current
     epoch (``RankSharding``'s global-batch slices when training, a contiguous chunk when
     evaluating), ``set_epoch``, ``len()`` and ``num_samples``. Subclasses set ``indices``,
-    ``batch_size``, ``train``, ``sharding``, ``seed`` and ``drop_last``, and yield the
-    batches in ``__iter__``."""
+    ``batch_size``, ``train``, ``sharding``, ``seed`` and ``drop_last`` through this
+    ``__init__``, and yield the batches in ``__iter__``."""
 
-    indices: np.ndarray
-    batch_size: int
-    train: bool
-    sharding: RankSharding
-    seed: int
-    drop_last: bool
-    epoch: int = 0
+    def __init__(self, indices: np.ndarray, batch_size: int, train: bool,
+                 sharding: RankSharding, seed: int, drop_last: bool | None):
+        self.indices = np.asarray(indices)
+        self.batch_size, self.train, self.sharding, self.seed = batch_size, train, sharding, seed
+        self.drop_last = train if drop_last is None else drop_last  # train: full batches only
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -135,18 +134,12 @@ class ArrayLoader(ShardedLoader):
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)\
             .contiguous()
         self.labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
-        self.indices = np.asarray(indices)
-        self.batch_size = batch_size
-        self.train = train
-        self.sharding = sharding
-        self.seed = seed
-        self.drop_last = train if drop_last is None else drop_last
+        super().__init__(indices, batch_size, train, sharding, seed, drop_last)
         self.augment = ARRAY_AUGMENT.get(info.family, (0, False)) if (train and augment) \
             else (0, False)
         # Pinned batches when CUDA is present (module docstring); each batch is a fresh block
         # of torch's pinned-memory cache, which is not reused before its copy has completed.
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.epoch = 0
 
     def __iter__(self):
         gen = epoch_generator(self.seed, self.epoch, salt=1)
@@ -192,19 +185,8 @@ class _FileDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, key):
-        from PIL import Image
-
         i, epoch = key
-        try:
-            with Image.open(self.paths[i]) as im:
-                img = im.convert(self.mode)
-        except Exception as e:  # noqa: BLE001 - not an image, truncated: the same fix
-            from seltrain.errors import DataError
-
-            raise DataError(f"cannot decode {self.paths[i]} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); replace or remove "
-                            "it, and list every unreadable image with `seltrain data check "
-                            "--config RECIPE`") from None
+        img = open_image(self.paths[i], self.mode)
         # torchvision's transforms draw from torch's global RNG; fork it so that a loader
         # without workers (num_workers=0, in the training process) leaves the caller's as is.
         with torch.random.fork_rng(devices=[]):
@@ -258,11 +240,8 @@ class FileLoader(ShardedLoader):
                  augment: bool = True, num_workers: int = 2, drop_last: bool | None = None):
         self.dataset = _FileDataset(split, file_transforms(size, train, augment), info.channels,
                                     seed)
-        self.indices = np.asarray(indices)
-        self.batch_size, self.train, self.sharding, self.seed = batch_size, train, sharding, seed
-        self.drop_last = train if drop_last is None else drop_last
+        super().__init__(indices, batch_size, train, sharding, seed, drop_last)
         self.num_workers = num_workers
-        self.epoch = 0
         self._loader = None  # made on first use, kept (with its workers) for every epoch
 
     def __iter__(self):
@@ -292,9 +271,9 @@ class DevicePreprocess:
         self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Holds this object's batch copies and nothing else: waiting for it waits for them.
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" \
             else None
-        self._copied = None  # CUDA event: the last batch's host buffers have been read
 
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self._copy_stream is None or x.device.type != "cpu":
@@ -303,8 +282,6 @@ class DevicePreprocess:
         with torch.cuda.stream(self._copy_stream):
             xd = x.to(self.device, non_blocking=True)
             yd = y.to(self.device, non_blocking=True)
-            self._copied = torch.cuda.Event()
-            self._copied.record(self._copy_stream)
         compute.wait_stream(self._copy_stream)
         # Allocated on the copy stream, used on the compute stream: the caching allocator
         # must not hand the memory out again before the compute stream is done with it.
@@ -314,9 +291,8 @@ class DevicePreprocess:
 
     def release(self) -> None:
         """Wait until the last batch's host buffers have been read by its copy."""
-        if self._copied is not None:
-            self._copied.synchronize()
-            self._copied = None
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x, y = self.to_device(x, y)

@@ -452,6 +452,22 @@ def _load_tinyimagenet(root: str, split: str, download: bool) -> tuple[DatasetIn
     return info, FileSplit(paths, np.asarray(labels, dtype=np.int64))
 
 
+def open_image(path: str, mode: str):
+    """The image file at ``path`` as a PIL image in ``mode`` (e.g. "RGB"), or one DataError
+    naming the file and the fix: any decoder failure (not an image, truncated) means the
+    same thing to the user. The torch loaders and the .beton writer read images through it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except Exception as e:  # noqa: BLE001 - every decoder failure means the same fix
+        raise DataError(f"cannot decode {path} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); replace or remove it, "
+                        "and list every unreadable image with `seltrain data check --config "
+                        "RECIPE`") from None
+
+
 def find_unreadable(paths: list[str], progress: bool = True) -> list[tuple[str, str]]:
     """[(path, why)] for every image file that PIL cannot fully decode (not an image,
     truncated, unsupported): ``seltrain data check`` runs it over a recipe's splits."""

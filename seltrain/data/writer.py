@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seltrain.data.sources import open_image
 from seltrain.errors import DataError, file_in_the_way, is_disk_full
 
 # Kept light at import time (numpy only): the CLI imports this module to build its parser.
@@ -92,16 +93,7 @@ class SplitSource:
             if image.shape[2] == 1:
                 image = np.repeat(image, 3, axis=2)
             return np.ascontiguousarray(image), label
-        from PIL import Image
-
-        path = self.split.paths[j]
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB")), label
-        except Exception as e:  # any decoder failure means the same fix
-            raise DataError(f"cannot decode {path} ({type(e).__name__}: {e}); replace or "
-                            f"remove the file (`seltrain data check` lists every unreadable "
-                            f"image of a recipe)") from e
+        return np.asarray(open_image(self.split.paths[j], "RGB")), label
 
 
 def split_rows(cfg, split: str):

@@ -69,8 +69,7 @@ def run_search(args) -> int:
               verbose=verbose)
     if not recipe.is_uri:  # only now: a search that cannot start leaves no folders behind
         os.makedirs(exp_dir, exist_ok=True)
-        os.makedirs(recipe.trial_root, exist_ok=True)
-    fn = trainable(recipe, base, StorageToken.write(recipe))
+    fn = trainable(recipe, base, StorageToken.write(recipe))  # makes the trial folders' root
     console = Console(recipe, base, verbose=verbose)
     # Tune's JSON/CSV results (for ResultGrid and --resume) but not its TensorBoard logger:
     # each trial's seltrain run folder carries the TensorBoard events.
@@ -114,7 +113,7 @@ def _new_tuner(recipe: SearchRecipe, base: Config, fn, console, callbacks: list,
         fn, param_space=param_space(recipe),
         tune_config=tune.TuneConfig(
             metric=recipe.metric, mode=recipe.mode, scheduler=scheduler,
-            num_samples=recipe.num_samples if recipe.sampled() else 1,
+            num_samples=recipe.samples_per_point,
             max_concurrent_trials=recipe.max_concurrent_trials,
             # A reused actor would keep its previous trial's TorchTrainer alive.
             reuse_actors=False,

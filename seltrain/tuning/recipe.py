@@ -138,6 +138,11 @@ class SearchRecipe:
     def sampled(self) -> bool:
         return any(s.values() is None for s in self.space.values())
 
+    @property
+    def samples_per_point(self) -> int:
+        """How often each grid point and seed is run: num_samples repeats sampled keys only."""
+        return self.num_samples if self.sampled() else 1
+
 
 # --------------------------------------------------------------------------- finding it
 
@@ -209,12 +214,7 @@ def _parse_space(space, where: str) -> dict[str, SpaceSpec]:
         if not isinstance(spec, dict):
             raise ConfigError(f"space.{key} must be a list of values or a mapping such as "
                               f"{{grid: [...]}}, got {spec!r} ({where})")
-        spec = dict(spec)
-        log_grid = spec.pop("signed_log", None)
         s = build_dataclass(SpaceSpec, spec, f"space.{key}.", {}, where)
-        if log_grid is not None:  # the builder descends into non-Optional dataclasses only
-            s.signed_log = build_dataclass(LogGrid, log_grid, f"space.{key}.signed_log.", {},
-                                           where)
         given = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is not None]
         if len(given) != 1:
             raise ConfigError(f"space.{key} must give exactly one of grid, signed_log, choice, "
@@ -223,7 +223,7 @@ def _parse_space(space, where: str) -> dict[str, SpaceSpec]:
         vals = s.values()
         if vals is not None and not vals:
             raise ConfigError(f"space.{key} has no values ({where})")
-        k = s.kind()
+        (k,) = given
         if k in ("uniform", "loguniform", "signed_loguniform"):
             lo_hi = getattr(s, k)
             if len(lo_hi) != 2 or lo_hi[0] >= lo_hi[1] or (k != "uniform" and lo_hi[0] <= 0):
@@ -289,10 +289,9 @@ def enumerate_trials(recipe: SearchRecipe) -> list[dict]:
     """The grid's trials in Tune's order; sampled keys show as their distribution."""
     keys = list(recipe.space)
     vals = [recipe.space[k].values() or [recipe.space[k].describe()] for k in keys]
-    reps = recipe.num_samples if recipe.sampled() else 1
     out = []
     # Every combination of the grid values with every seed (Tune may run them in any order).
-    for _ in range(reps):
+    for _ in range(recipe.samples_per_point):
         for combo in itertools.product(*vals, recipe.seeds):
             out.append({**dict(zip(keys, combo[:-1])), SEED_KEY: combo[-1]})
     return out

@@ -96,8 +96,8 @@ class TrialSettings:
 
     @classmethod
     def of(cls, recipe: SearchRecipe, storage: StorageToken | None = None) -> "TrialSettings":
-        train_storage = (recipe.exp_dir + "/ray_train") if recipe.is_uri else \
-            os.path.join(recipe.exp_dir, "ray_train")
+        # exp_dir never ends in "/", so this joins an s3:// URI the same way as a path.
+        train_storage = os.path.join(recipe.exp_dir, "ray_train")
         return cls(keys=recipe.keys, trial_root=recipe.trial_root, train_storage=train_storage,
                    resources=recipe.resources, max_failures=recipe.max_failures,
                    storage=storage)
@@ -156,13 +156,13 @@ def train_worker(loop_config: dict) -> None:
     ctx = distributed.setup()  # joins the gloo/NCCL group Ray Train made
     last = os.path.join(run_dir, "checkpoints", "last.pt")
     restored = ray.train.get_checkpoint()
+    resumed_after = _checkpoint_epoch(last) if ctx.is_main else None  # None: no last.pt
     if restored is not None and ctx.is_main:
         with restored.as_directory() as d:
-            ours = _checkpoint_epoch(last) if os.path.exists(last) else None
             theirs = _checkpoint_epoch(os.path.join(d, "last.pt"))
-            if theirs is not None and (ours is None or theirs > ours):
+            if theirs is not None and (resumed_after is None or theirs > resumed_after):
                 shutil.copytree(d, os.path.dirname(last), dirs_exist_ok=True)
-    resumed_after = _checkpoint_epoch(last) if ctx.is_main and os.path.exists(last) else None
+                resumed_after = theirs
     distributed.barrier()
     first = True
 

@@ -52,6 +52,25 @@ def tune_env(tmp_path):
                           RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
 
 
+def kill_search_once(args, env, ready, timeout: float, what: str):
+    """Start ``seltrain *args`` in its own session, wait until ``ready()`` is true, then
+    SIGKILL the driver and the local Ray it started (one process group) and reap it; returns
+    that true value of ``ready()``."""
+    proc = subprocess.Popen([sys.executable, "-m", "seltrain", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not (seen := ready()):
+            assert proc.poll() is None, "the search ended before it could be interrupted"
+            assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return seen
+
+
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -295,23 +314,14 @@ def test_killed_driver_resumes_without_redoing_finished_trials_with_2_worker_tri
     args = ["tune", "--search", recipe, "--num-cpus", "2", *_sets("train.epochs=3")]
     env = tune_env(tmp_path)
     exp = str(tmp_path / "exp" / "resume")
-    proc = subprocess.Popen([sys.executable, "-m", "seltrain", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    first = None
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and first is None:
-            time.sleep(1)
-            assert proc.poll() is None, "the search ended before it could be interrupted"
-            if os.path.isdir(os.path.join(exp, "trials")):
-                for name, run in trial_dirs(exp).items():
-                    if os.path.exists(os.path.join(run, "summary.json")):
-                        first = name
-        assert first is not None, "no trial finished in time"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
+
+    def finished() -> list[str]:
+        if not os.path.isdir(os.path.join(exp, "trials")):
+            return []
+        return [name for name, run in trial_dirs(exp).items()
+                if os.path.exists(os.path.join(run, "summary.json"))]
+
+    first = kill_search_once(args, env, finished, timeout=300, what="finished trial")[-1]
     done_run = trial_dirs(exp)[first]
     with open(os.path.join(done_run, "metrics.jsonl")) as f:
         before = f.read()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ import time
 import pytest
 
 from helpers import REPO, run_cli
-from test_tune import _sets, epochs_logged, read_csv, trial_dirs, tune_env, write_recipe
+from test_tune import (_sets, epochs_logged, kill_search_once, read_csv, trial_dirs, tune_env,
+                       write_recipe)
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults, pytest.mark.slow]
 
@@ -43,19 +43,9 @@ def test_killed_asha_driver_resumes_without_redoing_or_reviving_trials(tmp_path)
     args = ["tune", "--search", recipe, "--num-cpus", "2", *_sets("train.epochs=3")]
     env = tune_env(tmp_path)
     exp = str(tmp_path / "exp" / "asha_resume")
-    proc = subprocess.Popen([sys.executable, "-m", "seltrain", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 400
-    try:
-        # The third trial folder appears only after the first two have ended (one at a time).
-        while len(_trials(exp)) < 3:
-            assert proc.poll() is None, "the search ended before it could be interrupted"
-            assert time.time() < deadline, "the third trial never started"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
+    # The third trial folder appears only after the first two have ended (one at a time).
+    kill_search_once(args, env, lambda: len(_trials(exp)) >= 3, timeout=400,
+                     what="third trial")
     runs = _trials(exp)
     done = {n: r for n, r in runs.items() if os.path.exists(os.path.join(r, "summary.json"))}
     stopped = {n: r for n, r in runs.items() if n.startswith("alpha100_")}

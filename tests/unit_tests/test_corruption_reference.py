@@ -264,20 +264,25 @@ def old_zoom_blur(img: np.ndarray, severity: int) -> np.ndarray:
     return _uint8(out / (len(factors) + 1))
 
 
-def old_glass_blur(img: np.ndarray, severity: int, seed: int) -> np.ndarray:
-    """seltrain's glass blur before this fix: a true swap of the two pixels."""
-    sigma, d, _ = TABLE.params["glass_blur"][severity - 1]
-    x = rob._to_8bit(rob._gaussian_blur(_tensor(img), sigma), "floor")[0].permute(1, 2, 0)
-    x = x.numpy().copy()
-    for o in glass_offsets(severity, seed):
+def true_swap_glass(x: torch.Tensor, sigma: float, d: int, offsets) -> torch.Tensor:
+    """seltrain's glass blur before this fix: the two pixels truly swapped, where the
+    reference's numpy views copy one over the other. ``x`` [1, 3, S, S] in [0, 1]."""
+    size = x.shape[-1]
+    v = rob._to_8bit(rob._gaussian_blur(x, sigma), "floor")[0].permute(1, 2, 0).numpy().copy()
+    for o in offsets:
         o = o[0].numpy()
-        for h in range(224 - d, d, -1):
-            for w in range(224 - d, d, -1):
+        for h in range(size - d, d, -1):
+            for w in range(size - d, d, -1):
                 dx, dy = o[h, w]
-                a = x[h, w].copy()
-                x[h, w] = x[h + dy, w + dx]
-                x[h + dy, w + dx] = a
-    return _uint8(rob._gaussian_blur(torch.from_numpy(x).permute(2, 0, 1)[None], sigma))
+                a = v[h, w].copy()
+                v[h, w] = v[h + dy, w + dx]
+                v[h + dy, w + dx] = a
+    return rob._gaussian_blur(torch.from_numpy(v).permute(2, 0, 1)[None], sigma)
+
+
+def old_glass_blur(img: np.ndarray, severity: int, seed: int) -> np.ndarray:
+    sigma, d, _ = TABLE.params["glass_blur"][severity - 1]
+    return _uint8(true_swap_glass(_tensor(img), sigma, d, glass_offsets(severity, seed)))
 
 
 # --------------------------------------------------------------------------- the tests
@@ -493,17 +498,7 @@ def cifar_glass_swap_vs_copy(photos, severity: int, seeds: int = 20) -> tuple:
         for p in photos:
             x = _tensor(np.array(Image.fromarray(p).resize((32, 32), Image.BOX)))
             change["copy"].append(float((rob._glass(x, sigma, d, offsets) - x).abs().mean()))
-            v = rob._to_8bit(rob._gaussian_blur(x, sigma), "floor")[0].permute(1, 2, 0)
-            v = v.numpy().copy()
-            for o in offsets:
-                o = o[0].numpy()
-                for h in range(32 - d, d, -1):
-                    for w in range(32 - d, d, -1):
-                        dx, dy = o[h, w]
-                        a = v[h, w].copy()
-                        v[h, w] = v[h + dy, w + dx]
-                        v[h + dy, w + dx] = a
-            y = rob._gaussian_blur(torch.from_numpy(v).permute(2, 0, 1)[None], sigma)
+            y = true_swap_glass(x, sigma, d, offsets)
             change["swap"].append(float((y - x).abs().mean()))
     return 255 * float(np.mean(change["swap"])), 255 * float(np.mean(change["copy"]))
 
