@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import signal
 import sys
 import time
 from multiprocessing import Process, Queue, Value
@@ -115,13 +116,25 @@ class RankBatchOrder(TraversalOrder):
 
 # --------------------------------------------------------------------------- writing
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker(errors, job, *args):
-    """FFCV's worker loop, reporting a failure as one line instead of dying silently."""
+    """FFCV's worker loop, reporting a failure as one line instead of dying silently.
+
+    Stopping is the parent's business: Ctrl-C reaches the whole process group, and the
+    parent, on its KeyboardInterrupt (or its SIGTERM handler), terminates the workers. So a
+    worker ignores SIGINT and dies silently on SIGTERM; a forked worker would otherwise keep
+    the CLI's SIGTERM-to-KeyboardInterrupt handler, and the parent's terminate() arriving
+    while it reported Ctrl-C printed a traceback (seen once in CI). The parent starts the
+    workers with both signals blocked, so none lands before these dispositions are set."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
         job(*args)
-    except BaseException as e:  # noqa: BLE001 - anything that kills the worker is reported
-        errors.put(str(e) if isinstance(e, DataError) else "interrupted (SIGINT)"
-                   if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - anything that kills the worker is reported
+        errors.put(str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
         sys.exit(1)
 
 
@@ -164,8 +177,13 @@ class CheckedDatasetWriter(DatasetWriter):
         t0 = time.perf_counter()
         ok = False
         try:
-            for p in procs:
-                p.start()
+            # Blocked across the forks (see _worker); pending signals land after unblocking.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                for p in procs:
+                    p.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             self._wait_for_samples(procs, errors, done)
             allocation_list = self._collect_allocations(procs, errors, allocations)
             for p in procs:
