@@ -1,5 +1,3 @@
-import sys
+from seltrain.cli import entry
 
-from seltrain.cli import main
-
-sys.exit(main())
+entry()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 
 def _train(args) -> int:
     from seltrain import distributed
     from seltrain.config import load_config
-    from seltrain.errors import Interrupted, PeerLost, one_line
+    from seltrain.errors import Interrupted, PeerLost, one_line, without_source_location
     from seltrain.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
@@ -47,7 +46,7 @@ def _train(args) -> int:
             "no checkpoint was written yet"
         # gloo prefixes its source location: "[.../pair.cc:545] Read error ...: Connection
         # reset by peer. This is typically caused by ..." -> "Read error ...: Connection ..."
-        why = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", one_line(e)).split(". ")[0][:160]
+        why = without_source_location(one_line(e)).split(". ")[0][:160]
         raise PeerLost(f"rank {ctx.rank} lost contact with another rank ({why}); "
                        f"{kept}; rerun the same command with --resume (torchrun "
                        "--max-restarts does it by itself)") from None
@@ -203,9 +202,54 @@ class _Sigterm:
         return False
 
 
+def _whole_lines() -> None:
+    """Each line of a rank's stdout and stderr reaches the file in one write.
+
+    Launchers start the ranks with ``python -u`` (the deepspeed launcher does), which makes
+    the streams write-through: ``print`` then writes its text and its newline separately, and
+    the ranks sharing the launcher's output interleave mid-line ("launcher deepspeedseltrain:
+    rank 1 ..."). Line buffering over the same unbuffered file keeps ``-u``'s promise, nothing
+    waits beyond the end of its line, and a line (up to the pipe's atomic 4 kB) stays whole.
+    Only the interpreter's own streams, in a multi-rank job: never a caller's replacement."""
+    import io
+
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if type(stream) is io.TextIOWrapper and stream.write_through:
+            stream.reconfigure(line_buffering=True, write_through=False)
+
+
+def entry() -> None:
+    """The ``seltrain`` program: the console script and ``python -m seltrain``.
+
+    A rank of a multi-rank job ends without the interpreter's finalization, once ``main`` has
+    torn its process group down and the ``atexit`` handlers have run. DeepSpeed keeps its
+    process groups in module globals, so their gloo worker threads outlive
+    ``destroy_process_group``; one that drops a finished collective's tensor (a Python object)
+    while the interpreter is finalizing cannot take the GIL, and its exit aborts the process
+    ("terminate called without an active exception", exit -6; core dumps show
+    ProcessGroupGloo::AsyncWork's destructor, as in pytorch/pytorch#179291). About one job in
+    five aborted so on a loaded 2-core machine, after the run had finished and written
+    everything. ``main()`` called in-process (the tests) returns normally."""
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        import atexit
+
+        atexit._run_exitfuncs()  # what a normal exit runs first: logging, multiprocessing, ...
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream: nothing more to say
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     from seltrain.errors import Interrupted, SeltrainError, is_disk_full, no_space, one_line
 
+    _whole_lines()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -365,6 +365,15 @@ def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
             offset += t.numel()
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box: list = [None] * dist.get_world_size()
+        dist.all_gather_object(box, obj)
+        return box
+    return [obj]
+
+
 def broadcast_object(obj, src: int = 0):
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         box = [obj]

@@ -242,8 +242,16 @@ class DeepSpeedEngine:
         tag = f"{name}-step{extra.get('global_step', 0)}"
         ds_dir = self._ds_dir(path)
         # Every rank writes its ZeRO partition; client_state carries the trainer's extra.
-        self.model.save_checkpoint(ds_dir, tag=tag, client_state=extra, save_latest=False)
-        distributed.barrier()  # every partition is on disk before the .pt commits them
+        failure = None
+        try:
+            self.model.save_checkpoint(ds_dir, tag=tag, client_state=extra, save_latest=False)
+        except Exception as e:  # noqa: BLE001 - reported to every rank just below
+            failure = e
+            # Its writes come between DeepSpeed's tag check and its closing barrier, which
+            # the other ranks are now waiting in: join it, or the ranks' collectives fall out
+            # of step (a hang, or garbage in the next one).
+            distributed.barrier()
+        self._agree_partitions_written(failure, ds_dir, name, tag)
         if self.ctx.is_main:
             weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
                        for k, v in self._weights.state_dict().items()}
@@ -253,6 +261,28 @@ class DeepSpeedEngine:
             for old in glob.glob(os.path.join(ds_dir, f"{name}-step*")):
                 if os.path.basename(old) != tag:
                     shutil.rmtree(old, ignore_errors=True)
+
+    def _agree_partitions_written(self, failure, ds_dir: str, name: str, tag: str) -> None:
+        """Every rank learns whether every rank wrote its part (one all-gather, which is also
+        the barrier before the ``.pt`` commits them), and all raise the same one line if one
+        did not: a ``.pt`` naming an incomplete tag would break ``--resume``, and a rank left
+        to train on alone would wait for the others' next collective forever."""
+        from seltrain.errors import is_disk_full, one_line, without_source_location
+
+        mine = None
+        if failure is not None:
+            full = is_disk_full(failure, ds_dir)
+            mine = (self.ctx.rank, full, "no space left on the device" if full
+                    else f"{type(failure).__name__}: {without_source_location(one_line(failure))}")
+        failed = [f for f in distributed.all_gather_objects(mine) if f is not None]
+        if failed:
+            rank, full, why = failed[0]
+            others = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
+            raise CheckpointError(
+                f"rank {rank}{others} could not write its part of the DeepSpeed checkpoint "
+                f"{os.path.join(ds_dir, tag)} ({why}); {name}.pt was not updated and the "
+                f"previous checkpoints are kept: {'free space there' if full else 'fix that'} "
+                "and continue with --resume")
 
     def load(self, path: str) -> dict:
         ckpt = checkpoint.load(path, map_location="cpu")

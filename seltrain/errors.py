@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
+import re
 from typing import Iterable
 
 
@@ -49,6 +50,13 @@ def did_you_mean(word, options: Iterable, prefix: str = "") -> str:
     the hint every "unknown name" error carries."""
     near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
     return f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+
+
+def without_source_location(text: str) -> str:
+    """``text`` without the C++ source locations torch and gloo put in their messages:
+    "[enforce fail at inline_container.cc:747] . open file failed ..." -> "open file failed
+    ...", "[.../pair.cc:545] Read error ..." -> "Read error ..."."""
+    return re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*(?:\.\s+)?", "", text)
 
 
 def one_line(e: BaseException) -> str:

@@ -13,6 +13,8 @@ has no restarts: it sees a rank exit non-zero, terminates the other rank and exi
 itself, within seconds (it polls its ranks once a second). The user's restart is the same
 command with ``--resume`` (the fault injection is not set again); it continues from epoch 1's
 checkpoint and ends with the summary and metrics of an uninterrupted run started beside it.
+Before that restart, one that fails: a folder where rank 1's ZeRO partition of epoch 2 goes
+stops both ranks with rank 1's one line, and leaves last.pt at epoch 1.
 
 The /dev/shm files DeepSpeed's CPU all-reduce leaves (named for MASTER_ADDR and MASTER_PORT)
 are removed for our ports only: other jobs on the machine have their own.
@@ -151,7 +153,7 @@ def test_deepspeed_launcher_trains_and_resumes(tmp_path):
 
 @pytest.mark.faults
 def test_deepspeed_sigkilled_rank_stops_the_job_and_resume_matches_uninterrupted(tmp_path):
-    ports = [free_port(), free_port(), free_port()]
+    ports = [free_port() for _ in range(4)]
     clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
     try:
         clean = _start(clean_dir, ports[0], "clean.log")
@@ -162,7 +164,20 @@ def test_deepspeed_sigkilled_rank_stops_the_job_and_resume_matches_uninterrupted
             epochs_before = [json.loads(line)["epoch"] for line in f if line.strip()]
         last_before = torch.load(killed_dir / "ds" / "checkpoints" / "last.pt",
                                  weights_only=True)
-        resumed = _start(killed_dir, ports[2], "resumed.log", "--resume")
+        # A first restart whose rank 1 alone cannot write its ZeRO partition of epoch 2's
+        # checkpoint: a folder stands where the file goes. Both ranks must stop with one line.
+        tag_dir = killed_dir / "ds" / "checkpoints" / "deepspeed" / f"last-step{2 * STEPS}"
+        obstacles = [tag_dir / f"{prefix}zero_pp_rank_1_mp_rank_00_optim_states.pt"
+                     for prefix in ("", "bf16_")]
+        for o in obstacles:
+            o.mkdir(parents=True)
+        blocked = _start(killed_dir, ports[2], "blocked.log", "--resume")
+        blocked_out = _finish(blocked)
+        last_blocked = torch.load(killed_dir / "ds" / "checkpoints" / "last.pt",
+                                  weights_only=True)
+        for o in obstacles:  # the user's fix; rank 0's files of the failed tag stay
+            o.rmdir()
+        resumed = _start(killed_dir, ports[3], "resumed.log", "--resume")
         resumed_out = _finish(resumed)
         clean_out = _finish(clean)
     finally:
@@ -172,14 +187,29 @@ def test_deepspeed_sigkilled_rank_stops_the_job_and_resume_matches_uninterrupted
     # The kill happened: rank 1 died of SIGKILL, and the launcher ended the job, non-zero,
     # instead of leaving rank 0 waiting in a collective (a hang would have failed _finish).
     assert killed.returncode != 0
-    assert "exits with return code = -9" in killed_out, killed_out[-4000:]
+    # The launcher names the first failed rank it finds: rank 1 (SIGKILL), or rank 0 when
+    # its one line (its collective failed as its peer died) and exit came first.
+    lost = "seltrain: error: rank 0 lost contact with another rank"
+    assert "exits with return code = -9" in killed_out or (
+        lost in killed_out and "exits with return code = 5" in killed_out), killed_out[-4000:]
     assert "epoch 1/2" in killed_out and "epoch 2/2" not in killed_out
     # Rank 0's collective fails when its peer dies: one line, not a traceback.
     assert "Traceback" not in killed_out, killed_out[-4000:]
     if "lost contact" in killed_out:
-        assert "seltrain: error: rank 0 lost contact with another rank" in killed_out
+        assert lost in killed_out
     assert epochs_before == [0] and last_before["epoch"] == 0
     assert last_before["global_step"] == KILL_AT
+
+    # One rank's failed partition: every rank stops with the same line (no hang, which
+    # _finish would have failed), and last.pt still names epoch 1's complete checkpoint.
+    assert blocked.returncode != 0
+    assert "epoch 2/2" in blocked_out and "Traceback" not in blocked_out, blocked_out[-4000:]
+    assert (f"seltrain: error: rank 1 could not write its part of the DeepSpeed checkpoint "
+            f"{tag_dir} (RuntimeError: open file failed with strerror: Is a directory); "
+            ) in blocked_out, blocked_out[-4000:]
+    assert ("; last.pt was not updated and the previous checkpoints are kept: fix that and "
+            "continue with --resume") in blocked_out
+    assert last_blocked["epoch"] == 0 and last_blocked["global_step"] == KILL_AT
 
     assert resumed.returncode == 0, resumed_out[-4000:]
     for r in (0, 1):

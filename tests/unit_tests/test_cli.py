@@ -64,3 +64,73 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert p.wait(timeout=60) == 141, err
     assert first.startswith("search ") and "many.yaml" in first
     assert err == ""
+
+
+# Two ranks printing at once into the launcher's one pipe, started as launchers start them
+# (python -u): each print is several writes (text, separators, newline) unless the CLI joins
+# them; 3000 lines each interleaved mid-line within the first few hundred before it did.
+_RANK_PRINTS = """
+import sys
+from seltrain.cli import _whole_lines
+_whole_lines()
+rank = sys.argv[1]
+for i in range(3000):
+    print("seltrain: rank", rank, "line", i)
+    print("seltrain: error: rank", rank, "line", i, file=sys.stderr)
+"""
+
+
+def test_ranks_sharing_a_pipe_write_whole_lines():
+    import re
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    env = subprocess_env(WORLD_SIZE=2)
+    both = " & ".join(f"{sys.executable} -u -c '{_RANK_PRINTS}' {r}" for r in (0, 1))
+    out = subprocess.run(["sh", "-c", f"{both}; wait"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for text, prefix in ((out.stdout, "seltrain: rank"), (out.stderr, "seltrain: error: rank")):
+        lines = text.splitlines()
+        assert len(lines) == 6000
+        bad = [line for line in lines if not re.fullmatch(rf"{prefix} [01] line \d+", line)]
+        assert bad == [], bad[:5]
+        for r in (0, 1):
+            assert [int(line.rsplit(" ", 1)[1]) for line in lines
+                    if line.startswith(f"{prefix} {r} ")] == list(range(3000))
+
+
+def test_a_rank_of_a_multi_rank_job_exits_with_its_code_and_all_its_output():
+    """A rank (WORLD_SIZE > 1) leaves through os._exit, skipping the interpreter's
+    finalization (cli.entry): its exit status and every line it wrote, through a pipe, must
+    still arrive, and its atexit handlers still run."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+
+    env = subprocess_env(WORLD_SIZE=2)
+    shown = subprocess.run([sys.executable, "-m", "seltrain", "config", "show",
+                            "configs/synthetic.yaml", "train.epochs=7"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.endswith("\n") and "epochs: 7" in shown.stdout
+    plain = subprocess.run([sys.executable, "-m", "seltrain", "config", "show",
+                            "configs/synthetic.yaml", "train.epochs=7"], cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert shown.stdout == plain.stdout
+
+    missing = subprocess.run([sys.executable, "-m", "seltrain", "train", "no/such.yaml"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("seltrain: error: ") and missing.stderr.count("\n") == 1
+
+    # atexit handlers registered by anything the command imported still run.
+    code = ("import atexit, sys; atexit.register(lambda: print('atexit ran', flush=True)); "
+            "sys.argv = ['seltrain', 'config', 'show', 'configs/synthetic.yaml']; "
+            "from seltrain.cli import entry; entry()")
+    hooked = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert hooked.returncode == 0 and hooked.stdout.endswith("atexit ran\n"), hooked
