@@ -155,6 +155,12 @@ def _extensions():
     return regs
 
 
+def _multi_rank() -> bool:
+    """Whether this process is one rank of a multi-rank job, as its launcher says (torchrun
+    and the deepspeed launcher set WORLD_SIZE before Python starts)."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
 class _Sigterm:
     """SIGTERM handled as Ctrl-C, for the long commands that opt in (``train``, ``data
     write``: ``set_defaults(sigterm_as_interrupt=True)``), in a process of its own.
@@ -175,7 +181,7 @@ class _Sigterm:
     received = False
 
     def __init__(self, wanted: bool):
-        self.wanted = wanted and os.environ.get("WORLD_SIZE", "1") in ("", "1")
+        self.wanted = wanted and not _multi_rank()
         self.previous = None
         type(self).received = False
 
@@ -213,7 +219,7 @@ def _whole_lines() -> None:
     Only the interpreter's own streams, in a multi-rank job: never a caller's replacement."""
     import io
 
-    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+    if not _multi_rank():
         return
     for stream in (sys.stdout, sys.stderr):
         if type(stream) is io.TextIOWrapper and stream.write_through:
@@ -233,7 +239,7 @@ def entry() -> None:
     five aborted so on a loaded 2-core machine, after the run had finished and written
     everything. ``main()`` called in-process (the tests) returns normally."""
     code = main()
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    if _multi_rank():
         import atexit
 
         atexit._run_exitfuncs()  # what a normal exit runs first: logging, multiprocessing, ...

@@ -327,17 +327,22 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
     return out, flat[off:]
 
 
+def _grouped() -> bool:
+    """Whether collectives have peers: a process group of more than one rank is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @torch.no_grad()
 def all_reduce_sum(*tensors: Tensor) -> list[Tensor]:
     """In-place, gradient-free sum across ranks (evaluation counters and statistics)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _grouped():
         for t in tensors:
             dist.all_reduce(t)
     return list(tensors)
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _grouped():
         dist.barrier()
 
 
@@ -345,7 +350,7 @@ def barrier() -> None:
 def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
     """Rank ``src``'s values of ``tensors`` on every rank, in place: one broadcast per
     (dtype, device), the tensors packed into one flat buffer (DeepSpeed's BatchNorm buffers)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _grouped():
         return
     groups: dict = {}
     for t in tensors:
@@ -367,7 +372,7 @@ def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
 
 def all_gather_objects(obj) -> list:
     """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _grouped():
         box: list = [None] * dist.get_world_size()
         dist.all_gather_object(box, obj)
         return box
@@ -375,7 +380,7 @@ def all_gather_objects(obj) -> list:
 
 
 def broadcast_object(obj, src: int = 0):
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _grouped():
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from seltrain import checkpoint, distributed
-from seltrain.errors import CheckpointError, ConfigError
+from seltrain.errors import (CheckpointError, ConfigError, is_disk_full, one_line,
+                             without_source_location)
 from seltrain.optim import build_optimizer, build_scheduler
 
 
@@ -267,8 +268,6 @@ class DeepSpeedEngine:
         the barrier before the ``.pt`` commits them), and all raise the same one line if one
         did not: a ``.pt`` naming an incomplete tag would break ``--resume``, and a rank left
         to train on alone would wait for the others' next collective forever."""
-        from seltrain.errors import is_disk_full, one_line, without_source_location
-
         mine = None
         if failure is not None:
             full = is_disk_full(failure, ds_dir)
