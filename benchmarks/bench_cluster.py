@@ -8,7 +8,7 @@ Each part returns a dict; the parts run are merged into benchmarks/results/bench
 
 rayup: what a user of cluster/local.yaml waits for, on loopback (tests/loopback_cluster.py: a
 throwaway user, sshd on 127.0.0.1 and 127.0.0.2, the config's own setup and start commands).
-The clock starts at `ray up -y --no-config-cache`; right after it returns, the README's
+The clock starts at `ray up -y --no-config-cache`; right after it returns, the documented
 `ray job submit --working-dir . -- seltrain tune --search quickstart --address auto` is
 submitted (one short epoch per trial, loopback_cluster.QUICKSTART_TINY). Recorded: `ray up`'s
 own time, the worker at 127.0.0.2 up (its updater's "Ray start commands succeeded" in the

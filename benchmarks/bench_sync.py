@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/bench_sync.py            # ~2-4 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_sync.py --steps 20 --skip-payload
 
-Part 1 (the README figure): ResNet20, CIFAR-sized input (32x32), batch 128 per rank, 2 gloo
-ranks on CPU, the full training step (forward, CE - alpha * mean SI over the 9 residual
-blocks, DDP backward, SGD step). ``global`` adds one all-reduce of the per-class sums and
-counts in the forward pass (the fused regularizer's one buffer; its backward needs no
-collective, see distributed._AllReduceSum); ``local`` adds none. Steps of the two modes are
+Part 1 (the figure in docs/performance.md): ResNet20, CIFAR-sized input (32x32), batch 128
+per rank, 2 gloo ranks on CPU, the full training step (forward, CE - alpha * mean SI over the
+9 residual blocks, DDP backward, SGD step). ``global`` adds one all-reduce of the per-class
+sums and counts in the forward pass (the fused regularizer's one buffer; its backward needs
+no collective, see distributed._AllReduceSum); ``local`` adds none. Steps of the two modes are
 interleaved in blocks so machine load drifts hit both alike; the median step time is
 reported. Target: global at most 5% over local.
 

@@ -84,7 +84,7 @@ class SelectivityConfig:
     # Batch SI from the global batch (statistics all-reduced) or from each rank's slice.
     sync: str = choice("global", ("global", "local"))
     # Shrinking the global payload for many classes: send only classes present in the
-    # global batch, and/or send it as bf16 (see README, "Global selectivity statistics").
+    # global batch, and/or send it as bf16 (docs/distributed.md, "Global selectivity statistics").
     sync_present_only: bool = False
     sync_bf16: bool = False
     # Exact dataset-level SI on val and test after every epoch.
@@ -114,7 +114,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     # cuDNN benchmarking: auto = on when CUDA is present and deterministic is off (fastest
-    # conv kernels, found by timing, so runs differ in the last bits; README "On a GPU").
+    # conv kernels, chosen by timing, so runs differ in the last bits; docs/training.md,
+    # "On a GPU").
     cudnn_benchmark: Union[bool, str] = choice("auto", ("auto", True, False))
     eval_batch_size: int = 512
     # When to evaluate the test split: after every epoch, or only after the epochs whose

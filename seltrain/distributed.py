@@ -276,7 +276,7 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
     The [K, U_l] sums (the fused regularizer passes one [K, sum U] buffer) and the [K] counts
     are packed into one fresh flat buffer and all-reduced once, in place (``_AllReduceSum``).
     Under DDP's gradient averaging the result equals single-process training on the
-    concatenated batch (METHODS.md section 2). ``replicated`` (default): every rank uses the
+    concatenated batch (docs/METHODS.md section 2). ``replicated`` (default): every rank uses the
     reduced statistics the same way, so the backward pass needs no collective (see
     ``_AllReduceSum``); pass False for a rank-dependent use.
 

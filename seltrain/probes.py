@@ -2,7 +2,7 @@
 
 Each model names its probe points (``model.probe_points()``): modules whose forward output is
 a post-ReLU unit activation. A conv unit is a channel and its activation for one image is the
-spatial mean of its feature map; a linear unit is one output feature (METHODS.md section 1).
+spatial mean of its feature map; a linear unit is one output feature (docs/METHODS.md section 1).
 ``unit_activation`` is that reading, and ``Probe`` (forward hooks) is the one way it is taken:
 the trainer's regularizer and evaluation, and every analysis (``layer_outputs``), read a unit
 through the same hook and the same arithmetic. Hooks are attached only while a probe is

@@ -1,6 +1,6 @@
 """The class selectivity index (SI) and the regularizer built on it.
 
-Morcos et al. 2018; Leavitt & Morcos, ICLR 2021 (METHODS.md sections 1-2). For one unit with
+Morcos et al. 2018; Leavitt & Morcos, ICLR 2021 (docs/METHODS.md sections 1-2). For one unit with
 class-conditional mean activations mu_k over the classes k present in a sample set:
 
     SI = (mu_max - mu_-max) / (mu_max + mu_-max + eps)
@@ -188,7 +188,7 @@ class SelectivityAccumulator:
 
     Accumulates in float64 so the order of batches (or of ranks) moves the result by at most
     ~1e-16 relative, and reported SI is the SI of true dataset class means, not an average of
-    per-batch SIs (METHODS.md section 1, "Reported selectivity").
+    per-batch SIs (docs/METHODS.md section 1, "Reported selectivity").
 
     Every layer's sums live in one [K, sum U] buffer (``flat``; ``sums[name]`` are column views
     of it), so a batch is one GEMM, a multi-rank evaluation all-reduces one buffer, and SI is

@@ -1,7 +1,7 @@
 """`ray up` on this one machine: a throwaway user, sshd on loopback, a local-provider cluster.
 
 Used by tests/integration_tests/test_cluster_rayup.py and benchmarks/bench_cluster.py. It does
-what the README ("Searching alpha", "On machines you already have") tells a user, with two
+what docs/tune-and-clusters.md ("On machines you already have") tells a user, with two
 loopback addresses standing in for two machines: the head at 127.0.0.1 and one worker at
 127.0.0.2, each reached over real SSH, launched by `ray up` from cluster/local.yaml.
 
@@ -346,7 +346,7 @@ class LoopbackCluster:
                 # This "machine's" Ray files (cluster state, config cache), apart from the
                 # nodes' (~/t, set in ~/.bashrc by the config) as on separate machines.
                 "RAY_TMPDIR": f"{self.home}/l", "TMPDIR": f"{self.home}/l",
-                # The README's instruction for clients of a token-auth cluster.
+                # The documented instruction for clients of a token-auth cluster.
                 "RAY_AUTH_MODE": "token",
                 "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
 
@@ -614,10 +614,11 @@ MaxStartups 64:30:128
             + yaml.safe_dump(cfg, sort_keys=False, width=200)))
 
     def _make_token(self) -> None:
-        # What the README tells a user to do once: the token every node gets (file_mounts).
+        # What docs/tune-and-clusters.md tells a user to do once: the token every node gets
+        # (file_mounts).
         self.run("ray get-auth-token --generate >/dev/null", timeout=120, log="token")
 
-    # ------------------------------------------------------------------ the README's commands
+    # ------------------------------------------------------------------ the documented commands
     @property
     def dashboard(self) -> str:
         return f"http://{HEAD}:{self.ports['dashboard']}"
@@ -700,7 +701,7 @@ MaxStartups 64:30:128
         return self.wait(p, path, timeout=timeout, what=cmd)
 
     def quickstart(self) -> tuple[str, str]:
-        """(the README's `seltrain tune --search quickstart --address auto` with
+        """(the documented `seltrain tune --search quickstart --address auto` with
         QUICKSTART_TINY and the shared storage, the experiment folder it fills)."""
         sets = " ".join(f"--set {s}" for s in QUICKSTART_TINY)
         return (f"seltrain tune --search quickstart --address auto --storage {self.shared}/tune "

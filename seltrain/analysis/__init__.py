@@ -1,6 +1,6 @@
 """Analyses of trained classifiers: what their (selective) units do.
 
-Each analysis is a module named for it (METHODS.md sections 3-5) holding its math as pure
+Each analysis is a module named for it (docs/METHODS.md sections 3-5) holding its math as pure
 functions on any ``nn.Module`` and, for ``seltrain analyze NAME``, a ``compute(target,
 options)`` that returns the numbers, and ``SWEEP_HEADLINE`` (plus ``sweep_panels`` where it
 draws per-layer figures): what ``seltrain report --analyses`` plots against alpha.

@@ -1,4 +1,4 @@
-"""Unit ablation: what happens to accuracy when units are silenced (METHODS.md section 3).
+"""Unit ablation: what happens to accuracy when units are silenced (docs/METHODS.md section 3).
 
 - ``single_unit_ablation``: zero one unit (a whole channel, every position) at a time and
   measure the overall and per-class accuracy drops (Zhou, Sun, Bau & Torralba 2018,
@@ -339,7 +339,7 @@ def single_unit_ablation(model: nn.Module, layer: str | nn.Module, x, y=None,
     ``max_class_drop[U]``, ``class_drop_std[U]`` (population std over classes), plus
     ``class_counts[K]``, ``n_images``, ``layer``, ``ablated_module`` (where units are zeroed,
     module docstring), ``method`` and ``units_per_pass``. Beside the per-class accuracy
-    (recall, METHODS.md sec. 3), dissect's per-class score:
+    (recall, docs/METHODS.md sec. 3), dissect's per-class score:
     ``baseline_class_balanced_acc[K]``, ``ablated_class_balanced_acc[U, K]`` and
     ``class_balanced_drops[U, K]`` (``balanced_class_accuracy``). Classes absent from the data
     have NaN accuracies and are skipped by the summaries. ``num_classes`` defaults to the

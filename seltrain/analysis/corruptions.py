@@ -1,5 +1,5 @@
 """The common corruptions, as the released -C sets were made (Leavitt & Morcos 2020 use them;
-METHODS.md section 5).
+docs/METHODS.md section 5).
 
 The 15 corruptions of Hendrycks & Dietterich (ICLR 2019, "Benchmarking neural network
 robustness to common corruptions and perturbations") and the 4 held-out extra ones (speckle

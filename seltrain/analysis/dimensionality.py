@@ -1,4 +1,4 @@
-"""Dimensionality of layer representations (Leavitt & Morcos 2020; METHODS.md section 5).
+"""Dimensionality of layer representations (Leavitt & Morcos 2020; docs/METHODS.md section 5).
 
 Per layer, the number of principal components needed to explain a fraction (``threshold``,
 95% by default; the paper's exact threshold is unconfirmed) of the variance of a set of
@@ -21,7 +21,7 @@ the eigenvalues of their covariance.
 
 The representation is the layer's whole output flattened (every channel at every position);
 ``spatial="mean"`` uses the spatially averaged unit activations instead (C features per conv
-layer, the units of METHODS.md section 1). N bounds the answer (at most N - 1 components
+layer, the units of docs/METHODS.md section 1). N bounds the answer (at most N - 1 components
 vary), so compare layers, conditions and networks at equal N.
 
 Memory: the clean features of every layer are held while the perturbed ones stream, so the
@@ -220,7 +220,7 @@ def early_layers(layers: Sequence[str], n: int | None = None) -> list[str]:
 
 # What `seltrain report --analyses` plots against alpha and mean SI: the abstract's two
 # claims, that clean early-layer dimensionality falls with selectivity and that adversarial
-# inputs raise it more than corrupted ones (both readings, README).
+# inputs raise it more than corrupted ones (both readings, docs/analysis.md).
 SWEEP_HEADLINE = ("representation_components_clean", "early_increase_corrupted",
                   "early_increase_adversarial", "early_change_components_corrupted",
                   "early_change_components_adversarial")

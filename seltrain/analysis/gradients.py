@@ -1,6 +1,6 @@
 """Input gradients of unit activations, and how variable they are (Leavitt & Morcos 2020).
 
-The paper's abstract (METHODS.md section 5): "the input-unit gradient is more variable across
+The paper's abstract (docs/METHODS.md section 5): "the input-unit gradient is more variable across
 samples and units in high-selectivity networks compared to low-selectivity networks". The
 text at hand does not define the statistic and no code of the paper is public (searched: the
 title and the authors in the code corpus; Omkar-Ranadive/Class-Selective-Neurons has

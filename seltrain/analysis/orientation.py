@@ -1,4 +1,4 @@
-"""Orientation selectivity of units (Ukita 2020; METHODS.md section 4).
+"""Orientation selectivity of units (Ukita 2020; docs/METHODS.md section 4).
 
 Matched to the author's code, ukky17/ori_selectivity_CNN (Keras): grating.py
 (``create_gratings``, ``create_grating``), grating_analysis.py (``get_oristats`` and the

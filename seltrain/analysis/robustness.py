@@ -1,4 +1,4 @@
-"""Average- and worst-case robustness (Leavitt & Morcos 2020; METHODS.md section 5).
+"""Average- and worst-case robustness (Leavitt & Morcos 2020; docs/METHODS.md section 5).
 
 Accuracy under the common corruptions (``seltrain.analysis.corruptions``), made on the fly
 (``accuracy_under_corruptions``) or read from the released -C files

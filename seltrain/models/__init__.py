@@ -4,7 +4,7 @@
 ``probe_points()`` (probe name -> module whose output is a post-ReLU unit activation, in
 forward order), ``ablation_points()`` (probe name -> module whose output, zeroed, is what the
 next layer receives) and ``probe_groups()`` (``"all"`` and ``"blocks"``: lists of probe names).
-See seltrain/models/probed.py for the contract and METHODS.md sec. 1 for why these layers.
+See seltrain/models/probed.py for the contract and docs/METHODS.md sec. 1 for why these layers.
 """
 from __future__ import annotations
 

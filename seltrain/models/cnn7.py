@@ -1,4 +1,4 @@
-"""Ukita's 7-layer CNN for CIFAR-10 (orientation selectivity; METHODS.md sec. 4).
+"""Ukita's 7-layer CNN for CIFAR-10 (orientation selectivity; docs/METHODS.md sec. 4).
 
 Ported from the author's Keras code: six unpadded 3x3 convs with 32, 32, 64, 64, 128, 128
 channels at strides 1, 2, 1, 2, 1, 2, each ``Conv2D(activation='relu')`` followed by

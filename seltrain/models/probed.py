@@ -4,7 +4,7 @@ A model names, for every probed layer, two tensors by the module that outputs th
 
 * the **probe point**: a module whose forward *output* is the layer's post-ReLU unit
   activation, [N, C, H, W] for a conv layer (a unit is a channel) or [N, F] for a linear
-  layer (a unit is a feature), METHODS.md section 1. Class selectivity (training and
+  layer (a unit is a feature), docs/METHODS.md section 1. Class selectivity (training and
   ``analyze selectivity``), orientation responses (``analyze orientation``) and the unit
   attributes of ``analyze ablation`` read it, spatially averaged.
 * the **ablation point**: a module whose output is what the *next* layer receives from those
@@ -15,7 +15,7 @@ A model names, for every probed layer, two tensors by the module that outputs th
   leave BatchNorm's constant beta - gamma * mu / sqrt(var + eps) for the channel, not zero,
   so the ablation point is the BatchNorm. Everywhere else it is the probe point itself.
 
-Per architecture (README, "Analysing a trained network"):
+Per architecture (docs/analysis.md, "Where a unit is read, zeroed and weighed"):
 
     arch        probe / SI / orientation tensor          ablation tensor
     resnet*     block output (after add and ReLU); stem ReLU    the same

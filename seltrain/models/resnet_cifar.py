@@ -31,7 +31,7 @@ class BasicBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
         # Not in-place, and a module of its own, so ablation hooks can target it; the block's
-        # output (the probe point, METHODS.md sec. 1) is this ReLU's output.
+        # output (the probe point, docs/METHODS.md sec. 1) is this ReLU's output.
         self.relu2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:

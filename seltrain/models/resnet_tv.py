@@ -1,12 +1,12 @@
 """ResNet18 / ResNet50 on torchvision's implementation, with a stem for small images.
 
 Leavitt & Morcos (ICLR 2021) trained these on Tiny ImageNet (64x64) with the first max-pool
-removed (METHODS.md sec. 2). For inputs up to 96 px we also swap the 7x7 stride-2 stem conv
+removed (docs/METHODS.md sec. 2). For inputs up to 96 px we also swap the 7x7 stride-2 stem conv
 for a 3x3 stride-1 one, the usual small-image adaptation (that the paper did this too is
 unconfirmed); otherwise a 64 px image would already be 16x16 after the stem. Larger inputs
 (ImageNet, 224 px) keep torchvision's stem. Probe points are the residual blocks
 (``layer1.0`` ... ``layer4.*``), whose output is taken after the skip addition and the final
-ReLU (METHODS.md sec. 1).
+ReLU (docs/METHODS.md sec. 1).
 """
 from __future__ import annotations
 

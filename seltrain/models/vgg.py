@@ -1,7 +1,7 @@
 """VGG16 (Simonyan & Zisserman 2015, config D), with and without batch norm.
 
 ``vgg16`` is the network Ukita analysed on ImageNet (Keras ``applications.vgg16.VGG16``,
-METHODS.md sec. 4): the 13 3x3 convs of config D, each conv -> ReLU, no batch norm, a 2x2
+docs/METHODS.md sec. 4): the 13 3x3 convs of config D, each conv -> ReLU, no batch norm, a 2x2
 max-pool after each of the five stages, then fc1 and fc2 (ReLU) and the classifier. Its probe
 points are his analysed layer set (grating_analysis.py, ``analyzed_layers`` for 'imagenet'):
 every conv's ReLU output (``block1_conv1`` ... ``block5_conv3``), every stage's max-pool

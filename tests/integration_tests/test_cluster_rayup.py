@@ -1,11 +1,11 @@
-"""`ray up` end to end on loopback: the README's cluster commands, run for real on one machine.
+"""`ray up` end to end on loopback: the documented cluster commands, run for real on one machine.
 
 tests/loopback_cluster.py makes a throwaway user, an sshd on a spare port of 127.0.0.1 and
 127.0.0.2, the user's Python (the lock's packages) and a loopback variant of
-cluster/local.yaml. Then, as that user and as the README says: `ray up`, the worker at
-127.0.0.2 joins over SSH (autoscaler v1, as local.yaml sets), `ray exec ... 'ray status'`,
-`ray job submit --working-dir . -- seltrain tune --search quickstart --address auto` (tiny
-settings), the experiment folder's results.csv and plots, `ray down`, and nothing left:
+cluster/local.yaml. Then, as that user and as docs/tune-and-clusters.md says: `ray up`, the
+worker at 127.0.0.2 joins over SSH (autoscaler v1, as local.yaml sets), `ray exec ... 'ray
+status'`, `ray job submit --working-dir . -- seltrain tune --search quickstart --address auto`
+(tiny settings), the experiment folder's results.csv and plots, `ray down`, and nothing left:
 no process of the user, no Ray port listening, no sshd, no user.
 
 Needs root, openssh-server, rsync and ss (the Makefile installs them as root); skipped
@@ -63,7 +63,7 @@ def test_ray_up_runs_quickstart_search_on_two_nodes_then_down_leaves_nothing():
         assert re.search(r"\b0\.0/2\.0 CPU", status), status[-3000:]
         assert "(no pending nodes)" in status and "(no failures)" in status, status[-3000:]
 
-        # The README's command (one short epoch per trial: loopback.QUICKSTART_TINY).
+        # The documented command (one short epoch per trial: loopback.QUICKSTART_TINY).
         search, exp = lc.quickstart()
         out = lc.submit(search, timeout=900)
         assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-3000:]

@@ -7,7 +7,7 @@ start them, one rank each, train one job whose results equal the single-node 2-r
   ``deepspeed --no_ssh --node_rank N`` command on each "node", the form that needs no pdsh and
   no SSH. With ``--no_ssh`` the hostfile only says how many ranks each node runs and in which
   order (node N's ranks come after those of the nodes listed before it); nothing connects to
-  127.0.0.2 (README, "DeepSpeed launcher").
+  127.0.0.2 (docs/distributed.md, "DeepSpeed launcher").
 
 The reference is the 2-rank single-node run of the same launcher, started at the same time.
 Same data, same seed, same global batch split the same way over ranks 0 and 1, and gloo sums

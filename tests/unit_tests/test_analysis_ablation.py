@@ -81,7 +81,7 @@ def test_one_class_unit_has_si_one_and_its_class_preferred():
     np.testing.assert_array_equal(means[0, 1:], 0)
     mu_max = means.max(1)
     mu_rest = (means.sum(1) - mu_max) / (K - 1)
-    si = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7)  # METHODS.md sec. 1, by hand
+    si = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7)  # docs/METHODS.md sec. 1, by hand
     np.testing.assert_allclose(si, 1.0, atol=1e-6)
     np.testing.assert_array_equal(attrs["preferred_class"], np.arange(K))
     assert attrs["weight_module"] == "hidden"

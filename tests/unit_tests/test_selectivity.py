@@ -8,7 +8,7 @@ from seltrain.selectivity import (SelectivityAccumulator, class_selectivity, cla
 
 
 def numpy_si(acts: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    """Straight from METHODS.md section 1, with loops, in float64."""
+    """Straight from docs/METHODS.md section 1, with loops, in float64."""
     classes = sorted(set(labels.tolist()))
     out = np.zeros(acts.shape[1])
     for u in range(acts.shape[1]):
