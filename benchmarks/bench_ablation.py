@@ -6,7 +6,7 @@ Naive: a whole forward pass per ablated unit. Fast (seltrain.analysis.ablation):
 split at the layer with torch.fx, the part below runs once per batch and only the part above
 runs per ablation. Both run in this one process, one after the other, on the same model and
 data; the script asserts the accuracies are identical and writes
-benchmarks/results/bench_ablation.json. Target (issue 6): at least 5x, identical numbers.
+benchmarks/results/bench_ablation.json. Target: at least 5x, identical numbers.
 
     python benchmarks/bench_ablation.py                  # 2,000 images, CPU (minutes: naive)
     python benchmarks/bench_ablation.py --images 500     # a quick look

@@ -1,6 +1,6 @@
 """Full grid against ASHA on the quickstart alpha space (tune/quickstart.yaml), side by side.
 
-Target (issue 5): ASHA's best alpha scores within one seed-standard-deviation of the grid's
+Target: ASHA's best alpha scores within one seed-standard-deviation of the grid's
 best, using at most 40% of the grid's trial-epochs. Both searches run the same trials (the
 quickstart alphas x seeds, same base recipe, test split evaluated only at new-best-val epochs)
 through `seltrain tune`; ASHA ranks trials at 1, 3 and 9 epochs (grace period 1, reduction

@@ -1,4 +1,4 @@
-"""Cluster timings on this machine (issue 10): `ray up` to the first trial, and more by part.
+"""Cluster timings on this machine: `ray up` to the first trial, and more by part.
 
     .venv/bin/python benchmarks/bench_cluster.py --part rayup    # ~4 min; root, sshd, rsync
     .venv/bin/python benchmarks/bench_cluster.py --part all

@@ -4,16 +4,16 @@ Forms (same model, same data, same optimizer, same batches):
   plain    a hand-written loop: forward, CE, backward, SGD step; no probes
   alpha0   seltrain's Trainer.train_epoch with alpha = 0 (probes detached)
   alpha-1  seltrain's Trainer.train_epoch with alpha = -1 (probes + SI regularizer)
-  alpha-1_per_layer  (with --compare-per-layer) the step as it was before the SI fusion and
-           the host-sync change: Trainer.train_epoch with the per-layer penalty
-           (selectivity_penalty_per_layer_reference) and three host reads per step (the
-           loss.item(), ce.item() and float(mu_si) the step used to make), so before and
-           after are measured in the same run.
+  alpha-1_per_layer  (with --compare-per-layer) the unfused reference step:
+           Trainer.train_epoch with the per-layer penalty
+           (selectivity_penalty_per_layer_reference) and three host reads per step
+           (loss.item(), ce.item() and float(mu_si)), the kernel launches and host syncs
+           the fused step avoids, measured in the same run as the fused one.
 
 Rounds interleave the forms so drifting machine load hits all of them alike; the median
 seconds per step over rounds is reported, by wall clock and by this process's CPU time
 (``--clock cpu`` makes the CPU time the headline: on a CPU shared with other jobs it is far
-steadier than wall time; on a GPU only wall time means anything). Targets (issue 2): the
+steadier than wall time; on a GPU only wall time means anything). Targets: the
 regularizer costs at most 5% of the step (alpha-1 / alpha0 <= 1.05) and seltrain at alpha = 0
 keeps at least 95% of the plain loop's throughput (plain / alpha0 >= 0.95).
 

@@ -12,15 +12,16 @@ interleaved in blocks so machine load drifts hit both alike; the median step tim
 reported. Target: global at most 5% over local.
 
 Part 2: the payload at ImageNet scale, 1000 classes x 15104 probed units (ResNet50's block
-outputs: 3x256 + 4x512 + 6x1024 + 3x2048), local batch 128: dense fp32 (with the old
-all-reduced backward beside it), present-only rows (exact, with a host sync; and static,
-sync-free), bf16, forward plus backward of ``all_reduce_stats`` alone, with bytes per step.
+outputs: 3x256 + 4x512 + 6x1024 + 3x2048), local batch 128: dense fp32 (with an all-reduced
+backward, ``replicated=False``, beside it), present-only rows (exact, with a host sync; and
+static, sync-free), bf16, forward plus backward of ``all_reduce_stats`` alone, with bytes per
+step.
 
 Results go to benchmarks/results/bench_sync.json.
 
 Measured 2026-11-30 on 2 shared CPU cores, gloo, torch 2.14.1, 1 thread per rank, with
 ``--payload-reps 10 --blocks 10`` on a quiet machine (load average 1-2): step median global
-403 ms vs local 392 ms, ratio 1.029 (target <= 1.05; earlier runs 0.967 and 1.023 at load 2-6,
+403 ms vs local 392 ms, ratio 1.029 (target <= 1.05; other runs 0.967 and 1.023 at load 2-6,
 1.198 and 0.918 with fewer blocks at load 10-30: wall time here is that noisy); 13,480 B of SI
 statistics all-reduced per step, forward only (DDP's gradients: 1,089,896 B). Payload K=1000,
 U=15104, 128/rank (218 classes present in the 256-sample global batch), bytes per step and

@@ -1,4 +1,4 @@
-"""The GPU check (issue 14): every figure a lent GPU should give, in one command, as JSON.
+"""The GPU check: every figure a GPU should give, in one command, as JSON.
 
     python benchmarks/gpu_check.py              # on a CUDA machine: the full check, < 10 min
     python benchmarks/gpu_check.py --reduced    # the CPU-sized version (tests run it)
@@ -21,9 +21,9 @@ Sections of the JSON, each with its settings beside its numbers:
 5. ``eval`` and ``memory``: ms per evaluation batch with selectivity.eval_si on and off; peak
    GPU memory of a training epoch at alpha = 0 and alpha = -1.
 6. ``ffcv_eval``: Trainer.evaluate on real .beton files through the trainer's (borrowing)
-   path against a loader that copies every batch: accuracy and SI compared bitwise; and the
-   evaluation loop as it was before the fix (a non_blocking copy of each borrowed, pinned
-   buffer and no wait before the next draw), for the record.
+   path against a loader that copies every batch: accuracy and SI compared bitwise; and, as a
+   control, an evaluation loop without the wait (a non_blocking copy of each borrowed,
+   pinned buffer, and the next batch drawn at once), the race the trainer's path closes.
 7. ``ablation``: time and peak memory of a fast single-unit ablation of layer1.0
    (seltrain.analysis.ablation.single_unit_ablation, fast=True).
 8. ``deepspeed_bf16`` (CUDA only): two DeepSpeed bf16 steps in this process (ZeRO-1 from
@@ -310,9 +310,10 @@ def epoch_peak_memory(trainer) -> float | None:
 
 @torch.no_grad()
 def prefix_evaluate(trainer, loader) -> dict:
-    """The evaluation loop as it was before the fix: each borrowed (pinned, on a GPU) buffer
-    copied with .to(device, non_blocking=True) on the compute stream, labels copied first,
-    and nothing waits for the copy before the next batch is drawn. For the record only."""
+    """A control: an evaluation loop that races FFCV. Each borrowed (pinned, on a GPU) buffer
+    is copied with .to(device, non_blocking=True) on the compute stream, labels first, and
+    nothing waits for the copy before the next batch is drawn, so a copy may read a later
+    batch's pixels. It shows whether the race is visible on this GPU."""
     from seltrain.selectivity import SelectivityAccumulator
 
     model = trainer.engine.module

@@ -235,9 +235,9 @@ def entry() -> None:
     ``destroy_process_group``; one that drops a finished collective's tensor (a Python object)
     while the interpreter is finalizing cannot take the GIL, and its exit aborts the process
     ("terminate called without an active exception", exit -6; core dumps show
-    ProcessGroupGloo::AsyncWork's destructor, as in pytorch/pytorch#179291). A rank aborted so in
-    3 of 33 runs of the two-node DeepSpeed test on 2 loaded cores, and once in CI, each time
-    after the run had finished and written everything. ``main()`` called in-process (the tests) returns normally."""
+    ProcessGroupGloo::AsyncWork's destructor, as in pytorch/pytorch#179291), after the run has
+    finished and written everything. ``main()`` called in-process (the tests) returns
+    normally."""
     code = main()
     if _multi_rank():
         import atexit

@@ -17,10 +17,10 @@ across ranks before SI is taken.
 The regularizer is fused across layers (``selectivity_penalty``): every probed layer's units
 are concatenated into one [N, sum U] matrix, so one one-hot, one GEMM, one (optional)
 all-reduce and one ``si_from_stats`` serve all layers, and the per-layer means come from one
-GEMV. SI is per unit, so concatenating units changes no number; the per-layer form it replaced
-(``selectivity_penalty_per_layer_reference``) launched about 30 forward and 40 backward kernels
-per layer (~1,100 per step for ResNet50's 16 blocks), which on a GPU left the step
-launch-bound and put many tiny kernels first in the backward pass.
+GEMV. SI is per unit, so concatenating units changes no number. The per-layer form
+(``selectivity_penalty_per_layer_reference``) launches about 30 forward and 40 backward kernels
+per layer (~1,100 per step for ResNet50's 16 blocks), which on a GPU leaves the step
+launch-bound and puts many tiny kernels first in the backward pass.
 """
 from __future__ import annotations
 
@@ -170,8 +170,8 @@ def selectivity_penalty_per_layer_reference(layer_acts: Sequence[Tensor], labels
                                             num_classes: int, *, eps: float = 1e-7,
                                             reduce: StatsReducer | None = None
                                             ) -> tuple[Tensor, Tensor]:
-    """The regularizer in its earlier per-layer form: one one-hot, GEMM and ``si_from_stats``
-    per layer. Kept ONLY as the reference that the tests and ``benchmarks/bench_step.py
+    """The regularizer computed layer by layer: one one-hot, GEMM and ``si_from_stats`` per
+    layer. Kept ONLY as the reference that the tests and ``benchmarks/bench_step.py
     --compare-per-layer`` hold the fused ``selectivity_penalty`` against; do not train with it.
     """
     stats = [class_stats(a, labels, num_classes) for a in layer_acts]

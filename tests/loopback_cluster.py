@@ -496,7 +496,7 @@ MaxStartups 64:30:128
             self._copy_console_scripts()
         else:
             # Another filesystem: install the lock into it for real (needs the package index;
-            # not exercised on the machines this was written on). pip runs as root with the
+            # the test machines never take this branch). pip runs as root with the
             # .venv's pip, then the whole venv, holding no links, becomes the user's.
             shutil.rmtree(dst)
             os.makedirs(dst)

@@ -58,7 +58,7 @@ that fuses the B grad_outputs of ``convolution_backward`` and ``native_batch_nor
 times over N images each: the gain comes from batching over images and from one autograd
 traversal per block. On a CPU core, where arithmetic dominates, that is 1.0-1.2x the loop
 (benchmarks/bench_gradients.py); where small kernels are launch-bound (a GPU) it should be
-much more, not measured yet (no GPU was lent). Replicating the batch B
+much more (not measured on a GPU). Replicating the batch B
 times would fuse those kernels at the price of a B-times forward pass. Memory is about
 B x N x (the input and the saved activations below the layer), and the running sums hold
 U x P (P = pixels x channels) float64 per layer; the gradients are never all held at once.

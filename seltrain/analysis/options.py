@@ -10,10 +10,10 @@ made (``__post_init__``): a bad one is a one-line ConfigError that names the opt
 (``"0,1/255"``, ``"all+extra"``) is accepted wherever the command line accepts it and parsed
 by the field's ``parse``.
 
-Renamed: ``--threshold`` meant the gOSI cut in ``analyze orientation`` and the variance share
-in ``analyze dimensionality``, so one ``--analysis-args`` string could not set both. They are
-``--gosi-threshold`` and ``--variance-share`` now; ``--threshold`` still works wherever it
-is unambiguous (either command alone, or a sweep that runs only one of the two).
+The gOSI cut of ``analyze orientation`` and the variance share of ``analyze dimensionality``
+have names of their own, ``--gosi-threshold`` and ``--variance-share``, so one
+``--analysis-args`` string can set both. Each also answers to ``--threshold`` wherever that is
+unambiguous (either command alone, or a sweep that runs only one of the two).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def option_label(cls, name: str) -> str:
 # --------------------------------------------------------------------------- text -> values
 
 def count(text: str) -> int:
-    """A count >= 0 (0: all); a negative count used to mean "all" silently."""
+    """A count >= 0 (0: all); a negative count is refused rather than read as "all"."""
     try:
         n = int(text)
     except ValueError:

@@ -198,7 +198,7 @@ class CheckedDatasetWriter(DatasetWriter):
             if not ok:
                 # Each queue's feeder thread is joined at interpreter exit; with the
                 # workers gone, the one still pushing work into a full pipe would block
-                # that join forever (the Ctrl-C hang). What it holds is not needed now.
+                # that join forever, and Ctrl-C would hang. What it holds is not needed.
                 for q in (work, allocations, errors):
                     q.cancel_join_thread()
             for p in procs:

@@ -83,7 +83,7 @@ def _free_port() -> int:
 
 
 def _probe_gcs(address: str) -> None:
-    """A ``host:port`` with nothing listening is a one-line error now, not a minutes-long
+    """A ``host:port`` with nothing listening is a one-line error at once, not a minutes-long
     retry inside ray.init; ``auto`` and ``ray://`` are left to Ray (and the watchdog)."""
     if address == "auto" or "://" in address or ":" not in address:
         return

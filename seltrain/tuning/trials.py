@@ -185,8 +185,9 @@ def train_worker(loop_config: dict) -> None:
     summary = trainer.fit()
     if first:
         # Nothing trained, so nothing reported: the checkpoint was already the last epoch's (the
-        # search was stopped between the last report and summary.json; found by
-        # tests/integration_tests/test_tune_resume.py). Tune still needs the trial's metrics.
+        # search was stopped between the last report and summary.json, as
+        # tests/integration_tests/test_tune_resume.py does). Tune still needs the trial's
+        # metrics.
         ray.train.report(summary_metrics(summary))
     distributed.teardown(ctx)
 

@@ -1,4 +1,4 @@
-"""Bad inputs and faults, one table (issue 12): every row is a command, its exit code, the one
+"""Bad inputs and faults, one table: every row is a command, its exit code, the one
 ``seltrain:`` line it must print on stderr, the notes it may print besides, and the files that
 must come out byte-identical (sha256 before and after). No row may print a traceback, and
 every subprocess runs under a timeout, so a hang fails its row.
@@ -193,7 +193,8 @@ def _writing(tmp):
 
 def sigint_data_write(row, tmp):
     """Ctrl-C (SIGINT to the process group) while `data write --force` replaces a file: it
-    used to hang forever; now it exits 130 within seconds and the old file stays intact."""
+    exits 130 within seconds, without hanging on its workers' queues, and the old file stays
+    intact."""
     proc = _popen([fill(a, tmp, "") for a in BIG_WRITE] + ["--force"])
     _wait_for(_writing(tmp), proc, "the write under way")
     os.killpg(proc.pid, signal.SIGINT)
@@ -273,9 +274,10 @@ def sigterm_after_checkpoint(row, tmp):
 
 
 def concurrent_runs(row, tmp):
-    """A second run into a folder a live run holds (they used to both exit 0, interleaving
-    metrics.jsonl): refused at once, naming the holder. The first run is paused (SIGSTOP)
-    once it holds the folder, so the second always meets it alive, however slow the box."""
+    """A second run into a folder a live run holds (without the lock both would exit 0,
+    interleaving metrics.jsonl): refused at once, naming the holder. The first run is paused
+    (SIGSTOP) once it holds the folder, so the second always meets it alive, however slow the
+    box."""
     argv = [fill(a, tmp, "") for a in train("shared", "train.epochs=3")]
     first = _popen(argv)
     _wait_for(lambda: os.path.exists(os.path.join(tmp, "runs/shared/.seltrain.lock")), first,

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, the script to run the day a GPU is lent: its reduced (CPU) version
+"""benchmarks/gpu_check.py, the script that measures seltrain on a GPU: its reduced (CPU) version
 runs end to end here and writes every section with sane values (no timing assertions), and its
 trace analysis is checked on a hand-made profiler trace."""
 from __future__ import annotations

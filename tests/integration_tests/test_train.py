@@ -180,7 +180,7 @@ def test_eval_test_at_best_evaluates_test_only_on_new_best_val(tmp_path):
 def test_train_step_reads_the_device_only_every_log_every_steps(tmp_path, monkeypatch, alpha):
     """No host sync per step: one epoch of 45 steps reads tensors back (item, float, int,
     bool, tolist, cpu, numpy) only at the LOG_EVERY steps (global steps 0, 20, 40) and once
-    at the end of the epoch: 4 reads, where the per-step .item() calls used to make 90+. The
+    at the end of the epoch: 4 reads, where per-step .item() calls would make 90+. The
     loader's once-per-epoch permutation (a CPU tensor by construction) is the only other."""
     from seltrain.metrics import NullSink
     from seltrain.trainer import LOG_EVERY

@@ -421,7 +421,7 @@ def test_units_per_pass_fits_the_memory_budget():
     from seltrain.analysis.ablation import PASS_COST, auto_units_per_pass, units_per_pass
 
     # resnet50's layer1 at 224 px, 256 images: 256 x 256 x 56 x 56 float32 = 822 MB cached,
-    # 3x that per stacked ablation. The old fixed 16 per pass needed 16 x 822 MB = 13 GB.
+    # 3x that per stacked ablation. A fixed 16 per pass would need 16 x 822 MB = 13 GB.
     per_unit = PASS_COST * 256 * 256 * 56 * 56 * 4
     assert per_unit == 2_466_250_752
     assert units_per_pass(per_unit, budget=70 * 10**9, cap=64) == 28  # half an H200's 140 GB

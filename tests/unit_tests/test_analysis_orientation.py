@@ -278,7 +278,7 @@ def test_cnn7_gosi_split_zeroes_the_batchnorm_outputs(fast):
         base = clipped_cross_entropy(model(x), y)
     at_bn, at_relu = ce_with(model.bn2) - base, ce_with(model.relu2) - base
     assert r["top"]["ce_increase_mean"] == pytest.approx(at_bn.mean(), rel=1e-6, abs=1e-9)
-    # the old ablation point (the ReLU before BN) measured something else
+    # the ReLU before BN, as an ablation point, measures something else
     assert abs(at_relu.mean() - at_bn.mean()) > 1e-3
 
 

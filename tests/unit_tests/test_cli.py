@@ -68,7 +68,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
 
 # Two ranks printing at once into the launcher's one pipe, started as launchers start them
 # (python -u): each print is several writes (text, separators, newline) unless the CLI joins
-# them; 3000 lines each interleaved mid-line within the first few hundred before it did.
+# them; unjoined, 3000 lines each interleave mid-line within the first few hundred.
 _RANK_PRINTS = """
 import sys
 from seltrain.cli import _whole_lines

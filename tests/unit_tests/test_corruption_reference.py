@@ -15,8 +15,9 @@ with seltrain's ImageNet-C table.
   a reading of make_imagenet_c.py lines 539-568 in cv2/scipy/skimage (``reference_elastic``).
 - Random corruptions with seltrain's own random numbers agree in distribution: the mean
   absolute change from the clean image within 10% of the reference's, severity by severity.
-- The bounds are tight enough to fail the implementations seltrain had before (continuous zoom
-  about the centre; a true pixel swap in glass blur): ``test_the_bounds_fail_the_old_...``.
+- The bounds are tight enough to fail two natural misreadings of the scripts that the released
+  files contradict (a continuous zoom about the centre; a true pixel swap in glass blur):
+  ``test_the_bounds_fail_the_old_...``.
 
 Compatibility shim (test only): imagecorruptions 1.1.2 predates numpy 2 and scikit-image 0.19.
 Its glass_blur and gaussian_blur call ``skimage.filters.gaussian(..., multichannel=True)`` and
@@ -248,10 +249,11 @@ def _change(a: np.ndarray, clean: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - clean).mean())
 
 
-# --------------------------------------------------------------------------- what seltrain had
+# --------------------------------------------------------------------------- two misreadings
 
 def old_zoom_blur(img: np.ndarray, severity: int) -> np.ndarray:
-    """seltrain's zoom blur before this fix: a continuous bilinear zoom about the centre."""
+    """Zoom blur misread: a continuous bilinear zoom about the centre (the scripts crop a
+    whole-pixel centre and zoom it with scipy)."""
     x = _tensor(img)
     stop, step = TABLE.params["zoom_blur"][severity - 1]
     out = x.clone()
@@ -265,8 +267,8 @@ def old_zoom_blur(img: np.ndarray, severity: int) -> np.ndarray:
 
 
 def true_swap_glass(x: torch.Tensor, sigma: float, d: int, offsets) -> torch.Tensor:
-    """seltrain's glass blur before this fix: the two pixels truly swapped, where the
-    reference's numpy views copy one over the other. ``x`` [1, 3, S, S] in [0, 1]."""
+    """Glass blur misread: the two pixels truly swapped, where the reference's numpy views
+    copy one over the other. ``x`` [1, 3, S, S] in [0, 1]."""
     size = x.shape[-1]
     v = rob._to_8bit(rob._gaussian_blur(x, sigma), "floor")[0].permute(1, 2, 0).numpy().copy()
     for o in offsets:
@@ -432,8 +434,8 @@ def frost_reading_distribution(img: np.ndarray, severity: int, per_photo: int = 
 
 
 def test_the_bounds_fail_the_old_zoom_and_glass_blur(reference, photos):
-    """The bounds above are tight enough to catch what seltrain had: a continuous zoom about
-    the centre, and a glass blur that truly swaps pixels."""
+    """The bounds above are tight enough to catch the two misreadings: a continuous zoom
+    about the centre, and a glass blur that truly swaps pixels."""
     img = photos[0]
     mean_bound, max_bound = BOUND["deterministic"]
     for s in (1, 5):
@@ -449,7 +451,8 @@ def test_the_bounds_fail_the_old_zoom_and_glass_blur(reference, photos):
 
 def agreement_table() -> dict:
     """Every corruption x severity: error vs imagecorruptions (or the elastic reading), and
-    the distribution check; also the old zoom / glass errors. For the report."""
+    the distribution check; also the misread zoom and glass blur's errors (key ``old``).
+    For the report."""
     with _shimmed() as ic:
         imgs = photographs()
         rows: dict = {}

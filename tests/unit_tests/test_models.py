@@ -333,7 +333,7 @@ def test_cnn7_ablates_batchnorm_outputs_as_ukita():
     assert ablation_layer(model, "conv3") == ("bn3", model.bn3)
     assert ablation_layer(model, "relu3") == ("bn3", model.bn3)  # the probe's module path too
     assert ablation_layer(model, "bn3") == ("bn3", model.bn3)
-    # What the old ablation point (the ReLU) sent on: BN's constant beta - gamma mu / sigma.
+    # What zeroing at the ReLU would send on: BN's constant beta - gamma mu / sigma.
     seen = {}
     model.conv2.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("x", inp[0]))
     with ablate(model.relu1, [0]), torch.no_grad():
