@@ -163,7 +163,15 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
 # --------------------------------------------------------------------------- the CLI
 
 def _analyze(args) -> int:
-    run_analysis(args.analysis, args.path, options_from(OPTIONS[args.analysis], args))
+    from seltrain.errors import Interrupted
+
+    opts = options_from(OPTIONS[args.analysis], args)
+    try:
+        run_analysis(args.analysis, args.path, opts)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped the {args.analysis} analysis; an output folder it had not "
+                          "finished was left as it was (its new files are written to a "
+                          "temporary folder, removed); run the command again") from None
     return 0
 
 
