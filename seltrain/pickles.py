@@ -21,6 +21,7 @@ pickles, read by DeepSpeed and Ray. Resume only runs and experiments you trust.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
 
 from seltrain.errors import DataError
@@ -43,8 +44,17 @@ class RefusedPickle(pickle.UnpicklingError):
 
 class _DataOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if (module, name) not in ALLOWED:
-            raise RefusedPickle(f"{module}.{name}")
+        # Python 2 pickles name Python 2 modules (__builtin__, copy_reg): judge the Python 3
+        # names they are read as, as pickle.Unpickler.find_class maps them.
+        # (Those names exist in no Python 3, so mapping them whatever the protocol changes
+        # nothing else.)
+        py3_module, py3_name = module, name
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            py3_module, py3_name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            py3_module = _compat_pickle.IMPORT_MAPPING[module]
+        if (py3_module, py3_name) not in ALLOWED:
+            raise RefusedPickle(f"{py3_module}.{py3_name}")
         return super().find_class(module, name)
 
 
