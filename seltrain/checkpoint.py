@@ -11,6 +11,12 @@ run folder's lock (``remove_stale_temporaries``).
 Trust: only seltrain's own ``.pt`` files are read here, and without unpickling code. DeepSpeed's
 ZeRO shard files (``checkpoints/deepspeed/``, read by DeepSpeed on ``--resume``) and Ray Tune's
 experiment state (``seltrain tune --resume``) are pickles: resume only runs you trust.
+
+Integrity: every checkpoint carries ``model_sha256``, a SHA-256 of its weights (names, dtypes,
+shapes and bytes, ``weights_digest``), written with them. ``load`` recomputes it and refuses
+a file whose weights no longer match (flipped bits that still unpickle) or hold NaN/inf,
+naming the file; checkpoints written before the digest existed load without that check, but
+never with non-finite weights.
 """
 from __future__ import annotations
 
@@ -67,7 +73,49 @@ def _write_replace(path: str, write) -> None:
         raise
 
 
+DIGEST_KEY = "model_sha256"
+
+
+def weights_digest(weights: dict) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and raw bytes, in key order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in weights.items():
+        if not isinstance(t, torch.Tensor):
+            h.update(f"{name}={t!r};".encode())
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _damaged(path: str, why: str) -> CheckpointError:
+    use = ("analyse checkpoints/last.pt or an earlier copy of best.pt instead"
+           if os.path.basename(path) == "best.pt" else
+           "use checkpoints/best.pt (to resume from it, copy it over last.pt) or an earlier "
+           "copy of this file instead")
+    return CheckpointError(f"checkpoint {path} is damaged ({why}); {use}, or train again")
+
+
+def verify_weights(path: str, ckpt: dict) -> None:
+    """Refuse weights that are not finite, or that no longer match their stored digest."""
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict):
+        return
+    for name, t in weights.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(
+                torch.isfinite(t).all()):
+            raise _damaged(path, f"non-finite values in {name}")
+    want = ckpt.get(DIGEST_KEY)
+    if want is not None and weights_digest(weights) != want:
+        raise _damaged(path, "its weights do not match the checksum stored with them")
+
+
 def atomic_save(obj, path: str) -> None:
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = dict(obj, **{DIGEST_KEY: weights_digest(obj["model"])})
     # In memory first: a short write on a full disk then surfaces as ENOSPC from write(),
     # not as a confused zip-writer error halfway through torch.save.
     buf = io.BytesIO()
@@ -107,7 +155,18 @@ def load(path: str, map_location="cpu") -> dict:
                               "away and train again") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a seltrain checkpoint (no 'model' entry)")
+    verify_weights(path, ckpt)
     return ckpt
+
+
+def saved_config(path: str) -> dict | None:
+    """The recipe saved in the checkpoint at ``path`` (read without loading the tensors into
+    memory), or None if the file has none: what ``--resume`` compares before loading."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - load() reports an unreadable file with its one line
+        return None
+    return ckpt.get("config") if isinstance(ckpt, dict) else None
 
 
 # --------------------------------------------------------------------------- finding and loading
@@ -132,10 +191,11 @@ def trials_root(exp_dir: str) -> str:
     return trials if os.path.isdir(trials) else exp_dir
 
 
-def find_checkpoints(path: str) -> list[tuple[str, str]]:
+def find_checkpoints(path: str, skipped: list | None = None) -> list[tuple[str, str]]:
     """[(run folder, checkpoint file)] for a checkpoint file, a run folder (its best.pt, else
     last.pt) or an experiment folder (the same for every run folder under trials/, or under
-    the folder itself)."""
+    the folder itself). In an experiment, every run folder without a checkpoint is appended
+    to ``skipped`` as (folder, why)."""
     if os.path.isfile(path):
         ckpt = os.path.abspath(path)
         parent = os.path.dirname(ckpt)
@@ -147,12 +207,28 @@ def find_checkpoints(path: str) -> list[tuple[str, str]]:
     if own:
         return [(os.path.abspath(path), own)]
     root = trials_root(path)
-    found = [(os.path.abspath(os.path.join(root, name)), ckpt) for name in sorted(os.listdir(root))
-             if (ckpt := run_checkpoint(os.path.join(root, name)))]
+    found = []
+    for name in sorted(os.listdir(root)):
+        run = os.path.join(root, name)
+        if name.startswith(".") or not os.path.isdir(run):
+            continue
+        ckpt = run_checkpoint(run)
+        if ckpt:
+            found.append((os.path.abspath(run), ckpt))
+        elif skipped is not None and _looks_like_a_run(run):
+            skipped.append((os.path.abspath(run), "no checkpoints/best.pt or "
+                            "checkpoints/last.pt (the run ended or was stopped before its first "
+                            "checkpoint)"))
     if not found:
         raise CheckpointError(f"{path} holds no checkpoints/best.pt, checkpoints/last.pt or "
                               "trials/*/checkpoints/best.pt")
     return found
+
+
+def _looks_like_a_run(folder: str) -> bool:
+    """A run folder (of a trial, say) as seltrain leaves it, not some other folder."""
+    return any(os.path.exists(os.path.join(folder, f))
+               for f in ("config.yaml", "metrics.jsonl", "checkpoints", ".seltrain.lock"))
 
 
 def load_trained_model(path: str, device="cpu"):

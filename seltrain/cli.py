@@ -96,10 +96,37 @@ class _VersionAction(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with the CLI's one-line errors (stock argparse prints the usage first)."""
+    """argparse with the CLI's one-line errors (stock argparse prints the usage first), no
+    abbreviated options, and a did-you-mean for an unknown one.
+
+    Abbreviations are off in every (sub)command: argparse would take ``--data DIR`` as
+    ``--data-root DIR`` without a word, and an option added later could change what an old
+    abbreviation means."""
+
+    # The (sub)parser that parsed last: the innermost one, whose options an unknown option
+    # was meant for.
+    innermost: "_Parser | None" = None
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        type(self).innermost = self
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
-        self.exit(2, f"seltrain: error: {message} (see '{self.prog} --help')\n")
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            from seltrain.errors import did_you_mean
+
+            unknown = next((a.split("=", 1)[0] for a in message.split(":", 1)[1].split()
+                            if a.startswith("--")), None)
+            inner = type(self).innermost or self
+            if unknown:
+                hint = did_you_mean(unknown, [o for o in inner._option_string_actions
+                                              if o.startswith("--")])
+        self.exit(2, f"seltrain: error: {message}{hint} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

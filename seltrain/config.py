@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from seltrain.errors import ConfigError, did_you_mean
+from seltrain.errors import ConfigError, did_you_mean, excerpt
 
 
 def choice(default, choices: tuple, **kw):
@@ -176,6 +176,16 @@ class _NotFinite(ConfigError):
 # Allowed values of every numeric key whose range is obvious: (what the message says, test).
 # None passes for Optional keys (the message says "or null"); floats are finite already.
 # tests/unit_tests/test_config_ranges.py checks that every int/float key is listed here.
+def max_workers() -> int:
+    """The most data.num_workers this machine takes: 4 loader processes per CPU it may use,
+    and never fewer than 32, so a recipe written for a bigger node still loads here."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(32, 4 * cpus)
+
+
 def _at_least(lo):
     return lambda v: v >= lo
 
@@ -184,7 +194,8 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.val_size": ("a count >= 0 or a fraction in [0, 1)",
                       lambda v: v >= 0 and not (isinstance(v, float) and v >= 1)),
     "data.split_seed": (">= 0", _at_least(0)),
-    "data.num_workers": (">= 0", _at_least(0)),
+    "data.num_workers": (f"in [0, {max_workers()}] on this machine (4 per CPU, at least 32)",
+                         lambda v: 0 <= v <= max_workers()),
     "data.limit_train": (">= 1 or null", _at_least(1)),
     "data.image_size": (">= 1 or null", _at_least(1)),
     "data.synthetic.num_classes": (">= 2", _at_least(2)),
@@ -217,7 +228,7 @@ def _check_range(key: str, val, src: str) -> None:
         return
     what, ok = rule
     if not ok(val):
-        raise ConfigError(f"{key} must be {what}, got {val!r} ({src})")
+        raise ConfigError(f"{key} must be {what}, got {excerpt(val)} ({src})")
 
 
 def _type_name(tp) -> str:
@@ -240,15 +251,15 @@ def _coerce(value: Any, tp, key: str, where: str):
             except ConfigError:
                 continue
         raise ConfigError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got "
-                          f"{value!r} ({where})")
+                          f"{excerpt(value)} ({where})")
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r} ({where})")
+            raise ConfigError(f"{key} must be a list, got {excerpt(value)} ({where})")
         return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r} ({where})")
+            raise ConfigError(f"{key} must be a mapping, got {excerpt(value)} ({where})")
         return value
     if tp is bool:
         if isinstance(value, bool):
@@ -268,12 +279,12 @@ def _coerce(value: Any, tp, key: str, where: str):
         if number is not None:
             # nan/inf would pass every range check below and poison training much later.
             if not math.isfinite(number):
-                raise _NotFinite(f"{key} must be a finite number, got {value!r} ({where})")
+                raise _NotFinite(f"{key} must be a finite number, got {excerpt(value)} ({where})")
             return number
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({where})")
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {excerpt(value)} ({where})")
 
 
 def build_dataclass(cls, data: dict, prefix: str = "", where: dict[str, str] | None = None,
@@ -289,7 +300,7 @@ def build_dataclass(cls, data: dict, prefix: str = "", where: dict[str, str] | N
     where = where if where is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got "
-                          f"{data!r} ({default_where})")
+                          f"{excerpt(data)} ({default_where})")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -333,15 +344,22 @@ def _section_type(tp) -> tuple[type | None, bool]:
     return None, False
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """A user's text as an error quotes it: cut to ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.sub=value")
+        raise ConfigError(f"override '{shown(text)}' must look like key.sub=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{text}' has no key; write key.sub=value")
+        raise ConfigError(f"override '{shown(text)}' has no key; write key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, f"override '{shown(text)}'") if raw.strip() else None
+    except (_TooLarge, _DuplicateKey) as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -386,13 +404,94 @@ def set_dotted(data: dict, key: str, value, *, create: bool = True,
 def apply_overrides(data: dict, overrides: list[str], where: dict[str, str]) -> dict:
     for text in overrides:
         key, value = parse_override(text)
-        src = f"override '{text}'"
+        src = f"override '{shown(text)}'"
         # train.lr.x=1 turns train.lr into a section: an error about it is this override's,
         # not the recipe's.
         for section in set_dotted(data, key, value):
             where[section] = src
         where[key] = src
     return data
+
+
+# The most nodes (scalars, lists, mappings) a recipe may hold once its aliases are expanded.
+# The largest shipped recipe has about 100; a recipe of 10^4 is already hard to read. Aliases
+# (&anchor / *anchor) stay allowed, but a nest of them (the "billion laughs") would expand to
+# gigabytes and take minutes before any check: it is measured on the parsed node graph, each
+# shared node counted once per use without expanding it, and refused before anything is built.
+MAX_RECIPE_NODES = 10_000
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python objects) that also refuses a key given twice in one
+    mapping (YAML says keys are unique; PyYAML keeps the last, so a second ``train:`` would
+    silently drop the first) and a document that expands past ``MAX_RECIPE_NODES``."""
+
+    source = "the recipe"
+
+    def construct_document(self, node):
+        size = _expanded_size(node, {}, 0)
+        if size > MAX_RECIPE_NODES:
+            raise _TooLarge(f"{self.source} holds more than {MAX_RECIPE_NODES} values once its "
+                            f"aliases are expanded (nested aliases?), the most a recipe may "
+                            "hold; write the values out, or nest fewer aliases")
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            # The keys written in this mapping; those a `<<: *base` merge brings in may be
+            # overridden here, as YAML's merge key intends.
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) \
+                        and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise _DuplicateKey(
+                            f"{self.source} gives key {excerpt(key)} twice in one mapping "
+                            f"(lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                            "YAML keeps only one of them: merge the two into one")
+                    seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _TooLarge(yaml.YAMLError):
+    pass
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+def _expanded_size(node, memo: dict, depth: int) -> int:
+    """How many nodes ``node`` stands for with every alias expanded, in time proportional to
+    the distinct nodes (a shared node's size is computed once and reused)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    if depth > 200:  # deeper than any recipe; also keeps the recursion bounded
+        return MAX_RECIPE_NODES + 1
+    memo[id(node)] = MAX_RECIPE_NODES + 1  # a node that contains itself (a cycle): too large
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(n, memo, depth + 1) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, memo, depth + 1) + _expanded_size(v, memo, depth + 1)
+                        for k, v in node.value)
+    else:
+        total = 1
+    total = min(total, MAX_RECIPE_NODES + 1)  # nothing above the bound needs exact counting
+    memo[id(node)] = total
+    return total
+
+
+def safe_yaml(text, source: str = "the recipe"):
+    """``yaml.safe_load`` of ``text`` (a string or an open file) with ``RecipeLoader``'s
+    checks: unique keys, bounded size."""
+    loader = RecipeLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str) -> dict:
@@ -403,7 +502,9 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = safe_yaml(f, path)
+    except (_TooLarge, _DuplicateKey) as e:
+        raise ConfigError(str(e)) from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not a text YAML file (binary byte at offset {e.start}); "
                           "give a recipe such as configs/quickstart.yaml") from None
@@ -430,6 +531,10 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     apply_overrides(data, list(overrides or []), where)
     cfg = build_dataclass(Config, data, "", where, f"in {path}" if path else "in defaults")
     validate(cfg)
+    if cfg.data.root:
+        # Stored resolved (config.yaml, checkpoints): an analysis run from another folder
+        # must find the same data. `seltrain analyze --data-root` still points elsewhere.
+        cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))
     return cfg
 
 
@@ -441,6 +546,12 @@ def config_from_dict(data: dict, where: str = "in saved config") -> Config:
     return cfg
 
 
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds a C0/C1 control character (tab, newline, escape, DEL, ...):
+    never wanted in a folder name, and invisible or garbling when printed."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     # Single values are checked where they are built (RANGES in build_dataclass).
@@ -448,9 +559,12 @@ def validate(cfg: Config) -> None:
     if t.milestones and sorted(t.milestones) != t.milestones:
         raise ConfigError(f"train.milestones must be increasing, got {t.milestones}")
     name = cfg.run.name
+    if has_control_character(name):
+        raise ConfigError(f"run.name must not hold control characters (tabs, newlines, escapes), "
+                          f"got {excerpt(name)}; it names a folder")
     if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
         raise ConfigError(f"run.name must be a plain folder name inside run.out_dir (no '/', "
-                          f"not '.' or '..'), got {name!r}; put the folder in run.out_dir")
+                          f"not '.' or '..'), got {excerpt(name)}; put the folder in run.out_dir")
     if t.cudnn_benchmark is True and t.deterministic:
         raise ConfigError("train.cudnn_benchmark=true picks conv kernels by timing, which "
                           "train.deterministic=true rules out; set one of them false (or "

@@ -45,6 +45,43 @@ class Interrupted(SeltrainError):
     exit_code = 130
 
 
+# The longest user value an error message echoes, and the longest message printed: a value
+# from a recipe can be huge (a YAML alias bomb expands to gigabytes), and one line must stay
+# one readable line.
+EXCERPT_CHARS = 80
+MESSAGE_CHARS = 2000
+
+
+def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (``'abc...' (1234 chars)``), for echoing a
+    user's value in a one-line error. Containers are cut before their repr is built whole."""
+    text = _bounded_repr(value, limit + 1)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (cut)"
+
+
+def _bounded_repr(value, budget: int) -> str:
+    """repr() that stops once ``budget`` characters are out: a nested list of 10^9 items
+    is never turned into one string."""
+    if isinstance(value, (list, tuple, dict)):
+        opening, closing = {tuple: "()", dict: "{}"}.get(type(value), "[]")
+        parts, used = [], 1
+        items = value.items() if isinstance(value, dict) else value
+        for item in items:
+            if used > budget:
+                parts.append("...")
+                break
+            text = (f"{_bounded_repr(item[0], budget - used)}: "
+                    f"{_bounded_repr(item[1], budget - used)}") if isinstance(value, dict) \
+                else _bounded_repr(item, budget - used)
+            parts.append(text)
+            used += len(text) + 2
+        return opening + ", ".join(parts) + closing
+    text = repr(value)
+    return text if len(text) <= budget else text[:budget]
+
+
 def did_you_mean(word, options: Iterable, prefix: str = "") -> str:
     """`` (did you mean 'PREFIX+closest'?)`` when an option is close to ``word``, else ``""``:
     the hint every "unknown name" error carries."""
@@ -71,7 +108,10 @@ def one_line(e: BaseException) -> str:
         last = text.splitlines()[-1]
         name = f"{type(e).__name__}: "
         text = last.split(name, 1)[1] if name in last else last
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if len(text) > MESSAGE_CHARS:  # a message that echoes a huge value: one readable line
+        text = f"{text[:MESSAGE_CHARS]}... ({len(text) - MESSAGE_CHARS} more characters cut)"
+    return text
 
 
 def is_disk_full(e: BaseException, folder: str | None = None) -> bool:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -130,8 +132,16 @@ class RunSink(NullSink):
                 missing = [e + 1 for e in want if e not in got]
                 what = f"epochs {_span(missing)} were missing" if missing else \
                     "its records differed"
+                # A record that is there but differs from the checkpoint's copy was edited
+                # (by hand, or by a tool): keep that file beside the rebuilt one.
+                edited = [r for r in keep if strict_json(r) != history[r["epoch"]]]
+                kept = ""
+                if edited:
+                    copy = f"{self.jsonl}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                    shutil.copy2(self.jsonl, copy)
+                    kept = f"; the replaced file is kept as {os.path.basename(copy)}"
                 print(f"seltrain: rebuilt {self.jsonl} from checkpoints/last.pt ({what}"
-                      f"{'; a torn last line was dropped' if torn else ''})",
+                      f"{'; a torn last line was dropped' if torn else ''}{kept})",
                       file=sys.stderr, flush=True)
             keep = history
         else:

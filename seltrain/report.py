@@ -26,11 +26,36 @@ import numpy as np
 
 from seltrain.checkpoint import run_checkpoint, trials_root
 from seltrain.config import get_dotted
-from seltrain.errors import CheckpointError, ConfigError, did_you_mean
+from seltrain.errors import CheckpointError, ConfigError, DataError, did_you_mean, excerpt
 from seltrain.metrics import read_records
 
 
 # --------------------------------------------------------------------------- the trials
+
+# What the report reads from each epoch record, and the values it may hold: accuracies and
+# class selectivity are fractions; null where the split (or SI) was not evaluated.
+RECORD_RANGES = {"val_acc": (0.0, 1.0), "test_acc": (0.0, 1.0), "test_si": (0.0, 1.0),
+                 "val_si": (0.0, 1.0)}
+
+
+def check_records(path: str, records: list[dict]) -> None:
+    """One DataError naming the file, the epoch, the key and the value, for a record the
+    report cannot use: an epoch that is not a whole number >= 0, or an accuracy or SI that is
+    not a number in [0, 1] (a string, a list, inf, a negative value: a hand-edited or foreign
+    metrics.jsonl)."""
+    for n, rec in enumerate(records, 1):
+        epoch = rec.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise DataError(f"{path}: record {n} has epoch {excerpt(epoch)}, not a whole "
+                            "number >= 0; restore the file or remove that record")
+        for key, (lo, hi) in RECORD_RANGES.items():
+            v = rec.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not (math.isfinite(v) and lo <= v <= hi):
+                raise DataError(f"{path}: epoch {epoch + 1} has {key} {excerpt(v)}, not a number "
+                                f"in [{lo:g}, {hi:g}]; restore the file or remove that record")
 
 def collect_trials(exp_dir: str) -> list[dict]:
     """One row per trial run folder under exp_dir/trials (or exp_dir itself)."""
@@ -39,6 +64,12 @@ def collect_trials(exp_dir: str) -> list[dict]:
     root = trials_root(exp_dir)
     info_path = os.path.join(exp_dir, "seltrain_experiment.json")
     info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    # Only a scheduler stops trials early; trials that a Ctrl-C cut short (listed by `seltrain
+    # tune` in interrupted.json until --resume finishes them) are unfinished, not stopped.
+    can_stop = (info.get("scheduler") or {}).get("type", "asha") != "none"
+    cut_path = os.path.join(exp_dir, "interrupted.json")
+    cut = set(json.load(open(cut_path)).get("cut_trials", [])) if os.path.exists(cut_path) \
+        else set()
     rows = []
     for name in sorted(os.listdir(root)):
         run = os.path.join(root, name)
@@ -49,13 +80,15 @@ def collect_trials(exp_dir: str) -> list[dict]:
             cfg = yaml.safe_load(f)
         # read_records skips a torn last line (a crash mid-write)
         records = read_records(os.path.join(run, "metrics.jsonl"))[0]
+        check_records(os.path.join(run, "metrics.jsonl"), records)
         complete = os.path.exists(os.path.join(run, "summary.json"))
         key = "val_acc" if records and records[0].get("val_acc") is not None else "test_acc"
         best = max(records, key=lambda r: r[key]) if records else {}
         planned = cfg["train"]["epochs"]
         row = {"trial": name, "alpha": cfg["selectivity"]["alpha"], "seed": cfg["train"]["seed"],
                "epochs_run": len(records), "epochs_planned": planned,
-               "stopped_early": (not complete) and len(records) < planned,
+               "stopped_early": (not complete) and len(records) < planned and can_stop
+               and name not in cut,
                "complete": complete,
                "best_epoch": best.get("epoch", -1) + 1 if best else None,
                "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
@@ -260,9 +293,13 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     root = trials_root(exp_dir)
     rows = []
     per_trial: dict[str, list[dict]] = {a: [] for a in analyses}
+    skipped = []
     for t in trials:
         run = os.path.join(root, t["trial"])
         if run_checkpoint(run, ("best.pt",)) is None:
+            skipped.append(t["trial"])
+            print(f"analyses: skipped {run}: no checkpoints/best.pt (the trial ended or was "
+                  "stopped before its first checkpoint)", file=out)
             continue
         row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
                "mean_si": t.get("test_si")}
@@ -302,8 +339,10 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
             exp_dir, "plots", "analysis_mean_si_vs_alpha.png"), xlabel="alpha",
             ylabel="mean SI"))
     print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
-          f"plots in {os.path.join(exp_dir, 'plots')}", file=out)
-    return {"rows": rows, "plots": [str(p) for p in paths]}
+          f"plots in {os.path.join(exp_dir, 'plots')}"
+          + (f"; analysed {len(rows)} of {len(rows) + len(skipped)} trials, skipped "
+             f"{', '.join(skipped)} (no checkpoints/best.pt)" if skipped else ""), file=out)
+    return {"rows": rows, "plots": [str(p) for p in paths], "skipped": skipped}
 
 
 

@@ -28,7 +28,7 @@ from seltrain.config import Config
 from seltrain.data import DevicePreprocess, RankSharding, build_data
 from seltrain.engine import build_engine
 from seltrain.errors import (CheckpointError, ConfigError, SeltrainError, TrainingError,
-                             file_in_the_way, is_disk_full)
+                             excerpt, file_in_the_way, is_disk_full)
 from seltrain.fault_injection import step_hooks_from_env
 from seltrain.metrics import NullSink, RunSink, read_records
 from seltrain.models import build_model
@@ -43,7 +43,8 @@ HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", 
                "train.batch_size", "train.epochs")
 HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs")
 # Keys that may change between an interrupted run and its resumption.
-_RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir")
+_RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir",
+                     "data.root")
 
 
 def seed_everything(seed: int, deterministic: bool,
@@ -327,18 +328,24 @@ class Trainer:
         return os.path.join(self.ckpt_dir, f"{name}.pt")
 
     def _check_resumable(self, saved: dict) -> None:
+        """Every recipe key that differs from the checkpoint's, named in one line; run before
+        the weights are loaded, so a changed arch or class count is this error, not a
+        state-dict mismatch."""
         now, then = _flatten(self.cfg.to_dict()), _flatten(saved)
         # A key that a later seltrain added is missing from an older checkpoint: it did not
         # exist then, so its default is what that run trained with.
         defaults = _flatten(Config().to_dict())
+        differ = []
         for key in sorted(set(now) | set(then)):
             if key in _RESUME_FREE_KEYS or (key not in then and now.get(key) == defaults.get(key)):
                 continue
             if now.get(key) != then.get(key):
-                raise CheckpointError(
-                    f"cannot resume {self.run_dir}: {key} was {then.get(key)!r} in the "
-                    f"checkpoint but is {now.get(key)!r} now; use the original settings or a "
-                    "new run.name")
+                differ.append(f"{key} was {excerpt(then.get(key))}, now {excerpt(now.get(key))}")
+        if differ:
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: the recipe differs from the checkpoint's in "
+                f"{len(differ)} key(s): {'; '.join(differ)}; use the original settings or a "
+                "new run.name")
 
     def _maybe_resume(self) -> tuple[int, int, dict, list]:
         # Whether resuming is allowed at all was settled by _refuse_to_overwrite (rank 0, for
@@ -346,8 +353,10 @@ class Trainer:
         last = self._ckpt("last")
         if not os.path.exists(last):
             return 0, 0, {}, []
+        saved = checkpoint.saved_config(last)
+        if saved is not None:
+            self._check_resumable(saved)
         ckpt = self.engine.load(last)
-        self._check_resumable(ckpt["config"])
         set_rng_state(ckpt["rng"])
         # Every epoch's record up to the checkpoint (older checkpoints: none), from which
         # RunSink rebuilds a missing, torn or short metrics.jsonl.

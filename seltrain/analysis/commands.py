@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from dataclasses import fields
@@ -49,15 +50,22 @@ def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
     opts = OPTIONS[name]() if opts is None else opts
     if not isinstance(opts, OPTIONS[name]):
         raise TypeError(f"{name} takes {OPTIONS[name].__name__}, not {type(opts).__name__}")
-    targets = find_checkpoints(path)
+    skipped: list[tuple[str, str]] = []
+    targets = find_checkpoints(path, skipped)
+    for run_dir, why in skipped:
+        print(f"{name}: skipped {run_dir}: {why}", file=stream)
+    if opts.out and len(targets) > 1:
+        outputs.refuse_single_output(opts.out, opts.force)
     results = []
     for run_dir, ckpt in targets:
         t0 = time.perf_counter()
         target = load_target(run_dir, ckpt, opts)
-        out = outputs.output_folder(target, opts.out, name, len(targets))
-        torch.manual_seed(opts.seed)
-        result = compute(target, opts)
-        lines = outputs.write(name, result, target, opts, out)
+        folder = outputs.OutputFolder(target, opts, name, len(targets))
+        with folder as staging:
+            torch.manual_seed(opts.seed)
+            result = compute(target, opts)
+            lines = outputs.write(name, result, target, opts, staging)
+        out = folder.final
         summary = dict(result["summary"], run_dir=run_dir, out_dir=out,
                        seconds=time.perf_counter() - t0)
         results.append(summary)
@@ -66,6 +74,10 @@ def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
         for ln in lines:
             print(ln, file=stream)
         print(f"  wrote {out}", file=stream, flush=True)
+    if skipped:
+        print(f"{name}: analysed {len(targets)} of {len(targets) + len(skipped)} run folders "
+              f"of {path}; skipped {len(skipped)} without a checkpoint: "
+              f"{', '.join(os.path.basename(r) for r, _ in skipped)}", file=stream, flush=True)
     return results
 
 
@@ -151,7 +163,15 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
 # --------------------------------------------------------------------------- the CLI
 
 def _analyze(args) -> int:
-    run_analysis(args.analysis, args.path, options_from(OPTIONS[args.analysis], args))
+    from seltrain.errors import Interrupted
+
+    opts = options_from(OPTIONS[args.analysis], args)
+    try:
+        run_analysis(args.analysis, args.path, opts)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped the {args.analysis} analysis; an output folder it had not "
+                          "finished was left as it was (its new files are written to a "
+                          "temporary folder, removed); run the command again") from None
     return 0
 
 

@@ -115,6 +115,12 @@ class CorruptedSet:
             raise DataError(f"cannot read {path} ({e}); fetch it again") from None
         if labels.ndim != 1:
             raise DataError(f"{path} has shape {list(labels.shape)}; want one label per image")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{path} holds {labels.dtype} labels; want whole-number class "
+                            "indices (the released labels.npy is uint8)")
+        if len(labels) and int(np.min(labels)) < 0:
+            raise DataError(f"{path} has label {int(np.min(labels))}; class indices start at "
+                            "0: use the released labels.npy")
         return labels
 
     # ------------------------------------------------------------------ folders
@@ -158,7 +164,8 @@ class CorruptedSet:
             for i in range(0, take, batch_size):
                 j = min(i + batch_size, take)
                 block = np.array(images[(severity - 1) * n + i:(severity - 1) * n + j])
-                y = torch.from_numpy(np.asarray(lab[i:j], dtype=np.int64))
+                # A copy: the labels are a read-only memory map, which torch warns about.
+                y = torch.from_numpy(np.array(lab[i:j], dtype=np.int64))
                 yield torch.from_numpy(block).permute(0, 3, 1, 2), y
             return
         paths, labels = self._files(name, severity)

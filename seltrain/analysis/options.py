@@ -17,10 +17,12 @@ unambiguous (either command alone, or a sweep that runs only one of the two).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, NoReturn
 
 from seltrain.analysis.corruption_tables import COMMON, EXTRA
+from seltrain.config import shown
 from seltrain.errors import ConfigError
 
 
@@ -73,20 +75,25 @@ def whole_number(text: str) -> int:
 
 
 def number(text: str) -> float:
-    """A number, or a fraction such as 8/255."""
+    """A finite number, or a fraction such as 8/255 (nan, inf and 1e400 are refused: no
+    option takes them)."""
     num, _, den = text.strip().partition("/")
     try:
-        return float(num) / float(den) if den else float(num)
+        value = float(num) / float(den) if den else float(num)
     except (ValueError, ZeroDivisionError):
         raise ValueError("give a number such as 0.03 or 8/255") from None
+    if not math.isfinite(value):
+        raise ValueError("give a finite number such as 0.03 or 8/255")
+    return value
 
 
 def numbers(text: str) -> tuple[float, ...]:
-    """Comma-separated numbers or fractions: ``0,0.001,8/255``."""
+    """Comma-separated finite numbers or fractions: ``0,0.001,8/255``."""
     try:
         return tuple(number(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ValueError("give comma-separated numbers such as 0.001,0.002 or 8/255") from None
+        raise ValueError("give comma-separated finite numbers such as 0.001,0.002 or "
+                         "8/255") from None
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -119,8 +126,10 @@ class AnalysisOptions:
         metavar="LAYER", shown="the layers probed in training")
     max_images: int = max_images_option(0)
     device: str = option("auto", "auto (cuda if available), cpu, cuda or cuda:N")
-    out: str | None = option(None, "output folder", metavar="DIR",
-                             shown="<run>/analysis/<analysis>")
+    out: str | None = option(None, "output folder, written as one unit (replaced whole)",
+                             metavar="DIR", shown="<run>/analysis/<analysis>")
+    force: bool = option(False, "replace an --out that holds other files (another run's "
+                         "results): the folder is replaced whole")
     data_root: str | None = option(None, "read the dataset from here instead of the recipe's "
                                    "data.root", metavar="DIR")
     seed: int = option(0, "seed for corruptions, PGD, random orders and subsets",
@@ -142,7 +151,7 @@ class AnalysisOptions:
         self.check()
 
     def fail(self, name: str, value, why: str) -> NoReturn:
-        raise ConfigError(f"{option_label(type(self), name)} {value}: {why}")
+        raise ConfigError(f"{option_label(type(self), name)} {shown(str(value))}: {why}")
 
     def at_least(self, name: str, low, *, optional: bool = False) -> None:
         value = getattr(self, name)
@@ -210,6 +219,11 @@ class OrientationOptions(AnalysisOptions):
 
     def check(self) -> None:
         super().check()
+        if not 0 <= self.gosi_threshold < 1:  # gOSI lies in [0, 1]
+            self.fail("gosi_threshold", f"{self.gosi_threshold:g}", "give a gOSI in [0, 1) "
+                      "(Ukita: 0.33)")
+        if self.shift < 1:
+            self.fail("shift", self.shift, "give a shift of at least 1 pixel")
         if self.permutations < 1:
             self.fail("permutations", self.permutations, "need at least 1 shuffle of the "
                       "gratings for the null distribution")
@@ -221,6 +235,14 @@ class OrientationOptions(AnalysisOptions):
 def _check_corruptions(opts) -> None:
     # normalised through the same parser as the command line: groups expanded, names checked
     opts.corruptions = tuple(corruption_names(",".join(opts.corruptions)))
+
+
+def _check_eps(opts, eps) -> None:
+    """L-inf epsilons are in pixel units of images in [0, 1]: 0 (clean) up to 1."""
+    bad = [e for e in eps if not 0 <= e <= 1]
+    if bad:
+        opts.fail("eps", ",".join(f"{e:g}" for e in eps), "give epsilons from 0 to 1 in pixel "
+                  "units, e.g. 0,1/255,8/255")
 
 
 def _check_attack(opts) -> None:
@@ -272,6 +294,7 @@ class RobustnessOptions(AnalysisOptions):
         self.severities = tuple(int(s) for s in self.severities)
         if not self.eps:
             self.fail("eps", "''", "give at least one epsilon, e.g. 0")
+        _check_eps(self, self.eps)
         if not self.attack or any(a not in ("fgsm", "pgd") for a in self.attack):
             self.fail("attack", ",".join(self.attack), "use fgsm, pgd or fgsm,pgd")
         _check_attack(self)
@@ -319,6 +342,7 @@ class DimensionalityOptions(AnalysisOptions):
             self.fail("variance_share", f"{self.variance_share:g}", "give a share in (0, 1], "
                       "e.g. 0.95")
         _check_corruptions(self)
+        _check_eps(self, (self.eps,))
         self.at_least("early_layers", 1, optional=True)
         _check_attack(self)
 

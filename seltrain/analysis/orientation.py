@@ -438,6 +438,11 @@ def compute(target: Target, opts: OrientationOptions) -> dict:
     ablation point) with cross-entropy, accuracy and the shift invariance of the layers above.
     Returns ``{"orientation": <orientation.json>, "summary": <summary.json>}``."""
     threshold = opts.gosi_threshold
+    if not opts.no_ablation and not 1 <= opts.shift < target.image_size:
+        # The shift is circular (torch.roll): a multiple of the image size is no shift at
+        # all, and shift invariance would read 1.0 everywhere.
+        opts.fail("shift", opts.shift, f"give a shift from 1 to {target.image_size - 1} pixels "
+                  f"(the images are {target.image_size} px; the shift wraps around)")
     stim = stimuli(target.image_size, target.info.channels, target.info.mean, target.info.std)
     params = grating_parameters(target.image_size)
     angles = params["orientations_deg"]

@@ -7,32 +7,141 @@ the command prints. Nothing here computes a number the files do not already hold
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 
 from seltrain.analysis import plots
 from seltrain.analysis.serialize import write_csv, write_json
-from seltrain.errors import ConfigError
+from seltrain.errors import ConfigError, file_in_the_way
 
 
-def output_folder(target, out: str | None, name: str, n_targets: int) -> str:
-    """``out`` (``out/<run>`` with several runs) or ``<run>/analysis/<name>``, made here so
-    that a path that cannot be a folder is a one-line error."""
-    if out:
-        folder = os.path.join(out, target.name) if n_targets > 1 else out
-    else:
-        folder = os.path.join(target.run_dir, "analysis", name)
+MARKER = ".seltrain-analysis.json"
+
+
+class OutputFolder:
+    """Where one analysis of one checkpoint writes, as one unit.
+
+    ``with OutputFolder(target, opts, name, n_targets) as staging:`` the analysis writes into
+    ``staging`` (a hidden temporary folder beside the destination); when the block ends
+    without an error, the temporary folder is renamed into place, replacing what the
+    destination held, whole; on an error it is removed and the destination is untouched.
+    For its whole life the destination is locked (``seltrain.runlock``, a lock file beside
+    it, as run folders are locked), so two analyses into one folder never mix their files.
+
+    The destination is ``--out`` (``--out/<run>`` with several runs) or
+    ``<run>/analysis/<name>``. A non-empty ``--out`` that holds something else than this
+    analysis of this checkpoint (another run's results, any other files) is refused unless
+    ``--force``; a marker file (``MARKER``) tells which analysis and checkpoint a folder holds.
+    """
+
+    def __init__(self, target, opts, name: str, n_targets: int):
+        self.name, self.ckpt = name, os.path.abspath(target.ckpt_path)
+        out = opts.out
+        if out:
+            self.final = os.path.abspath(os.path.join(out, target.name) if n_targets > 1 else out)
+        else:
+            self.final = os.path.abspath(os.path.join(target.run_dir, "analysis", name))
+        self.chosen, self.force = bool(out), bool(getattr(opts, "force", False))
+        self.parent, base = os.path.dirname(self.final), os.path.basename(self.final)
+        self.staging = os.path.join(self.parent, f".{base}.tmp-{os.getpid()}")
+        self.lock_path = os.path.join(self.parent, f".{base}.lock")
+        self.lock = None
+
+    def __enter__(self) -> str:
+        from seltrain.runlock import RunLock
+
+        self._make_parent()
+        self.lock = RunLock(self.lock_path, what=f"analysis output folder {self.final}",
+                            fix="wait for that analysis to end, or choose another --out")
+        self.lock.acquire()
+        try:
+            self._refuse_foreign()
+            # Under the lock no other writer of this folder is alive: what is left from an
+            # earlier one (killed mid-write) is garbage.
+            base = os.path.basename(self.final)
+            for entry in os.listdir(self.parent):
+                if entry.startswith((f".{base}.tmp-", f".{base}.old-")):
+                    shutil.rmtree(os.path.join(self.parent, entry), ignore_errors=True)
+            os.makedirs(self.staging)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.staging
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is None:
+                self._commit()
+            else:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            self.lock.release()
+
+    def _make_parent(self) -> None:
+        if os.path.isfile(self.final):
+            raise ConfigError(f"cannot write the {self.name} results to {self.final}: it is a "
+                              "file, not a folder; pass --out with a folder")
+        blocker = file_in_the_way(self.parent)
+        try:
+            if blocker:
+                raise NotADirectoryError(f"{blocker} is a file, not a folder")
+            os.makedirs(self.parent, exist_ok=True)
+        except OSError as e:
+            why = f"{blocker} is a file, not a folder" if blocker else e.strerror
+            raise ConfigError(f"cannot write the {self.name} results to {self.final}: {why}; "
+                              "pass --out with a folder you can write") from None
+
+    def _refuse_foreign(self) -> None:
+        if not self.chosen or self.force or not os.path.isdir(self.final):
+            return
+        entries = sorted(os.listdir(self.final))
+        if not entries:
+            return
+        marker = _read_marker(self.final)
+        if marker == {"analysis": self.name, "checkpoint": self.ckpt}:
+            return  # this analysis of this checkpoint again: replaced as the default folder is
+        held = (f"the {marker.get('analysis')} results of {marker.get('checkpoint')}"
+                if marker else f"{len(entries)} other file(s) ({', '.join(entries[:3])}"
+                               f"{', ...' if len(entries) > 3 else ''})")
+        raise ConfigError(f"--out {self.final} already holds {held}; pass --force to replace "
+                          "that folder whole, or choose another --out")
+
+    def _commit(self) -> None:
+        with open(os.path.join(self.staging, MARKER), "w") as f:
+            json.dump({"analysis": self.name, "checkpoint": self.ckpt}, f)
+        old = None
+        if os.path.lexists(self.final):
+            old = os.path.join(self.parent, f".{os.path.basename(self.final)}.old-{os.getpid()}")
+            os.rename(self.final, old)
+        os.rename(self.staging, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
+
+
+def refuse_single_output(out: str, force: bool) -> None:
+    """With several runs each goes to ``--out/<run>``: an ``--out`` that holds one analysis'
+    own results (a marker) is another run's output, refused unless ``--force``, which clears
+    it first."""
+    marker = _read_marker(out) if os.path.isdir(out) else {}
+    if not marker:
+        return
+    if not force:
+        raise ConfigError(f"--out {os.path.abspath(out)} already holds the "
+                          f"{marker.get('analysis')} results of {marker.get('checkpoint')}; "
+                          "pass --force to replace that folder whole, or choose another --out")
+    shutil.rmtree(out)
+
+
+def _read_marker(folder: str) -> dict:
     try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        probe = os.path.abspath(folder)
-        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-            probe = os.path.dirname(probe)
-        why = f"{probe} is a file, not a folder" if os.path.isfile(probe) else e.strerror
-        raise ConfigError(f"cannot write the {name} results to {folder}: {why}; pass --out "
-                          "with a folder you can write") from None
-    return folder
+        with open(os.path.join(folder, MARKER)) as f:
+            marker = json.load(f)
+        return marker if isinstance(marker, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def write_selectivity(r: dict, target, opts, out: str) -> list[str]:

@@ -167,6 +167,21 @@ def _check_against_recipe(cfg, path: str, meta: dict, split: str, first: dict | 
                             f"samples; write it again from this recipe")
 
 
+def _check_labels(path: str, meta: dict) -> None:
+    """Every label in [0, num_classes), as the other sources check theirs when they open:
+    one out of range would stop training mid-epoch inside the loss. FFCV keeps an IntField's
+    values in the file's metadata table, so this reads no image."""
+    from ffcv.reader import Reader
+
+    reader = Reader(path)
+    labels = reader.metadata[reader.metadata.dtype.names[reader.field_names.index("label")]]
+    k = meta["num_classes"]
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise DataError(f"{path} has label {bad} but its dataset has {k} classes (labels "
+                        f"0-{k - 1}); write it again with `seltrain data write`")
+
+
 def _info(meta: dict) -> DatasetInfo:
     return DatasetInfo(meta["dataset"], meta["num_classes"], meta["channels"],
                        meta["image_size"], meta["family"], tuple(meta["mean"]),
@@ -299,6 +314,7 @@ def build_ffcv_data(cfg, sharding: RankSharding | None = None, *, batch_size: in
         path = os.path.abspath(os.path.expanduser(path))
         meta = read_sidecar(path, f"data.ffcv.{split}")
         _check_against_recipe(cfg, path, meta, split, first)
+        _check_labels(path, meta)
         metas[split] = (path, meta)
         first = first or {"path": path, "meta": meta}
     _, train_meta = metas["train"]

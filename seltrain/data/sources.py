@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import pickle
+import sys
 import urllib.request
 from dataclasses import dataclass, replace
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from seltrain.config import SyntheticConfig
 from seltrain.errors import DataError
+from seltrain.pickles import load_data_pickle
 
 DATASETS: tuple[str, ...] = ("synthetic", "fashion_mnist", "cifar10", "cifar100",
                              "tinyimagenet", "imagefolder")
@@ -300,13 +301,13 @@ _CIFAR = {
 
 
 def _read_pickle(path: str) -> dict:
-    # These are the official archives' pickles; only load files you trust, as with any pickle.
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")  # the files were written by Python 2
-    except Exception as e:
-        raise DataError(f"cannot read {path} ({type(e).__name__}: {e}); the file is corrupt: "
-                        f"extract it again from the original archive") from e
+    """One batch (or meta) file: plain data only, so a planted file runs nothing
+    (``seltrain.pickles``); the files were written by Python 2, their strings read as bytes."""
+    batch = load_data_pickle(path, "CIFAR batch", "extract it again from the original archive")
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch (a dict); "
+                        "extract it again from the original archive")
+    return batch
 
 
 def _find_cifar(root: str, folder: str, files: tuple[str, ...]) -> str | None:
@@ -372,12 +373,36 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _images_under(folder: str) -> list[str]:
-    """Every image file below ``folder``, sorted, so the order never depends on the filesystem."""
-    out = []
+def _images_under(folder: str, skipped: list[str] | None = None) -> list[str]:
+    """Every image file below ``folder``, sorted, so the order never depends on the filesystem.
+
+    Links are followed only while they stay inside ``folder`` (its real path), and each
+    file or folder is visited once: a link to a parent (a loop) or to another class's folder
+    would count images many times over, under the wrong label. What is left out that way is
+    appended to ``skipped``."""
+    base = os.path.realpath(folder)
+    inside = lambda p: p == base or p.startswith(base + os.sep)  # noqa: E731
+    seen_dirs, seen_files, out = {base}, set(), []
     for d, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs.sort()
-        out += [os.path.join(d, f) for f in sorted(files) if _is_image(f)]
+        keep = []
+        for sub in sorted(subdirs):
+            real = os.path.realpath(os.path.join(d, sub))
+            if inside(real) and real not in seen_dirs:
+                seen_dirs.add(real)
+                keep.append(sub)
+            elif skipped is not None:
+                skipped.append(os.path.join(d, sub))
+        subdirs[:] = keep
+        for f in sorted(files):
+            if not _is_image(f):
+                continue
+            path = os.path.join(d, f)
+            real = os.path.realpath(path)
+            if inside(real) and real not in seen_files:
+                seen_files.add(real)
+                out.append(path)
+            elif skipped is not None:
+                skipped.append(path)
     return out
 
 
@@ -505,9 +530,9 @@ def _load_imagefolder(root: str, split: str) -> tuple[DatasetInfo, FileSplit]:
         raise DataError(f"imagefolder: {folder} has classes not in {train_dir}: "
                         f"{', '.join(unknown[:5])}; every val class needs a train folder")
 
-    paths, labels = [], []
+    paths, labels, skipped = [], [], []
     for k, c in enumerate(classes):
-        files = _images_under(os.path.join(folder, c)) if c in present else []
+        files = _images_under(os.path.join(folder, c), skipped) if c in present else []
         if split == "train" and not files:
             # An empty class still counts as an output yet never gets a training signal.
             raise DataError(f"imagefolder: {os.path.join(folder, c)} holds no "
@@ -521,6 +546,10 @@ def _load_imagefolder(root: str, split: str) -> tuple[DatasetInfo, FileSplit]:
         # accuracy and selectivity would both be meaningless.
         raise DataError(f"imagefolder: {train_dir} has one class folder ({classes[0]}); class "
                         f"selectivity and accuracy need at least 2 classes")
+    if skipped:
+        print(f"seltrain: imagefolder: left out {len(skipped)} link(s) in {folder} that leave "
+              f"their class folder or repeat a file or folder already read (e.g. "
+              f"{skipped[0]})", file=sys.stderr, flush=True)
     info = DatasetInfo("imagefolder", len(classes), 3, 224, "imagenet", IMAGENET_MEAN,
                        IMAGENET_STD, tuple(classes))
     return info, FileSplit(paths, np.asarray(labels, dtype=np.int64))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seltrain.data.sources import open_image
-from seltrain.errors import DataError, file_in_the_way, is_disk_full
+from seltrain.errors import ConfigError, DataError, file_in_the_way, is_disk_full
 
 # Kept light at import time (numpy only): the CLI imports this module to build its parser.
 
@@ -60,16 +60,20 @@ class WriteOptions:
     progress: bool = True
 
     def check(self) -> None:
+        """Option values are command-line mistakes: ConfigError, exit 2."""
         if self.write_mode not in WRITE_MODES:
-            raise DataError(f"unknown write mode {self.write_mode!r}; choose one of "
-                            f"{', '.join(WRITE_MODES)}")
+            raise ConfigError(f"unknown write mode {self.write_mode!r}; choose one of "
+                              f"{', '.join(WRITE_MODES)}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise DataError(f"--jpeg-quality must be in [1, 100], got {self.jpeg_quality}")
+            raise ConfigError(f"--jpeg-quality must be in [1, 100], got {self.jpeg_quality}")
         if not 0.0 <= self.compress_probability <= 1.0:
-            raise DataError(f"--compress-probability must be in [0, 1], got "
-                            f"{self.compress_probability}")
+            raise ConfigError(f"--compress-probability must be in [0, 1], got "
+                              f"{self.compress_probability}")
         if self.max_resolution is not None and self.max_resolution < 1:
-            raise DataError(f"--max-resolution must be >= 1, got {self.max_resolution}")
+            raise ConfigError(f"--max-resolution must be >= 1, got {self.max_resolution}")
+        if self.smart_threshold < 0:
+            raise ConfigError(f"--smart-threshold must be >= 0 (raw bytes of an image), got "
+                              f"{self.smart_threshold}")
 
 
 class SplitSource:

@@ -20,15 +20,17 @@ own chatter appears with ``--verbose``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 from functools import partial
 
 from seltrain.config import Config
-from seltrain.errors import ConfigError
+from seltrain.errors import ConfigError, Interrupted
 from seltrain.tuning.recipe import SearchRecipe, enumerate_trials, load_search, trial_name
 from seltrain.tuning.resources import check_local_fit, local_resources
 from seltrain.tuning.session import start_ray
@@ -52,12 +54,44 @@ def run_search(args) -> int:
             except ConfigError as e:  # a plan for a cluster is still worth reading here
                 print(f"note: {e}; run it on a cluster with --address")
         return 0
+    exp_dir = recipe.exp_dir
+    # One search per experiment: a second one started with the same recipe and name is
+    # refused here, naming the first, before it starts Ray or touches the folder.
+    lock = experiment_lock(recipe)
+    try:
+        return _run_locked(args, recipe, base, exp_dir)
+    finally:
+        lock.release()
+
+
+def experiment_lock(recipe: SearchRecipe):
+    """The experiment's lock (``seltrain.runlock``, as run folders are locked), beside its
+    folder: ``<storage>/.<name>.lock``; for s3:// storage, beside the trial folders' root."""
+    from seltrain.runlock import RunLock
+
+    folder = os.path.dirname(recipe.trial_root) if recipe.is_uri else recipe.storage
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return RunLock(os.path.join(folder, f".{recipe.name}.lock"),
+                       what=f"experiment {recipe.exp_dir}",
+                       fix="wait for that search to end, or pass --name to start another "
+                           "experiment").acquire()
+    except OSError as e:
+        raise ConfigError(f"cannot lock the experiment in {folder} ({e.strerror}); set storage "
+                          "(or --storage) to a folder you can write") from None
+
+
+INTERRUPTED_FILE = "interrupted.json"
+
+
+def _run_locked(args, recipe: SearchRecipe, base: Config, exp_dir: str) -> int:
+    import signal
+
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from seltrain.tuning.console import Console, quiet_ray
 
-    exp_dir = recipe.exp_dir
     restorable = tune.Tuner.can_restore(exp_dir)
     if restorable and not args.resume:
         raise ConfigError(f"{exp_dir} already holds an experiment; pass --resume to continue it, "
@@ -86,12 +120,60 @@ def run_search(args) -> int:
         _write_experiment_info(recipe, base)
     console.header(exp_dir, args.address)
     t0 = time.perf_counter()
-    with quiet_ray(verbose):
-        grid = tuner.fit()
+    # Ctrl-C: Tune's own SIGINT handler (installed by fit) saves the experiment state, stops
+    # the trials and returns normally, with the cut trials looking ended. It puts back the
+    # handler it found when it catches a SIGINT, so finding ours in place afterwards means the
+    # search was interrupted. Ours raises KeyboardInterrupt, as Python's default: a second
+    # Ctrl-C (or a Tune told to leave SIGINT alone) ends the search at once.
+    def on_sigint(signum, frame):
+        raise KeyboardInterrupt
+
+    ours = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if ours else None
+    try:
+        with quiet_ray(verbose):
+            grid = tuner.fit()
+        interrupted = ours and signal.getsignal(signal.SIGINT) is on_sigint \
+            and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0)
+    except KeyboardInterrupt:
+        grid, interrupted = None, True
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
     wall = time.perf_counter() - t0
     if console.fatal:
         raise ConfigError(console.fatal)
+    if interrupted:
+        _interrupted(args, recipe, console)
     return _finish(args, recipe, console, grid, wall)
+
+
+def resume_command(args) -> str:
+    return (f"seltrain tune --search {args.search} --resume"
+            f"{' --name ' + args.name if args.name else ''}"
+            f"{' --storage ' + args.storage if args.storage else ''}")
+
+
+def _interrupted(args, recipe: SearchRecipe, console) -> None:
+    """Ctrl-C: nothing is reported as final (no results.csv, plots or best alpha), the trials
+    cut short are listed in interrupted.json so that ``seltrain report`` never counts them as
+    stopped early by the scheduler, and one line says how to continue."""
+    report_dir = recipe.trial_root if recipe.is_uri else recipe.exp_dir
+    stopped = {st["name"] for st in console.trials.values() if st["status"] == "stopped"}
+    root = recipe.trial_root
+    cut = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                 if not n.startswith(".") and os.path.isdir(os.path.join(root, n))
+                 and not os.path.exists(os.path.join(root, n, "summary.json"))
+                 and n not in stopped)
+    os.makedirs(report_dir, exist_ok=True)
+    tmp = os.path.join(report_dir, f".{INTERRUPTED_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"cut_trials": cut, "time": time.time()}, f, indent=2)
+    os.replace(tmp, os.path.join(report_dir, INTERRUPTED_FILE))
+    raise Interrupted(f"the search was stopped with {len(cut)} trial(s) unfinished; their "
+                      f"checkpoints and the experiment state are kept in {recipe.exp_dir} and "
+                      "no results were written as final; continue with: "
+                      f"{resume_command(args)}")
 
 
 def _new_tuner(recipe: SearchRecipe, base: Config, fn, console, callbacks: list,
@@ -147,14 +229,15 @@ def _finish(args, recipe: SearchRecipe, console, grid, wall: float) -> int:
         report_dir = recipe.trial_root
     else:
         report_dir = recipe.exp_dir
+    if not unfinished:  # every cut trial ran on: nothing is unfinished any more
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(report_dir, INTERRUPTED_FILE))
     report_experiment(report_dir, metric=recipe.metric, mode=recipe.mode)
     print(f"\nsearch wall time {wall:.0f} s; {console.summary_line(len(grid), n_failed)}")
     print(f"TensorBoard (every trial, HParams tab, sweep figures): tensorboard --logdir "
           f"{report_dir}")
     if unfinished:
-        print(f"seltrain: interrupted; continue with: seltrain tune --search {args.search} "
-              f"--resume{' --name ' + args.name if args.name else ''}"
-              f"{' --storage ' + args.storage if args.storage else ''}", file=sys.stderr)
+        print(f"seltrain: interrupted; continue with: {resume_command(args)}", file=sys.stderr)
         return 130
     return 1 if n_failed else 0
 

@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from seltrain.config import (Config, build_dataclass, choice, config_from_dict, load_config,
-                             read_yaml, set_dotted)
-from seltrain.errors import ConfigError, did_you_mean
+from seltrain.config import (Config, build_dataclass, choice, config_from_dict,
+                             has_control_character, load_config, read_yaml, set_dotted)
+from seltrain.errors import ConfigError, did_you_mean, excerpt, file_in_the_way
 from seltrain.tuning.resources import ResourcesConfig, check_resources_spec
 
 _SELTRAIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,9 @@ class SchedulerConfig:
 
 @dataclass
 class SearchRecipe:
-    base: str = "configs/quickstart.yaml"
+    # The training recipe every trial starts from; required (a search of the wrong base
+    # would run to the end before anyone noticed).
+    base: Optional[str] = None
     name: Optional[str] = None  # experiment folder name; None = the recipe's file name
     space: dict[str, SpaceSpec] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -192,15 +194,45 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
         raise ConfigError(f"unknown key 'path' ({where})")
     recipe.path = os.path.abspath(path)
     recipe.overrides = list(recipe.overrides) + list(overrides or [])
+    if exp_name is not None:
+        _check_name(exp_name, "--name")
+    elif recipe.name is not None:
+        _check_name(recipe.name, f"name ({where})")
     recipe.name = exp_name or recipe.name or os.path.splitext(os.path.basename(path))[0]
     if storage:
         recipe.storage = storage
     if not recipe.is_uri:
         recipe.storage = os.path.abspath(os.path.expanduser(recipe.storage))
+        blocker = file_in_the_way(recipe.exp_dir)
+        if blocker:
+            raise ConfigError(f"storage {recipe.storage}: {blocker} is a file, not a folder; "
+                              f"set storage (or --storage) to a folder")
+    if not recipe.base:
+        raise ConfigError(f"base is missing ({where}); name the training recipe every trial "
+                          "starts from, e.g. base: configs/quickstart.yaml")
     recipe.base = _find_base(recipe.base, path)
     base = load_config(recipe.base, recipe.overrides)
     _check_against_base(recipe, base, path)
     return recipe, base
+
+
+def _check_name(name: str, what: str) -> None:
+    """An experiment name is one folder inside the storage: never a path out of it."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name \
+            or (os.altsep and os.altsep in name) or has_control_character(name):
+        raise ConfigError(f"{what} must be a plain folder name inside the storage (no '/', not "
+                          f"'.' or '..', no control characters), got {excerpt(name)}; set "
+                          "storage (or --storage) to choose where experiments go")
+
+
+def _repeated(values: list) -> list:
+    """The values that appear more than once (1 and 1.0 count as the same)."""
+    seen, twice = [], []
+    for v in values:
+        if v in seen and v not in twice:
+            twice.append(v)
+        seen.append(v)
+    return twice
 
 
 def _parse_space(space, where: str) -> dict[str, SpaceSpec]:
@@ -213,7 +245,7 @@ def _parse_space(space, where: str) -> dict[str, SpaceSpec]:
             spec = {"grid": spec}
         if not isinstance(spec, dict):
             raise ConfigError(f"space.{key} must be a list of values or a mapping such as "
-                              f"{{grid: [...]}}, got {spec!r} ({where})")
+                              f"{{grid: [...]}}, got {excerpt(spec)} ({where})")
         s = build_dataclass(SpaceSpec, spec, f"space.{key}.", {}, where)
         given = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is not None]
         if len(given) != 1:
@@ -223,6 +255,11 @@ def _parse_space(space, where: str) -> dict[str, SpaceSpec]:
         vals = s.values()
         if vals is not None and not vals:
             raise ConfigError(f"space.{key} has no values ({where})")
+        twice = _repeated(vals or list(s.choice or []))
+        if twice:
+            raise ConfigError(f"space.{key} gives {', '.join(map(excerpt, twice))} more than "
+                              f"once ({where}); each value makes its own trials, so a repeat "
+                              "runs the same trials twice: list each value once")
         (k,) = given
         if k in ("uniform", "loguniform", "signed_loguniform"):
             lo_hi = getattr(s, k)
@@ -241,6 +278,10 @@ def _check_recipe(recipe: SearchRecipe, where: str) -> None:
     """Cross-field checks of the recipe itself (the base recipe is not read yet)."""
     if not recipe.seeds:
         raise ConfigError(f"seeds is empty ({where}); give at least one seed")
+    twice = _repeated(recipe.seeds)
+    if twice:
+        raise ConfigError(f"seeds gives {', '.join(map(str, twice))} more than once ({where}); "
+                          "a repeated seed runs the same trials twice: list each seed once")
     if recipe.metric not in METRICS:
         raise ConfigError(f"unknown metric '{recipe.metric}' ({where})"
                           f"{did_you_mean(recipe.metric, METRICS)}; choose one of: "
@@ -255,11 +296,14 @@ def _check_against_base(recipe: SearchRecipe, base: Config, path: str) -> None:
     """The recipe against its base training recipe, before Ray starts."""
     where = f"in {path}"
     # Every searched key must be a key of the training recipe, and every value must pass
-    # its checks: try the first (or a sampled-range end) value of each.
+    # its checks: every grid value, both ends of a sampled range, every seed.
     for key, s in recipe.space.items():
         vals = s.values() or list(getattr(s, s.kind()))
-        for v in vals[:1] + vals[-1:]:
+        for v in vals:
             trial_config(base, {key: v}, where=f"space.{key} in {path}")
+    for seed in recipe.seeds:
+        trial_config(base, {SEED_KEY: seed}, where=f"seeds in {path}")
+    _check_metric_reported(recipe, base, where)
     if recipe.metric.startswith("test_") and base.train.eval_test == "at_best":
         raise ConfigError(f"metric {recipe.metric} needs the test split every epoch but the "
                           f"base recipe sets train.eval_test=at_best ({where}); rank by "
@@ -270,6 +314,21 @@ def _check_against_base(recipe: SearchRecipe, base: Config, path: str) -> None:
         if not (1 <= sch.grace_period <= max_t) or sch.reduction_factor < 2:
             raise ConfigError(f"scheduler needs 1 <= grace_period <= max_t ({max_t}) and "
                               f"reduction_factor >= 2 ({where})")
+
+
+def _check_metric_reported(recipe: SearchRecipe, base: Config, where: str) -> None:
+    """Every trial must report the metric the search ranks by, or Tune fails once they have
+    all run ("all NA values"): refuse such a search before it starts."""
+    metric = recipe.metric
+    val_sizes = [base.data.val_size]
+    if "data.val_size" in recipe.space:
+        val_sizes = recipe.space["data.val_size"].values() or val_sizes
+    if metric.startswith("val_") and any(v == 0 for v in val_sizes):
+        raise ConfigError(f"metric {metric} needs a validation split but data.val_size=0 "
+                          f"gives none ({where}); rank by test_acc, or set data.val_size")
+    if metric.endswith("_si") and not base.selectivity.eval_si:
+        raise ConfigError(f"metric {metric} needs selectivity.eval_si=true, which the base "
+                          f"recipe turns off ({where}); rank by an accuracy, or turn it on")
 
 
 # --------------------------------------------------------------------------- its trials

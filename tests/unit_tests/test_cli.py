@@ -134,3 +134,20 @@ def test_a_rank_of_a_multi_rank_job_exits_with_its_code_and_all_its_output():
     hooked = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert hooked.returncode == 0 and hooked.stdout.endswith("atexit ran\n"), hooked
+
+
+def test_no_parser_takes_abbreviations():
+    """Every (sub)command refuses abbreviated options: `--data DIR` is never `--data-root`."""
+    import argparse
+
+    from seltrain.cli import build_parser
+
+    seen, todo = 0, [build_parser()]
+    while todo:
+        p = todo.pop()
+        assert p.allow_abbrev is False, p.prog
+        seen += 1
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += list(action.choices.values())
+    assert seen > 10
