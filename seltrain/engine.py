@@ -1,9 +1,16 @@
 """Engines: how a step's backward, optimizer step and checkpoint state are carried out.
 
 ``DDPEngine`` (one process or torch DDP) and ``DeepSpeedEngine`` share one small interface:
-``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``,
+``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``, ``sync_buffers()``,
 ``save(path, extra)`` and ``load(path) -> extra``. The training loop calls only these. Process
 groups and collectives are ``seltrain.distributed``'s; an engine only asks it.
+
+Buffers (BatchNorm running statistics) are rank 0's on every rank whenever the unwrapped
+``module`` is used alone (evaluation, the epoch hooks, the checkpoint, which rank 0 writes):
+``sync_buffers()``. DDP broadcasts rank 0's buffers only at the start of each *training*
+forward, so after an epoch's last step each rank's statistics also hold its own last batch;
+evaluating with them would score each shard with a different network, none of them the one
+in the checkpoint.
 
 Checkpoints. Both engines leave a plain ``<name>.pt`` (model weights plus the trainer's extra
 dict, loadable with ``weights_only=True``) at the path the trainer names, so ``--resume``,
@@ -72,8 +79,15 @@ class DDPEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers on every rank (module docstring); the trainer calls it before
+        evaluating. One broadcast per dtype; nothing in one process."""
+        if self.ctx.distributed:
+            distributed.broadcast_tensors(list(self.module.buffers()), src=0)
+
     def save(self, path: str, extra: dict) -> None:
-        # DDP replicas are identical: rank 0 writes one file.
+        # DDP replicas are identical (parameters; buffers once sync_buffers ran, as it does
+        # before every evaluation, hence before every checkpoint): rank 0 writes one file.
         if self.ctx.is_main:
             state = dict(extra, model=self.module.state_dict(),
                          optimizer=self.optimizer.state_dict(),
@@ -217,17 +231,17 @@ class DeepSpeedEngine:
     def step(self) -> None:
         # Clips (gradient_clipping), steps the optimizer and the LR schedule, zeroes grads.
         self.model.step()
-        if self.ctx.distributed:
-            self._sync_buffers()
+        self.sync_buffers()
 
-    def _sync_buffers(self) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every rank, as DDP's
-        ``broadcast_buffers`` keeps them. DeepSpeed never syncs buffers after ``initialize``:
-        each rank's statistics would follow its own shard, the sharded evaluation would mix
-        as many networks as ranks, and ``--resume`` (rank 0's statistics in the checkpoint,
-        loaded on every rank) would end with other numbers than an uninterrupted run (found
-        by tests/integration_tests/test_deepspeed_launcher.py). One broadcast per dtype."""
-        distributed.broadcast_tensors(self._buffers, src=0)
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank. DeepSpeed never
+        syncs buffers after ``initialize``, so this runs after every step, as DDP's
+        ``broadcast_buffers`` does before every forward: each rank's statistics would
+        otherwise follow its own shard, the sharded evaluation would mix as many networks as
+        ranks, and ``--resume`` (rank 0's statistics in the checkpoint, loaded on every rank)
+        would end with other numbers than an uninterrupted run. One broadcast per dtype."""
+        if self.ctx.distributed:
+            distributed.broadcast_tensors(self._buffers, src=0)
 
     def lr(self) -> float:
         return self.model.get_lr()[0]

@@ -286,6 +286,9 @@ class Trainer:
         The numbers are read from the device once, at the end.
         """
         model = self.engine.module  # unwrapped: uneven eval shards must not meet DDP collectives
+        # Every rank scores its shard with rank 0's BatchNorm statistics: the network that
+        # rank 0 checkpoints (seltrain/engine.py, "Buffers").
+        self.engine.sync_buffers()
         was_training = model.training
         model.eval()
         dev = self.ctx.device
