@@ -351,7 +351,7 @@ class Trainer:
             return 0, 0, {}, []
         ckpt = self.engine.load(last)
         self._check_resumable(ckpt["config"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.ctx.device)
         # Every epoch's record up to the checkpoint (older checkpoints: none), from which
         # RunSink rebuilds a missing, torn or short metrics.jsonl.
         self._resume_history = json.loads(ckpt["history"]) if "history" in ckpt else None
@@ -382,7 +382,7 @@ class Trainer:
         records = getattr(getattr(self, "sink", None), "records", None)
         extra = {"epoch": epoch, "global_step": global_step,
                  "best": json.dumps(best), "throughput": json.dumps(throughput),
-                 "config": self.cfg.to_dict(), "rng": rng_state(),
+                 "config": self.cfg.to_dict(), "rng": rng_state(self.ctx.device),
                  "layer_names": list(self.layer_names),
                  "arch": self.cfg.model.arch,
                  "num_classes": self.info.num_classes,

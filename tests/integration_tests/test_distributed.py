@@ -144,6 +144,11 @@ def _equivalence_worker(out: str) -> None:
         for a in acts:
             a.grad = None
     res["payload_local"] = {"acts": [a.detach() for a in acts], "labels": labels}
+    # A bf16 payload whose class counts pass 256 (bf16 holds integers exactly up to 256):
+    # 259 + 258 samples of class 0, 3 + 3 of class 1.
+    many = torch.cat([torch.zeros(259 - r, dtype=torch.long), torch.ones(3, dtype=torch.long)])
+    sums, counts = class_stats(torch.rand(len(many), 4, generator=gen), many, 5)
+    res["bf16_counts"] = distributed.all_reduce_stats([sums], counts, bf16=True)[1]
 
     # The fused penalty (one [K, sum U] buffer through the all-reduce) against the per-layer
     # reference (one buffer per layer), values and gradients, in float64 and float32.
@@ -310,6 +315,11 @@ def test_payload_present_only_exact_and_bf16_close(tmp_path_factory):
                                        atol=0)
         assert torch.equal(present["counts"], ref_counts)
         assert torch.equal(dense["counts"], ref_counts)
+        assert torch.equal(bf16["counts"], ref_counts)
+        # bf16 sums, float32 counts: 517 samples of one class are counted exactly (in bf16
+        # the 259 of rank 0 alone would round to 260).
+        assert rank["bf16_counts"].dtype == torch.float32
+        assert rank["bf16_counts"].tolist() == [517.0, 6.0, 0.0, 0.0, 0.0]
         # Backward through all_reduce sums the G upstream gradients: each sample's gradient is
         # G * (its class's weight), the same in every mode.
         w = torch.arange(1, 51, dtype=torch.float32)
