@@ -43,7 +43,8 @@ HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", 
                "train.batch_size", "train.epochs")
 HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs")
 # Keys that may change between an interrupted run and its resumption.
-_RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir")
+_RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir",
+                     "data.on_device")
 
 
 def seed_everything(seed: int, deterministic: bool,
@@ -135,7 +136,7 @@ class Trainer:
         # borrow: every batch goes through self.preprocess (a new tensor) before the next is
         # drawn, and none is kept, so FFCV's buffers need no copy.
         self.data = build_data(self.cfg, RankSharding(self.ctx.rank, self.ctx.world_size),
-                               batch_size=self.local_batch, borrow=True)
+                               batch_size=self.local_batch, borrow=True, device=self.ctx.device)
         self.info = self.data.info
         self.preprocess = DevicePreprocess(self.info, self.ctx.device, self.cfg.train.channels_last)
         self.steps_per_epoch = len(self.data.train)
