@@ -258,14 +258,29 @@ def load_trained_model(path: str, device="cpu"):
 
 # --------------------------------------------------------------------------- random state
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | str = "cpu") -> dict:
+    """The CPU generator's state, and the CUDA generator's of ``device`` alone: the rank's
+    own GPU. Every rank seeds every generator alike and draws alike, so rank 0's one device
+    stands for every rank's; and a resume may see other GPUs than the run did
+    (``CUDA_VISIBLE_DEVICES=3``, a Ray trial restored on another node), where only its own
+    device is sure to exist."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
+    """Restore ``rng_state``'s states onto this process's generators: the CUDA state onto
+    ``device`` (the rank's own GPU) and no other. A checkpoint that holds a list (one state
+    per GPU its writer saw) gives its first, the writer's own device. The states may come
+    loaded onto the GPU (``map_location``); torch takes them from host memory only."""
+    torch.set_rng_state(state["torch"].cpu())
+    saved = state.get("cuda")
+    device = torch.device(device)
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, (list, tuple)):
+        saved = saved[0]
+    torch.cuda.set_rng_state(saved.cpu(), device)

@@ -65,6 +65,11 @@ class DataConfig:
     limit_train: Optional[int] = None
     # Resolution for file-based ImageNet-style data (imagefolder); None = dataset native.
     image_size: Optional[int] = None
+    # Datasets held in memory (synthetic, fashion_mnist, cifar10/100) with loader torch: keep
+    # the uint8 train and test sets in the device's memory and crop, flip and normalise them
+    # there (the same batches as on the host, bit for bit). auto: on with CUDA when both sets
+    # fit in a quarter of the GPU's free memory (seltrain.data.loaders.ON_DEVICE_SHARE).
+    on_device: Union[bool, str] = choice("auto", ("auto", True, False))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ffcv: FFCVConfig = field(default_factory=FFCVConfig)
 
@@ -569,6 +574,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.cudnn_benchmark=true picks conv kernels by timing, which "
                           "train.deterministic=true rules out; set one of them false (or "
                           "cudnn_benchmark=auto)")
+    d = cfg.data
+    if d.on_device is True and (d.loader != "torch" or d.dataset in ("tinyimagenet",
+                                                                      "imagefolder")):
+        raise ConfigError(f"data.on_device=true holds a dataset in device memory, which works "
+                          f"for synthetic, fashion_mnist, cifar10 and cifar100 with "
+                          f"data.loader=torch (not {d.dataset} with {d.loader}); set "
+                          "data.on_device=auto or false")
     if cfg.data.loader == "ffcv" and not cfg.data.ffcv.train:
         raise ConfigError("data.loader is ffcv but data.ffcv.train is not set; write the "
                           "splits with `seltrain data write` and set data.ffcv.train/val/test")

@@ -285,7 +285,8 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
     global batch can hold: the global batch size) it ships a fixed ``max_rows`` rows, present
     classes first, which needs no host sync; when ``max_rows >= K`` nothing can be saved that
     way and the dense path is used. Without ``max_rows`` it ships exactly the present rows,
-    which costs one host sync (``nonzero``) per step. ``bf16`` halves the payload's bytes.
+    which costs one host sync (``nonzero``) per step. ``bf16`` halves the payload's bytes;
+    the class counts stay float32 (a second, K-float all-reduce), so they are exact.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return sums, counts
@@ -296,9 +297,15 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
     k = counts.shape[0]
     if present_only and max_rows is not None and max_rows >= k:
         present_only = False
-    if present_only:
-        counts = counts.detach().clone()  # counts never need gradients (they come from labels)
+    # The counts travel in the payload only when it is float32 and dense. bf16 holds integers
+    # exactly up to 256 only, and present-only needs them first to choose its rows: then they
+    # are all-reduced on their own (K floats, float32; they come from labels and never need
+    # gradients).
+    counts_in_payload = not (present_only or bf16)
+    if not counts_in_payload:
+        counts = counts.detach().clone()
         dist.all_reduce(counts)
+    if present_only:
         if max_rows is None:
             rows = (counts > 0).nonzero().squeeze(1)  # exactly the present rows: a host sync
         else:
@@ -310,7 +317,7 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
         parts = list(sums)
     widths = [p.shape[1] for p in parts]
     n_rows = parts[0].shape[0]
-    flat = torch.cat([p.reshape(-1) for p in parts] + ([] if present_only else [counts]))
+    flat = torch.cat([p.reshape(-1) for p in parts] + ([counts] if counts_in_payload else []))
     dtype = flat.dtype
     if bf16:
         flat = flat.to(torch.bfloat16)
@@ -324,7 +331,7 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
         for s, o in zip(sums, out):
             full.append(torch.zeros_like(s).index_copy(0, rows, o))
         return full, counts
-    return out, flat[off:]
+    return out, (flat[off:] if counts_in_payload else counts)
 
 
 def _grouped() -> bool:

@@ -1,9 +1,16 @@
 """Engines: how a step's backward, optimizer step and checkpoint state are carried out.
 
 ``DDPEngine`` (one process or torch DDP) and ``DeepSpeedEngine`` share one small interface:
-``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``,
+``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``, ``sync_buffers()``,
 ``save(path, extra)`` and ``load(path) -> extra``. The training loop calls only these. Process
 groups and collectives are ``seltrain.distributed``'s; an engine only asks it.
+
+Buffers (BatchNorm running statistics) are rank 0's on every rank whenever the unwrapped
+``module`` is used alone (evaluation, the epoch hooks, the checkpoint, which rank 0 writes):
+``sync_buffers()``. DDP broadcasts rank 0's buffers only at the start of each *training*
+forward, so after an epoch's last step each rank's statistics also hold its own last batch;
+evaluating with them would score each shard with a different network, none of them the one
+in the checkpoint.
 
 Checkpoints. Both engines leave a plain ``<name>.pt`` (model weights plus the trainer's extra
 dict, loadable with ``weights_only=True``) at the path the trainer names, so ``--resume``,
@@ -72,8 +79,15 @@ class DDPEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers on every rank (module docstring); the trainer calls it before
+        evaluating. One broadcast per dtype; nothing in one process."""
+        if self.ctx.distributed:
+            distributed.broadcast_tensors(list(self.module.buffers()), src=0)
+
     def save(self, path: str, extra: dict) -> None:
-        # DDP replicas are identical: rank 0 writes one file.
+        # DDP replicas are identical (parameters; buffers once sync_buffers ran, as it does
+        # before every evaluation, hence before every checkpoint): rank 0 writes one file.
         if self.ctx.is_main:
             state = dict(extra, model=self.module.state_dict(),
                          optimizer=self.optimizer.state_dict(),
@@ -101,8 +115,9 @@ def deepspeed_config(t, world_size: int, say=print) -> dict:
     keys seltrain owns derived from the recipe and overwritten (``say`` reports conflicts).
 
     seltrain owns: the batch sizes (``train.batch_size`` is the global batch, split evenly
-    over ranks, no gradient accumulation), ``gradient_clipping`` (``train.grad_clip``) and
-    ``bf16.enabled`` (``train.bf16``). The optimizer and scheduler are seltrain's own, so
+    over ranks, no gradient accumulation), ``gradient_clipping`` (``train.grad_clip``) and the
+    precision: ``torch_autocast`` follows ``train.bf16`` and DeepSpeed's own ``bf16`` mode is
+    off (``DeepSpeedEngine`` says why). The optimizer and scheduler are seltrain's own, so
     DeepSpeed ``optimizer``/``scheduler`` sections are refused rather than silently ignored.
     """
     if t.deepspeed_config and t.deepspeed_inline:
@@ -141,31 +156,45 @@ def deepspeed_config(t, world_size: int, say=print) -> dict:
             say(f"seltrain: {where} sets {key}={cfg[key]!r}; using {value!r} derived from "
                 "the seltrain config")
         cfg[key] = value
-    bf16 = dict(cfg.get("bf16") or {})
-    if "enabled" in bf16 and bool(bf16["enabled"]) != t.bf16:
-        say(f"seltrain: {where} sets bf16.enabled={bf16['enabled']}; using train.bf16="
-            f"{t.bf16}")
-    bf16["enabled"] = bool(t.bf16)
-    cfg["bf16"] = bf16
+    # bf16 is torch.autocast over float32 weights, for DeepSpeed as for DDP (DeepSpeedEngine).
+    if (cfg.get("bf16") or {}).get("enabled"):
+        say(f"seltrain: {where} enables DeepSpeed's bf16 mode; seltrain trains bf16 with "
+            "torch.autocast over float32 weights (train.bf16, the torch_autocast section), so "
+            "bf16.enabled is set false")
+    cfg["bf16"] = dict(cfg.get("bf16") or {}, enabled=False)
+    autocast = dict(cfg.get("torch_autocast") or {})
+    if "enabled" in autocast and bool(autocast["enabled"]) != t.bf16:
+        say(f"seltrain: {where} sets torch_autocast.enabled={autocast['enabled']}; using "
+            f"train.bf16={t.bf16}")
+    if autocast.get("dtype", "bfloat16") not in ("bfloat16", "bf16", "torch.bfloat16"):
+        raise ConfigError(f"{where} sets torch_autocast.dtype={autocast['dtype']!r}; seltrain "
+                          "trains in fp32 or bf16 (train.bf16): remove the dtype")
+    autocast.update(enabled=bool(t.bf16), dtype="bfloat16")
+    cfg["torch_autocast"] = autocast
     cfg.setdefault("zero_allow_untested_optimizer", True)  # seltrain's torch SGD/Adam
     cfg.setdefault("steps_per_print", 1_000_000)
     return cfg
 
 
-class _BF16Forward(nn.Module):
-    """Runs a bf16-weight model on bf16 inputs, autocast off, and returns float32 logits."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return self.inner(x.to(torch.bfloat16)).float()
-
-
 class DeepSpeedEngine:
-    """``deepspeed.initialize`` around seltrain's model, optimizer and LR schedule."""
+    """``deepspeed.initialize`` around seltrain's model, optimizer and LR schedule.
+
+    bf16 (``train.bf16``) is DeepSpeed's ``torch_autocast``: float32 weights, BatchNorm
+    statistics and optimizer state, the forward under ``torch.autocast(bfloat16)``, the
+    gradients of convolutions and linear layers reduced in bf16. DeepSpeed's ``bf16`` mode
+    (bf16 weights, float32 masters in the optimizer) is not used: it casts parameters and not
+    buffers, and CUDA's channels-first BatchNorm backward then fails at the first step. Its
+    fused kernel picks its statistics' dtype from the weight: bf16 weights with a bf16 input
+    select the all-bf16 kernel, which then reads the float32 running statistics as bf16 and
+    refuses them (``batch_norm_backward_cuda``, aten/src/ATen/native/cuda/Normalization.cu).
+    Channels-last takes another kernel and survives. Casting the statistics to bf16 as well
+    would let the kernel run, but a running-average update below half a bf16 step of the
+    statistic (2^-9 of it) is then lost: running means ended 2.3% from the true means, against
+    0.24% in float32 (benchmarks/bench_bn_stats.py, 2,000 steps). Under autocast the kernel sees what
+    it sees under DDP (bf16 input, float32 weight and statistics: its mixed-type path, in both
+    layouts), so both engines run one bf16 arithmetic and DeepSpeed keeps its halved gradient
+    bytes for the layers that hold almost all of them.
+    """
 
     name = "deepspeed"
 
@@ -180,36 +209,24 @@ class DeepSpeedEngine:
             model = convert_sync_bn(model, ctx)
         self.ds_config = deepspeed_config(t, ctx.world_size,
                                           say=print if ctx.is_main else (lambda *_: None))
+        # DeepSpeed broadcasts every parameter as a byte view at initialize, which needs a unit
+        # last stride, and ZeRO-1/2 then move the parameters into one flat contiguous buffer:
+        # channels_last weights pass through neither. The input carries the layout instead
+        # (DevicePreprocess), and a convolution keeps a channels-last input's layout whatever
+        # its weight's (cuDNN's and oneDNN's rule), so the activations stay channels-last.
+        model = model.to(memory_format=torch.contiguous_format)
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t, steps_per_epoch)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False)
-        self._weights = self.model.module
-        self.module = self._weights
-        self._forward = self.model
-        if t.bf16:
-            # DeepSpeed's bf16 keeps the weights in bf16 (fp32 masters in the optimizer), which
-            # torch.autocast does not expect: CPU autocast runs BatchNorm in fp32 and then
-            # meets bf16 weights. So the input is cast instead and autocast is switched off.
-            # DeepSpeed casts parameters but not buffers, and the BatchNorm running statistics
-            # should stay float32: in bf16 a running-average update smaller than 2^-8 of the
-            # statistic is lost. CUDA's BatchNorm updates float32 running statistics next to
-            # bf16 weights (a mixed-dtype TensorIterator), so there they stay float32. The CPU
-            # kernel insists that they have the weights' dtype (torch 2.14: "expected scalar
-            # type BFloat16 but found Float"), so on the CPU, and only there, they are cast.
-            if ctx.device.type == "cpu":
-                for buf in self._weights.buffers():
-                    if buf.is_floating_point():
-                        buf.data = buf.data.to(torch.bfloat16)
-            self.module = _BF16Forward(self._weights)
-            self._forward = _BF16Forward(self.model)
-        # Synced after every step (_sync_buffers). The same tensor objects for the whole run:
-        # the cast above swaps .data, load_state_dict copies into them.
-        self._buffers = list(self._weights.buffers())
+        self.module = self.model.module
+        # Synced after every step (sync_buffers): the same tensor objects for the whole run
+        # (load_state_dict copies into them).
+        self._buffers = list(self.module.buffers())
 
     def forward_model(self) -> nn.Module:
-        return self._forward
+        return self.model
 
     def backward(self, loss: torch.Tensor) -> None:
         self.model.backward(loss)
@@ -217,17 +234,17 @@ class DeepSpeedEngine:
     def step(self) -> None:
         # Clips (gradient_clipping), steps the optimizer and the LR schedule, zeroes grads.
         self.model.step()
-        if self.ctx.distributed:
-            self._sync_buffers()
+        self.sync_buffers()
 
-    def _sync_buffers(self) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every rank, as DDP's
-        ``broadcast_buffers`` keeps them. DeepSpeed never syncs buffers after ``initialize``:
-        each rank's statistics would follow its own shard, the sharded evaluation would mix
-        as many networks as ranks, and ``--resume`` (rank 0's statistics in the checkpoint,
-        loaded on every rank) would end with other numbers than an uninterrupted run (found
-        by tests/integration_tests/test_deepspeed_launcher.py). One broadcast per dtype."""
-        distributed.broadcast_tensors(self._buffers, src=0)
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank. DeepSpeed never
+        syncs buffers after ``initialize``, so this runs after every step, as DDP's
+        ``broadcast_buffers`` does before every forward: each rank's statistics would
+        otherwise follow its own shard, the sharded evaluation would mix as many networks as
+        ranks, and ``--resume`` (rank 0's statistics in the checkpoint, loaded on every rank)
+        would end with other numbers than an uninterrupted run. One broadcast per dtype."""
+        if self.ctx.distributed:
+            distributed.broadcast_tensors(self._buffers, src=0)
 
     def lr(self) -> float:
         return self.model.get_lr()[0]
@@ -255,7 +272,7 @@ class DeepSpeedEngine:
         self._agree_partitions_written(failure, ds_dir, name, tag)
         if self.ctx.is_main:
             weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                       for k, v in self._weights.state_dict().items()}
+                       for k, v in self.module.state_dict().items()}
             checkpoint.atomic_save(dict(extra, model=weights, engine=self.name,
                                         deepspeed_tag=tag), path)
             # Older tags of this name are superseded once the .pt naming the new one exists.

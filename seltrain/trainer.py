@@ -44,7 +44,7 @@ HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", 
 HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs")
 # Keys that may change between an interrupted run and its resumption.
 _RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir",
-                     "data.root")
+                     "data.root", "data.on_device")
 
 
 def seed_everything(seed: int, deterministic: bool,
@@ -136,7 +136,7 @@ class Trainer:
         # borrow: every batch goes through self.preprocess (a new tensor) before the next is
         # drawn, and none is kept, so FFCV's buffers need no copy.
         self.data = build_data(self.cfg, RankSharding(self.ctx.rank, self.ctx.world_size),
-                               batch_size=self.local_batch, borrow=True)
+                               batch_size=self.local_batch, borrow=True, device=self.ctx.device)
         self.info = self.data.info
         self.preprocess = DevicePreprocess(self.info, self.ctx.device, self.cfg.train.channels_last)
         self.steps_per_epoch = len(self.data.train)
@@ -287,6 +287,9 @@ class Trainer:
         The numbers are read from the device once, at the end.
         """
         model = self.engine.module  # unwrapped: uneven eval shards must not meet DDP collectives
+        # Every rank scores its shard with rank 0's BatchNorm statistics: the network that
+        # rank 0 checkpoints (seltrain/engine.py, "Buffers").
+        self.engine.sync_buffers()
         was_training = model.training
         model.eval()
         dev = self.ctx.device
@@ -357,7 +360,7 @@ class Trainer:
         if saved is not None:
             self._check_resumable(saved)
         ckpt = self.engine.load(last)
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.ctx.device)
         # Every epoch's record up to the checkpoint (older checkpoints: none), from which
         # RunSink rebuilds a missing, torn or short metrics.jsonl.
         self._resume_history = json.loads(ckpt["history"]) if "history" in ckpt else None
@@ -388,7 +391,7 @@ class Trainer:
         records = getattr(getattr(self, "sink", None), "records", None)
         extra = {"epoch": epoch, "global_step": global_step,
                  "best": json.dumps(best), "throughput": json.dumps(throughput),
-                 "config": self.cfg.to_dict(), "rng": rng_state(),
+                 "config": self.cfg.to_dict(), "rng": rng_state(self.ctx.device),
                  "layer_names": list(self.layer_names),
                  "arch": self.cfg.model.arch,
                  "num_classes": self.info.num_classes,

@@ -73,3 +73,25 @@ def torch_extensions_dir() -> str:
     path = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(sys.prefix, "torch_extensions")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def evaluate_checkpoint(run_dir: str, split: str = "test") -> dict:
+    """One process's evaluation of a run's best.pt, as `seltrain analyze selectivity` reads
+    it (the analyses' own target, probes and float64 class statistics), plus the accuracy:
+    {"acc", "n", "si_per_layer"}. What a run reports for its best epoch must equal this."""
+    import torch
+
+    from seltrain.analysis import selectivity
+    from seltrain.analysis.options import SelectivityOptions
+    from seltrain.analysis.target import load_target
+
+    ckpt = os.path.join(run_dir, "checkpoints", "best.pt")
+    opts = SelectivityOptions(split=split, device="cpu")
+    target = load_target(run_dir, ckpt, opts)
+    si = selectivity.compute(target, opts)["summary"]["si_per_layer"]
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in target.data:
+            correct += int((target.model(x).argmax(1) == y).sum())
+            n += len(y)
+    return {"acc": correct / n, "n": n, "si_per_layer": si}

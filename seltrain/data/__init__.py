@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from seltrain.data.sources import ArraySplit, DatasetInfo, load_split, split_indices
-from seltrain.data.loaders import (ArrayLoader, DevicePreprocess, FileLoader, RankSharding,
-                                   val_count)
+from seltrain.data.loaders import (ArrayLoader, DeviceArrayLoader, DevicePreprocess,
+                                   FileLoader, RankSharding, on_device_wanted, val_count)
 
 __all__ = ["DataBundle", "build_data", "DevicePreprocess", "RankSharding", "train_val_indices",
            "load_split", "split_indices"]
@@ -45,10 +46,12 @@ def load_dataset(cfg, split: str):
 
 
 def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None,
-               borrow: bool = False) -> DataBundle:
+               borrow: bool = False, device=None) -> DataBundle:
     """Loaders for one rank. ``batch_size`` is the per-rank training batch. ``borrow``: the
     caller uses each batch before drawing the next and keeps none, so the FFCV loader may hand
-    out its own buffers uncopied (the torch loaders always make new tensors)."""
+    out its own buffers uncopied (the torch loaders always make new tensors). ``device``: where
+    the model runs; datasets held in memory live there too when ``data.on_device`` says so
+    (``DeviceArrayLoader``)."""
     sharding = sharding or RankSharding()
     if cfg.data.loader == "ffcv":
         from seltrain.data.ffcv_pipeline import build_ffcv_data
@@ -60,7 +63,16 @@ def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | N
     bs = batch_size or cfg.train.batch_size
     ebs = cfg.train.eval_batch_size
     common = dict(info=info, sharding=sharding, seed=cfg.train.seed)
-    if isinstance(train_split, ArraySplit):
+    device = torch.device(device or "cpu")
+    if isinstance(train_split, ArraySplit) and on_device_wanted(
+            cfg.data.on_device, device, train_split.images.nbytes + test_split.images.nbytes):
+        size = train_split.images.shape[1]
+        held = {id(s): _to_device(s, device) for s in (train_split, test_split)}
+
+        def make(split, idx, train, b):
+            return DeviceArrayLoader(*held[id(split)], idx, b, train=train,
+                                     augment=cfg.data.augment, **common)
+    elif isinstance(train_split, ArraySplit):
         size = train_split.images.shape[1]
 
         def make(split, idx, train, b):
@@ -79,3 +91,10 @@ def build_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | N
         test=make(test_split, test_idx, False, ebs),
         image_size=size,
     )
+
+
+def _to_device(split: ArraySplit, device: torch.device):
+    """A split's uint8 images as [N, C, H, W] and labels as int64, in ``device``'s memory."""
+    images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
+    return images.contiguous().to(device), labels.to(device)

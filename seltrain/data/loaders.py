@@ -1,12 +1,14 @@
 """Loaders for the torch path: batches of uint8 images [B, C, H, W] and int64 labels.
 
-Two kinds, one contract (``len()``, ``set_epoch()``, ``num_samples``, and which samples each
+Three kinds, one contract (``len()``, ``set_epoch()``, ``num_samples``, and which samples each
 batch holds, all from their base ``ShardedLoader``):
 - ``ArrayLoader`` for datasets that fit in memory (Fashion-MNIST, CIFAR, synthetic). The whole
   split is one uint8 tensor; batches are gathered by index and augmented *as a batch* (pad,
   random crop, flip) with a generator seeded by (seed, epoch). No worker processes: on a
   2-core box the vectorised crop is faster than per-image PIL work, and it is bitwise
   reproducible, which resume equivalence relies on.
+- ``DeviceArrayLoader``: the same datasets held in device memory (``data.on_device``); the
+  same batches as ``ArrayLoader``, bit for bit, gathered and augmented on the device.
 - ``FileLoader`` for image folders (Tiny ImageNet, ImageNet): a torch DataLoader decoding
   with PIL in persistent workers, torchvision transforms seeded per (epoch, sample).
 
@@ -103,21 +105,40 @@ class ShardedLoader:
         return len(self.indices)
 
 
-def _pad_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
-    """Per-sample random crop after zero padding, and horizontal flip, for a uint8 batch."""
+def _draw_augment(b: int, pad: int, flip: bool, gen: torch.Generator
+                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """One batch's crop offsets (rows, columns) and flip mask, drawn from ``gen`` in this
+    order; ``DeviceArrayLoader`` draws an epoch's in the same order, hence the same numbers."""
+    oy = ox = mask = None
+    if pad:
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    if flip:
+        mask = torch.rand(b, generator=gen) < 0.5
+    return oy, ox, mask
+
+
+def _apply_augment(x: Tensor, pad: int, oy: Tensor | None, ox: Tensor | None,
+                   mask: Tensor | None) -> Tensor:
+    """Per-sample random crop after zero padding, and horizontal flip, of a uint8 batch, as
+    gathers on the batch's own device (integer copies: the same bytes on any device)."""
     b, c, h, w = x.shape
     if pad:
         xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+        ar_h = torch.arange(h, device=x.device)
+        ar_w = torch.arange(w, device=x.device)
+        rows = (oy[:, None] + ar_h)[:, None, :, None].expand(b, c, h, w + 2 * pad)
         x = xp.gather(2, rows)
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :].expand(b, c, h, w)
+        cols = (ox[:, None] + ar_w)[:, None, None, :].expand(b, c, h, w)
         x = x.gather(3, cols)
-    if flip:
-        mask = torch.rand(b, generator=gen) < 0.5
+    if mask is not None:
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def _pad_crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
+    """Per-sample random crop after zero padding, and horizontal flip, for a uint8 batch."""
+    return _apply_augment(x, pad, *_draw_augment(x.shape[0], pad, flip, gen))
 
 
 # Standard augmentations per family: CIFAR-style pad-4 crop + flip (He et al. 2016); the
@@ -159,6 +180,85 @@ class ArrayLoader(ShardedLoader):
 
 def _empty_like_batch(src: Tensor, n: int, pin: bool) -> Tensor:
     return torch.empty((n, *src.shape[1:]), dtype=src.dtype, pin_memory=pin)
+
+
+class DeviceArrayLoader(ShardedLoader):
+    """``ArrayLoader``'s batches, bit for bit, from a split held in device memory
+    (``data.on_device``): the uint8 images live on the device once, and each step is a
+    gather, a crop, a flip and (in ``DevicePreprocess``) a normalisation there, as batched
+    tensor ops, with no host work and no host-to-device copy (airbench keeps CIFAR-10 on the
+    GPU this way).
+
+    What the host still does, once per epoch: the shuffle (``RankSharding``, the same seeded
+    permutation) and the augmentation's random numbers, drawn from the same generator in the
+    same order as ``ArrayLoader`` draws them batch by batch, then sent to the device in one
+    copy each. Same seed, same batches as the host path.
+
+    ``images``/``labels``: the split already on the device, [N, C, H, W] uint8 and [N] int64,
+    shared by the loaders of one split (train and val are carves of one)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, indices: np.ndarray, batch_size: int,
+                 *, train: bool, info: DatasetInfo, sharding: RankSharding, seed: int = 0,
+                 augment: bool = True, drop_last: bool | None = None):
+        self.images, self.labels = images, labels
+        self.device = images.device
+        super().__init__(indices, batch_size, train, sharding, seed, drop_last)
+        self.augment = ARRAY_AUGMENT.get(info.family, (0, False)) if (train and augment) \
+            else (0, False)
+        self._eval_batches: list[Tensor] | None = None  # fixed: made once
+
+    def _epoch(self) -> list[tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+        """This epoch's (indices, rows, columns, flips) per batch, on the device."""
+        batches = self._batches()
+        if not batches:
+            return []
+        if not self.train:
+            if self._eval_batches is None:
+                self._eval_batches = [torch.from_numpy(b).to(self.device) for b in batches]
+            return [(i, None, None, None) for i in self._eval_batches]
+        pad, flip = self.augment
+        gen = epoch_generator(self.seed, self.epoch, salt=1)
+        draws = [_draw_augment(len(b), pad, flip, gen) for b in batches]
+        # Training batches are full (drop_last) except a last one shared out over the ranks:
+        # one copy per field for the full ones, one more for such a tail.
+        idx = [torch.from_numpy(b) for b in batches]
+        out: list = []
+        full = sum(1 for i in idx if len(i) == len(idx[0]))
+        for lo, hi in ((0, full), (full, len(idx))):
+            if lo == hi:
+                continue
+            cols = [torch.stack(idx[lo:hi])] + [
+                None if draws[lo][k] is None else torch.stack([d[k] for d in draws[lo:hi]])
+                for k in range(3)]
+            cols = [None if c is None else c.to(self.device) for c in cols]
+            out += [tuple(None if c is None else c[j] for c in cols) for j in range(hi - lo)]
+        return out
+
+    def __iter__(self):
+        pad = self.augment[0]
+        for idx, oy, ox, mask in self._epoch():
+            x = self.images.index_select(0, idx)
+            if pad or mask is not None:
+                x = _apply_augment(x, pad, oy, ox, mask)
+            yield x, self.labels.index_select(0, idx)
+
+
+# Of the device's free memory, the share the uint8 train and test sets may take for
+# data.on_device=auto: the rest stays for the model, its activations and other trials
+# sharing the GPU (Tune's fractional GPUs).
+ON_DEVICE_SHARE = 0.25
+
+
+def on_device_wanted(setting, device: torch.device, nbytes: int) -> bool:
+    """Whether to hold the splits (``nbytes`` together) in ``device``'s memory:
+    ``data.on_device`` true or false as given; auto: on a CUDA device whose free memory is at
+    least 1 / ON_DEVICE_SHARE times that."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= ON_DEVICE_SHARE * free
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -31,7 +31,8 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, TINY, free_port, subprocess_env, torch_extensions_dir
+from helpers import (REPO, TINY, evaluate_checkpoint, free_port, subprocess_env,
+                     torch_extensions_dir)
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
@@ -149,6 +150,26 @@ def test_deepspeed_launcher_trains_and_resumes(tmp_path):
     model, best, cfg = load_trained_model(str(run))
     assert cfg.train.engine == "deepspeed"
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_deepspeed_run_reports_what_its_checkpoint_scores(tmp_path):
+    """ZeRO-1 in float32 on 2 ranks: the test accuracy and per-layer SI the run reports for its
+    best epoch are those of its own best.pt evaluated in one process (every rank evaluates
+    with rank 0's BatchNorm statistics, the ones in the checkpoint)."""
+    ports: list[int] = []
+    try:
+        p = _deepspeed(tmp_path, "train.bf16=false", "train.deepspeed_config=null",
+                       "train.epochs=1", ports=ports)
+    finally:
+        _remove_shm(ports)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    summary, _ = _results(tmp_path / "ds")
+    assert summary["engine"] == "deepspeed" and summary["world_size"] == 2
+    one = evaluate_checkpoint(str(tmp_path / "ds"))
+    assert one["n"] == 256 and summary["test_acc"] == one["acc"]
+    assert summary["test_si_per_layer"].keys() == one["si_per_layer"].keys()
+    for layer, si in one["si_per_layer"].items():
+        assert abs(summary["test_si_per_layer"][layer] - si) <= 1e-12, layer
 
 
 @pytest.mark.faults

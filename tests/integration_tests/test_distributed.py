@@ -24,7 +24,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
-from helpers import TINY, free_port, subprocess_env, torch_extensions_dir  # noqa: E402
+from helpers import (TINY, evaluate_checkpoint, free_port, subprocess_env,  # noqa: E402
+                     torch_extensions_dir)
 
 ALPHA = 1.0
 GLOBAL_BATCH = 32
@@ -143,6 +144,11 @@ def _equivalence_worker(out: str) -> None:
         for a in acts:
             a.grad = None
     res["payload_local"] = {"acts": [a.detach() for a in acts], "labels": labels}
+    # A bf16 payload whose class counts pass 256 (bf16 holds integers exactly up to 256):
+    # 259 + 258 samples of class 0, 3 + 3 of class 1.
+    many = torch.cat([torch.zeros(259 - r, dtype=torch.long), torch.ones(3, dtype=torch.long)])
+    sums, counts = class_stats(torch.rand(len(many), 4, generator=gen), many, 5)
+    res["bf16_counts"] = distributed.all_reduce_stats([sums], counts, bf16=True)[1]
 
     # The fused penalty (one [K, sum U] buffer through the all-reduce) against the per-layer
     # reference (one buffer per layer), values and gradients, in float64 and float32.
@@ -309,6 +315,11 @@ def test_payload_present_only_exact_and_bf16_close(tmp_path_factory):
                                        atol=0)
         assert torch.equal(present["counts"], ref_counts)
         assert torch.equal(dense["counts"], ref_counts)
+        assert torch.equal(bf16["counts"], ref_counts)
+        # bf16 sums, float32 counts: 517 samples of one class are counted exactly (in bf16
+        # the 259 of rank 0 alone would round to 260).
+        assert rank["bf16_counts"].dtype == torch.float32
+        assert rank["bf16_counts"].tolist() == [517.0, 6.0, 0.0, 0.0, 0.0]
         # Backward through all_reduce sums the G upstream gradients: each sample's gradient is
         # G * (its class's weight), the same in every mode.
         w = torch.arange(1, 51, dtype=torch.float32)
@@ -389,6 +400,34 @@ def test_sharded_evaluation_equals_one_process(tmp_path_factory):
             assert abs(got["si"] - ref["si"]) <= 1e-12
             for layer, units in ref["si_units"].items():
                 assert float((got["si_units"][layer] - units).abs().max()) <= 1e-12
+
+
+@pytest.mark.slow
+def test_two_rank_run_reports_what_its_checkpoint_scores(tmp_path):
+    """A 2-rank torchrun run (BatchNorm in training mode, augmentation on) reports for its best
+    epoch the test accuracy and per-layer SI of its own best.pt evaluated in one process. DDP
+    broadcasts rank 0's running statistics only at a training forward, so after the epoch's
+    last step each rank's hold its own last batch; evaluation first gives every rank rank 0's
+    (engine.sync_buffers). Without that the SI differs by about 1e-4."""
+    import json
+
+    env = _env(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "seltrain", "train",
+                        "configs/synthetic.yaml", *TINY, "train.epochs=1",
+                        "run.tensorboard=false", "run.name=ddp", f"run.out_dir={tmp_path}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    with open(tmp_path / "ddp" / "summary.json") as f:
+        reported = json.load(f)
+    assert reported["world_size"] == 2 and reported["best_epoch"] == 0
+    one = evaluate_checkpoint(str(tmp_path / "ddp"))
+    assert one["n"] == 256
+    assert reported["test_acc"] == one["acc"]  # integer counts: exact
+    assert reported["test_si_per_layer"].keys() == one["si_per_layer"].keys()
+    for layer, si in one["si_per_layer"].items():
+        # float64 class sums added in another order: equal to ~1e-16, not bitwise
+        assert abs(reported["test_si_per_layer"][layer] - si) <= 1e-12, layer
 
 
 def _train_env(tmp_path, **extra):

@@ -95,3 +95,31 @@ def test_layer_names_and_groups():
         relu_twice = torch.nn.Sequential(torch.nn.ReLU())
         relu_twice.forward = lambda x: relu_twice[0](relu_twice[0](x))
         list(layer_outputs(relu_twice, ["0"], torch.zeros(2, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_unit_activation_gradient_is_the_autograd_one_cast_before_expanding(dtype):
+    """unit_activation's own backward (cast the [N, C] gradient, then expand) gives autograd's
+    gradient of the plain float32 sum over H, W divided by H * W (expand, then cast), bit for
+    bit, and hands the feature map a view of [N, C] numbers: nothing of [N, C, H, W] is
+    written."""
+    g = torch.Generator().manual_seed(0)
+    fmap = (torch.randn(6, 5, 7, 3, generator=g) * 3).to(dtype)
+    upstream = torch.randn(6, 5, generator=g)
+    a = fmap.clone().requires_grad_()
+    b = fmap.clone().requires_grad_()
+    mine = unit_activation(a)
+    ref = b.sum(dim=(2, 3), dtype=torch.float32) / 21
+    assert mine.dtype == ref.dtype == torch.float32
+    assert torch.equal(mine, ref)
+    (grad_mine,) = torch.autograd.grad(mine, a, upstream)
+    (grad_ref,) = torch.autograd.grad(ref, b, upstream)
+    assert grad_mine.dtype == grad_ref.dtype == dtype
+    assert torch.equal(grad_mine, grad_ref)
+    assert grad_ref.abs().min() > 0
+    assert grad_mine.stride()[2:] == (0, 0)  # an expanded view of the [N, C] gradient
+
+
+def test_unit_activation_gradcheck_in_float64():
+    x = torch.rand(3, 4, 5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(unit_activation, (x,))
