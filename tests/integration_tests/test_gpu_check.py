@@ -116,6 +116,25 @@ def test_run_sh_cpu_smoke_runs_every_section_and_says_not_run_for_a_missing_pack
         ["diagnostics", "ok"], ["ablation", "ok"], ["compile", "not"]]
 
 
+    # The sweep's wall time from the trials' figures (the arithmetic; a smoke check's own
+    # figures mean nothing for the sweep, so it must be asked for)
+    est = [sys.executable, os.path.join(REPO, "benchmarks", "estimate_alpha_sweep.py"),
+           "--check", str(out / "gpu_check.json"), "--json", str(tmp_path / "est.json")]
+    refused = subprocess.run(est, env=subprocess_env(), capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "is a --smoke check" in refused.stderr
+    done = subprocess.run(est + ["--allow-smoke"], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    e = json.loads((tmp_path / "est.json").read_text())
+    assert (e["trials"], e["epochs"], e["gpus"]) == (75, 200, 8)
+    for n in (1, 2):
+        row = e["by_trials_per_gpu"][str(n)]
+        epoch_s = sec["trials_per_gpu"]["runs"][str(n)]["epoch_s_slowest"]
+        assert row["slots"] == 8 * n and row["waves"] == -(-75 // (8 * n))
+        assert row["hours"] == pytest.approx(row["waves"] * 200 * epoch_s / 3600)
+
+
 def test_the_full_check_refuses_a_machine_without_cuda(tmp_path):
     import torch
 
