@@ -334,14 +334,22 @@ def check_trials(p: dict, work: str, deadline: float) -> dict:
             with open(path, "w") as f:
                 json.dump(spec, f)
             outs.append(spec["out"])
-            procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__),
-                                           "--trial-worker", path], stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-        logs = [pr.communicate(timeout=max(60.0, deadline - time.perf_counter() + 120))[0]
-                for pr in procs]
+            with open(os.path.join(d, f"trial{i}.log"), "w") as log:  # files: no pipe fills
+                procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                                               "--trial-worker", path], stdout=log,
+                                              stderr=subprocess.STDOUT))
+        try:
+            for pr in procs:
+                pr.wait(timeout=max(60.0, deadline - time.perf_counter() + 120))
+        finally:
+            for pr in procs:  # none outlives its section
+                if pr.poll() is None:
+                    pr.kill()
+                    pr.wait()
         if any(pr.returncode for pr in procs):
             bad = next(i for i, pr in enumerate(procs) if pr.returncode)
-            raise RuntimeError(f"trial {bad} of {n} failed: {logs[bad][-800:]}")
+            with open(os.path.join(d, f"trial{bad}.log")) as f:
+                raise RuntimeError(f"trial {bad} of {n} failed: {f.read()[-800:]}")
         rs = []
         for o in outs:
             with open(o) as f:
