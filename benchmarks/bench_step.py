@@ -1,7 +1,8 @@
 """Training-step cost of seltrain against a plain PyTorch loop, side by side in one run.
 
 Forms (same model, same data, same optimizer, same batches):
-  plain    a hand-written loop: forward, CE, backward, SGD step; no probes
+  plain    a hand-written loop: forward, CE, backward, SGD step; no probes; its loss summed
+           on the device and read every LOG_EVERY steps, as seltrain's loop reads its own
   alpha0   seltrain's Trainer.train_epoch with alpha = 0 (probes detached)
   alpha-1  seltrain's Trainer.train_epoch with alpha = -1 (probes + SI regularizer)
   alpha-1_per_layer  (with --compare-per-layer) the unfused reference step:
@@ -10,7 +11,10 @@ Forms (same model, same data, same optimizer, same batches):
            (loss.item(), ce.item() and float(mu_si)), the kernel launches and host syncs
            the fused step avoids, measured in the same run as the fused one.
 
-Rounds interleave the forms so drifting machine load hits all of them alike; the median
+The data is synthetic, held in the device's memory and not augmented (data.on_device,
+data.augment=false), so no form does host work per step besides its own. Each form also
+records the host's milliseconds per step (the pace at which the host issues steps, before the
+closing sync). Rounds interleave the forms so drifting machine load hits all of them alike; the median
 seconds per step over rounds is reported, by wall clock and by this process's CPU time
 (``--clock cpu`` makes the CPU time the headline: on a CPU shared with other jobs it is far
 steadier than wall time; on a GPU only wall time means anything). Targets: the
@@ -58,7 +62,10 @@ def make_trainer(args, alpha: float, extra: tuple[str, ...] = ()) -> Trainer:
           f"train.channels_last={args.channels_last}", "train.schedule=constant",
           f"selectivity.alpha={alpha}", "run.progress=false", "run.tensorboard=false",
           f"train.deterministic={args.deterministic}",
-          f"train.cudnn_benchmark={args.cudnn_benchmark}", *extra]
+          f"train.cudnn_benchmark={args.cudnn_benchmark}",
+          # No host work per step in any form: the synthetic set sits in the device's memory
+          # and is not augmented, so the forms differ in their step alone.
+          "data.augment=false", "data.on_device=true", *extra]
     cfg = load_config(None, ov)
     ctx = None
     if args.device == "cuda":
@@ -72,29 +79,40 @@ def _clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _per_step(t0: tuple[float, float], steps: int) -> tuple[float, float]:
+def _per_step(t0: tuple[float, float], steps: int, stamps: list[float]
+              ) -> tuple[float, float, float]:
+    """(wall, CPU, host) seconds per step. Host: the time between the ends of the first and
+    the last step on the host, before the closing sync: how long the host takes to issue a
+    step. On a GPU a host time well below the wall time means the GPU, not Python, sets the
+    pace."""
     wall, cpu = _clocks()
-    return (wall - t0[0]) / steps, (cpu - t0[1]) / steps
+    host = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+    return (wall - t0[0]) / steps, (cpu - t0[1]) / steps, host
 
 
-def plain_epoch(tr: Trainer, model, opt, epoch: int, steps: int) -> tuple[float, float]:
-    """The hand-written loop, fed the very same batches as seltrain's loader."""
+def plain_epoch(tr: Trainer, model, opt, epoch: int, steps: int) -> tuple[float, float, float]:
+    """The hand-written loop, fed the very same batches as seltrain's loader, reading its loss
+    as seltrain does: summed on the device and read every LOG_EVERY steps (a loss.item() per
+    step would make the host wait for the GPU every step, which seltrain's loop never does)."""
     tr.data.train.set_epoch(epoch)
     model.train()
     sync(tr)
     t0 = _clocks()
-    for i, (xb, yb) in enumerate(tr.data.train):
-        if i >= steps:
-            break
-        x, y = tr.preprocess(xb, yb)
+    stamps: list[float] = []
+    total = torch.zeros((), dtype=torch.float64, device=tr.ctx.device)
+    for i, (x, y) in enumerate(tr.preprocess.batches(tr.data.train, limit=steps)):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tr.cfg.train.bf16):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss.item()
+        total += loss.detach()
+        if (i + 1) % trainer_module.LOG_EVERY == 0:
+            total.item()
+        stamps.append(time.perf_counter())
+    total.item()
     sync(tr)
-    return _per_step(t0, steps)
+    return _per_step(t0, steps, stamps)
 
 
 @contextlib.contextmanager
@@ -118,13 +136,22 @@ def before_the_fusion(tr: Trainer):
 
 
 def seltrain_epoch(tr: Trainer, epoch: int, steps: int,
-                   per_layer: bool = False) -> tuple[float, float]:
-    with before_the_fusion(tr) if per_layer else contextlib.nullcontext():
-        sync(tr)
-        t0 = _clocks()
-        tr.train_epoch(epoch, NullSink(), global_step=1)  # step 1: no periodic batch-SI read
-        sync(tr)
-    return _per_step(t0, steps)
+                   per_layer: bool = False) -> tuple[float, float, float]:
+    stamps: list[float] = []
+
+    def stamp(_global_step: int) -> None:
+        stamps.append(time.perf_counter())
+
+    tr.step_hooks.append(stamp)
+    try:
+        with before_the_fusion(tr) if per_layer else contextlib.nullcontext():
+            sync(tr)
+            t0 = _clocks()
+            tr.train_epoch(epoch, NullSink(), global_step=1)  # step 1: no batch-SI read
+            sync(tr)
+    finally:
+        tr.step_hooks.remove(stamp)
+    return _per_step(t0, steps, stamps)
 
 
 def penalty_ops(widths: list[int], batch: int, classes: int) -> dict:
@@ -246,6 +273,7 @@ def run(args) -> dict:
     forms = ["plain"] * plain + ["alpha0", "alpha-1"] + [PER_LAYER] * args.compare_per_layer
     times = {k: [] for k in forms}
     cpu_times = {k: [] for k in forms}
+    host_times = {k: [] for k in forms}
     # Round 0 warms up every form (allocator, oneDNN/cuDNN kernels) and is discarded.
     for rnd in range(args.rounds + 1):
         t = {}
@@ -257,12 +285,14 @@ def run(args) -> dict:
             else:
                 t[form] = seltrain_epoch(trainers[form], rnd, args.steps)
         if rnd:
-            for k, (wall, cpu) in t.items():
+            for k, (wall, cpu, host) in t.items():
                 times[k].append(wall)
                 cpu_times[k].append(cpu)
+                host_times[k].append(host)
         if not args.quiet:
-            print(f"round {rnd}: " + "  ".join(f"{k} {w * 1000:.1f} ms/step (cpu {c * 1000:.1f})"
-                                              for k, (w, c) in t.items()), flush=True)
+            print(f"round {rnd}: " + "  ".join(f"{k} {w * 1000:.1f} ms/step (cpu {c * 1000:.1f}, "
+                                              f"host {h * 1000:.1f})"
+                                              for k, (w, c, h) in t.items()), flush=True)
 
     clock = getattr(args, "clock", "wall")
     med_wall = {k: statistics.median(v) for k, v in times.items()}
@@ -282,7 +312,11 @@ def run(args) -> dict:
         "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
         "clock": clock, "median_s_per_step": med, "median_wall_s_per_step": med_wall,
-        "median_cpu_s_per_step": med_cpu, "wall_s_per_step_all_rounds": times,
+        "median_cpu_s_per_step": med_cpu,
+        "median_host_ms_per_step": {k: statistics.median(v) * 1e3
+                                    for k, v in host_times.items()},
+        "data": "synthetic, held in device memory (data.on_device), not augmented",
+        "loss_read_every": trainer_module.LOG_EVERY, "wall_s_per_step_all_rounds": times,
         "cpu_s_per_step_all_rounds": cpu_times, "images_per_s": ips,
         "regularizer_overhead": med["alpha-1"] / med["alpha0"] - 1,
         "alpha0_vs_plain_throughput": ips["alpha0"] / ips["plain"] if plain else None,

@@ -290,21 +290,33 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return sums, counts
-
-    def all_reduce(t: Tensor) -> Tensor:
-        return _AllReduceSum.apply(t, replicated)
-
     k = counts.shape[0]
     if present_only and max_rows is not None and max_rows >= k:
         present_only = False
-    # The counts travel in the payload only when it is float32 and dense. bf16 holds integers
-    # exactly up to 256 only, and present-only needs them first to choose its rows: then they
-    # are all-reduced on their own (K floats, float32; they come from labels and never need
-    # gradients).
-    counts_in_payload = not (present_only or bf16)
-    if not counts_in_payload:
+    if present_only or bf16:
+        # The counts travel in the payload only when it is float32 and dense. bf16 holds
+        # integers exactly up to 256 only, and present-only needs them first to choose its
+        # rows: then they are all-reduced on their own (K floats, float32; they come from
+        # labels and never need gradients).
         counts = counts.detach().clone()
         dist.all_reduce(counts)
+    flat, layout = pack_stats(sums, counts, present_only=present_only, bf16=bf16,
+                              max_rows=max_rows)
+    flat = _AllReduceSum.apply(flat, replicated)
+    return unpack_stats(flat, layout)
+
+
+def pack_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool = False,
+               bf16: bool = False, max_rows: int | None = None) -> tuple[Tensor, dict]:
+    """The payload ``all_reduce_stats`` ships: (one fresh flat buffer, its layout for
+    ``unpack_stats``). Dense: every row of every [K, U] sums tensor, then the counts (unless
+    ``bf16``: they travel apart, in float32). ``present_only``: the rows of classes present in
+    ``counts`` (which must be the global counts already), ``max_rows`` of them (a static size,
+    no host sync) or exactly the present ones (a host sync); the counts travel apart. ``bf16``:
+    the payload in bf16."""
+    if present_only and max_rows is not None and max_rows >= counts.shape[0]:
+        present_only = False
+    rows = None
     if present_only:
         if max_rows is None:
             rows = (counts > 0).nonzero().squeeze(1)  # exactly the present rows: a host sync
@@ -312,26 +324,29 @@ def all_reduce_stats(sums: list[Tensor], counts: Tensor, *, present_only: bool =
             # A static row count, present classes first (ascending), then absent ones (zero
             # on every rank, so shipping them changes nothing): no host sync.
             rows = torch.sort((counts == 0).to(torch.int32), stable=True).indices[:max_rows]
-        parts = [s.index_select(0, rows) for s in sums]
+        parts = [t.index_select(0, rows) for t in sums]
     else:
         parts = list(sums)
-    widths = [p.shape[1] for p in parts]
-    n_rows = parts[0].shape[0]
-    flat = torch.cat([p.reshape(-1) for p in parts] + ([counts] if counts_in_payload else []))
-    dtype = flat.dtype
-    if bf16:
-        flat = flat.to(torch.bfloat16)
-    flat = all_reduce(flat).to(dtype)
-    out, off = [], 0
-    for w in widths:
+    counts_in_payload = not (present_only or bf16)
+    flat = torch.cat([t.reshape(-1) for t in parts] + ([counts] if counts_in_payload else []))
+    layout = {"widths": [t.shape[1] for t in parts], "n_rows": parts[0].shape[0],
+              "rows": rows, "sums": sums, "counts": None if counts_in_payload else counts,
+              "dtype": flat.dtype}
+    return (flat.to(torch.bfloat16) if bf16 else flat), layout
+
+
+def unpack_stats(flat: Tensor, layout: dict) -> tuple[list[Tensor], Tensor]:
+    """``pack_stats``'s payload (after the all-reduce) back to [K, U] sums and [K] counts."""
+    flat = flat.to(layout["dtype"])
+    out, off, n_rows = [], 0, layout["n_rows"]
+    for w in layout["widths"]:
         out.append(flat[off:off + n_rows * w].view(n_rows, w))
         off += n_rows * w
-    if present_only:
-        full = []
-        for s, o in zip(sums, out):
-            full.append(torch.zeros_like(s).index_copy(0, rows, o))
-        return full, counts
-    return out, (flat[off:] if counts_in_payload else counts)
+    counts = flat[off:] if layout["counts"] is None else layout["counts"]
+    if layout["rows"] is not None:
+        out = [torch.zeros_like(t).index_copy(0, layout["rows"], o)
+               for t, o in zip(layout["sums"], out)]
+    return out, counts
 
 
 def _grouped() -> bool:

@@ -306,9 +306,17 @@ class DeepSpeedEngine:
         if ckpt.get("engine") != self.name or tag is None:
             raise CheckpointError(f"{path} was written by the {ckpt.get('engine', 'ddp')} "
                                   "engine; resume it with that engine (train.engine)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            loaded, _client = self.model.load_checkpoint(self._ds_dir(path), tag=tag)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                loaded, _client = self.model.load_checkpoint(self._ds_dir(path), tag=tag)
+        except Exception as e:  # noqa: BLE001 - any failure to read it means the same fix
+            # e.g. optimizer state written in DeepSpeed's bf16 mode, whose files and layout
+            # the autocast engine does not read
+            raise CheckpointError(
+                f"DeepSpeed could not load its state {tag} for {path} ({type(e).__name__}: "
+                f"{without_source_location(one_line(e))}); resume it with the settings and "
+                "seltrain version that wrote it, or set run.name to start a new run") from None
         if loaded is None:
             raise CheckpointError(f"DeepSpeed state {tag} for {path} is missing under "
                                   f"{self._ds_dir(path)}")

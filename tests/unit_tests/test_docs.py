@@ -29,6 +29,7 @@ TOP_FILES = ("CONTRIBUTING.md", "Makefile", "README.md", "pyproject.toml", "requ
 # Quoted paths that a documented command writes, so a fresh checkout does not hold them.
 WRITTEN_BY_A_COMMAND = {
     "benchmarks/results/gpu_check.json": "benchmarks/gpu_check.py saves it on a GPU",
+    "benchmarks/device/wheels/": "benchmarks/device/prepare.sh downloads the wheels into it",
 }
 # Written with parts, so that this file does not hold the strings it looks for.
 OUTSIDE = ("..", "/shared")
