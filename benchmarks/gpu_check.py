@@ -316,7 +316,7 @@ def prefix_evaluate(trainer, loader) -> dict:
     batch's pixels. It shows whether the race is visible on this GPU."""
     from seltrain.selectivity import SelectivityAccumulator
 
-    model = trainer.engine.module
+    model = trainer.engine.network
     model.eval()
     dev, pre = trainer.ctx.device, trainer.preprocess
     acc = SelectivityAccumulator(trainer.layer_units, trainer.info.num_classes, dev)
@@ -443,7 +443,7 @@ def check_deepspeed(work: str) -> dict:
         "run.progress=false", "run.tensorboard=false", f"run.out_dir={work}"])
     trainer = Trainer(cfg, DistContext(device=torch.device("cuda", 0)))
     try:
-        bn = next(m for m in trainer.engine.module.modules()
+        bn = next(m for m in trainer.engine.network.modules()
                   if isinstance(m, torch.nn.BatchNorm2d))
         before = bn.running_mean.detach().clone()
         stats, _ = trainer.train_epoch(0, NullSink(), 1)
