@@ -3,7 +3,8 @@
 Target: ASHA's best alpha scores within one seed-standard-deviation of the grid's
 best, using at most 40% of the grid's trial-epochs. Both searches run the same trials (the
 quickstart alphas x seeds, same base recipe, test split evaluated only at new-best-val epochs)
-through `seltrain tune`; ASHA ranks trials at 1, 3 and 9 epochs (grace period 1, reduction
+through `seltrain.tuning.run_search` (what `seltrain tune` runs), one after the other in this
+process; ASHA ranks trials at 1, 3 and 9 epochs (grace period 1, reduction
 factor 3) of 12. Reported per search: trial-epochs actually
 trained (stopped trials count the epochs they logged), wall time, best alpha (by mean best
 val accuracy over completed trials) and its test accuracy.
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,24 +34,29 @@ import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# Ray's workers (started by the local Ray that each search brings up) import seltrain from here.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def run_search(recipe: dict, name: str, storage: str, sets: list[str]) -> dict:
+    from seltrain import tuning
+    from seltrain.errors import SeltrainError
     from seltrain.report import collect_trials
 
     path = os.path.join(storage, f"{name}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(recipe, f)
-    cmd = [sys.executable, "-m", "seltrain", "tune", "--search", path, "--storage", storage]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=REPO)
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    try:
+        code = tuning.run_search(path, overrides=sets, storage=storage)
+    except SeltrainError as e:
+        sys.exit(f"{name} failed: {e}")
     wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        sys.exit(f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    if code != 0:
+        sys.exit(f"{name} failed: exit status {code} (a trial failed or was left unfinished)")
     rows = collect_trials(os.path.join(storage, recipe["name"]))
     done = [x for x in rows if x["complete"]]
     by_alpha: dict[float, list] = {}

@@ -42,6 +42,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "bench_cluster.json")
+sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 
@@ -289,10 +290,10 @@ def save(results: dict, path: str = RESULTS) -> None:
     old.setdefault("parts", {}).update(results)
     old["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                       "platform": platform.platform()}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    from seltrain.atomic import atomic_write
+
+    with atomic_write(path) as f:
         json.dump(old, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

@@ -244,7 +244,7 @@ def check_deepspeed(p: dict, work: str) -> dict:
                              + os.path.join(REPO, "configs/deepspeed/zero1_bf16.json"))
             tr = _trainer(p, work, f"{engine}_{layout}", *extra, batch=p["ds_batch"],
                           steps=p["ds_steps"])
-            bn = next(m for m in tr.engine.module.modules()
+            bn = next(m for m in tr.engine.network.modules()
                       if isinstance(m, torch.nn.BatchNorm2d))
             before = bn.running_mean.detach().clone()
             ms = _timed_epochs(tr)
@@ -559,7 +559,7 @@ def unsafe_evaluate(trainer, loader) -> dict:
     before the next batch is drawn. For the record: on a GPU it may read later pixels."""
     from seltrain.selectivity import SelectivityAccumulator
 
-    model = trainer.engine.module
+    model = trainer.engine.network
     model.eval()
     dev, pre = trainer.ctx.device, trainer.preprocess
     acc = SelectivityAccumulator(trainer.layer_units, trainer.info.num_classes, dev)

@@ -1,12 +1,16 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``.
+"""Checkpoints: written atomically, read with ``weights_only=True``; a run's ``Checkpointer``.
 
 A checkpoint is a plain dict of tensors and Python scalars (no pickled classes), so it loads
-under ``torch.load(weights_only=True)``. The bytes are serialised in memory, written to a
-temporary file in the same folder (``.tmp-<pid>-*.pt``), fsynced, and renamed over the old
-one: a crash or a full disk mid-write leaves the previous checkpoint intact, never a truncated
-file with the real name. A full disk is reported as such (torch's zip writer would only say
+under ``torch.load(weights_only=True)``. The bytes are serialised in memory and written with
+``seltrain.atomic.atomic_write`` (a temporary beside the file, fsynced, renamed over it): a
+crash or a full disk mid-write leaves the previous checkpoint intact, never a truncated file
+with the real name. A full disk is reported as such (torch's zip writer would only say
 "unexpected pos"). Temporaries whose writer died are removed by the next run that holds the
-run folder's lock (``remove_stale_temporaries``).
+run folder's lock (``RunFolder.claim``).
+
+``Checkpointer`` is what the trainer asks of a run's ``checkpoints/``: ``save`` after every
+epoch (last.pt, and best.pt as its copy), ``resume`` (the recipe compared before any weights
+load, then weights, optimizer, schedule and RNG), ``repair`` (a best.pt a crash left behind).
 
 Trust: only seltrain's own ``.pt`` files are read here, and without unpickling code. DeepSpeed's
 ZeRO shard files (``checkpoints/deepspeed/``, read by DeepSpeed on ``--resume``) and Ray Tune's
@@ -20,15 +24,20 @@ never with non-finite weights.
 """
 from __future__ import annotations
 
-import glob
 import io
+import json
 import os
-import secrets
 import shutil
+import sys
+from dataclasses import dataclass, field
 
 import torch
 
-from seltrain.errors import CheckpointError, ConfigError, is_disk_full
+from seltrain import distributed
+from seltrain.atomic import atomic_write
+from seltrain.config import Config, flat_keys
+from seltrain.errors import CheckpointError, ConfigError, SeltrainError, excerpt, is_disk_full
+from seltrain.rng import rng_state, set_rng_state
 
 
 def _no_space(path: str) -> CheckpointError:
@@ -37,38 +46,13 @@ def _no_space(path: str) -> CheckpointError:
                            "free space there and continue with --resume")
 
 
-def _new_temporary(folder: str) -> tuple[int, str]:
-    """A new, empty ``.tmp-<pid>-<random>.pt`` in ``folder``: (fd, path).
-
-    Created with mode 0666 less the umask (0644 under the usual 022), like any file a user
-    writes, not mkstemp's 0600: the rename keeps the mode, and a 0600 checkpoint is unreadable
-    to the other users and nodes that read a shared (NFS) run folder. O_EXCL with a random
-    name is what mkstemp does too."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}.pt")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name in {folder}")
-
-
 def _write_replace(path: str, write) -> None:
-    """``write(file)`` into a temporary beside ``path``, fsync, rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = _new_temporary(folder)
+    """``write(file)`` into ``path`` atomically; a full disk is a CheckpointError."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, Exception) and is_disk_full(e, folder):
+    except Exception as e:
+        if is_disk_full(e, os.path.dirname(os.path.abspath(path))):
             raise _no_space(path) from None
         raise
 
@@ -127,21 +111,6 @@ def atomic_copy(src: str, dst: str) -> None:
     """``dst`` becomes a byte copy of ``src``, atomically (best.pt from last.pt)."""
     with open(src, "rb") as s:
         _write_replace(dst, lambda f: shutil.copyfileobj(s, f, 16 << 20))
-
-
-def remove_stale_temporaries(folder: str, patterns=(".tmp-*.pt",)) -> list[str]:
-    """Delete the temporaries (``patterns``) left in ``folder`` by writers that died; returns
-    their names. Only call this while holding the run folder's lock: then no live writer
-    exists there."""
-    removed = []
-    found = (p for pattern in patterns for p in glob.glob(os.path.join(folder, pattern)))
-    for tmp in sorted(found):
-        try:
-            os.unlink(tmp)
-            removed.append(os.path.basename(tmp))
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def load(path: str, map_location="cpu") -> dict:
@@ -256,31 +225,137 @@ def load_trained_model(path: str, device="cpu"):
     return model.to(device).eval(), ckpt, cfg
 
 
-# --------------------------------------------------------------------------- random state
+# --------------------------------------------------------------------------- a run's checkpoints
 
-def rng_state(device: torch.device | str = "cpu") -> dict:
-    """The CPU generator's state, and the CUDA generator's of ``device`` alone: the rank's
-    own GPU. Every rank seeds every generator alike and draws alike, so rank 0's one device
-    stands for every rank's; and a resume may see other GPUs than the run did
-    (``CUDA_VISIBLE_DEVICES=3``, a Ray trial restored on another node), where only its own
-    device is sure to exist."""
-    state = {"torch": torch.get_rng_state()}
-    device = torch.device(device)
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+@dataclass
+class TrainState:
+    """Where a run stands: saved in every checkpoint, given back by ``Checkpointer.resume``."""
+    epoch: int = -1            # the last epoch trained (-1: none yet)
+    global_step: int = 0       # optimizer steps taken
+    best: dict = field(default_factory=dict)        # the best epoch's record so far
+    throughput: list = field(default_factory=list)  # images/s of every epoch trained
 
 
-def set_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
-    """Restore ``rng_state``'s states onto this process's generators: the CUDA state onto
-    ``device`` (the rank's own GPU) and no other. A checkpoint that holds a list (one state
-    per GPU its writer saw) gives its first, the writer's own device. The states may come
-    loaded onto the GPU (``map_location``); torch takes them from host memory only."""
-    torch.set_rng_state(state["torch"].cpu())
-    saved = state.get("cuda")
-    device = torch.device(device)
-    if saved is None or device.type != "cuda":
-        return
-    if isinstance(saved, (list, tuple)):
-        saved = saved[0]
-    torch.cuda.set_rng_state(saved.cpu(), device)
+# Recipe keys that may change between an interrupted run and its resumption.
+RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir",
+                    "data.root", "data.on_device")
+
+
+class Checkpointer:
+    """A run's ``checkpoints/``, for the trainer: ``save`` after every epoch, ``resume`` before
+    the first, ``repair`` of a best.pt that a crash left older than last.pt.
+
+    ``model_meta``: what rebuilds the network without the recipe's data (layer_names, arch,
+    num_classes, in_channels, image_size), stored in every checkpoint for
+    ``load_trained_model`` and the analyses."""
+
+    def __init__(self, run_dir: str, engine, ctx, cfg: Config, model_meta: dict):
+        self.run_dir = run_dir
+        self.folder = os.path.join(run_dir, "checkpoints")
+        self.engine, self.ctx, self.cfg = engine, ctx, cfg
+        self.model_meta = dict(model_meta)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, f"{name}.pt")
+
+    # ---------------------------------------------------------------- saving
+    def save(self, state: TrainState, *, new_best: bool, history: list | None) -> str:
+        """last.pt, then best.pt as a byte copy of it when this epoch is a new best; returns
+        last.pt's path. ``history``: every epoch record so far (rank 0's metrics.jsonl, in
+        strict-JSON form), kept in the checkpoint so ``--resume`` can rebuild a lost file.
+
+        In this order a crash or a full disk can never leave a best.pt newer than last.pt or
+        without one; a best.pt left older than last.pt's best record is restored on resume
+        (``repair``). Rank 0 tells every rank whether it worked (a broadcast, which also
+        serves as the barrier), so a failed write ends all ranks with its one line."""
+        err, last = None, self.path("last")
+        try:
+            self._write(last, state, history)
+            if new_best and self.ctx.is_main:
+                atomic_copy(last, self.path("best"))
+        except SeltrainError as e:
+            if not self.ctx.distributed:
+                raise
+            err = e
+        err = distributed.broadcast_object(err)
+        if err is not None:
+            raise err
+        return last
+
+    def _write(self, path: str, state: TrainState, history: list | None) -> None:
+        extra = {"epoch": state.epoch, "global_step": state.global_step,
+                 "best": json.dumps(state.best), "throughput": json.dumps(state.throughput),
+                 "config": self.cfg.to_dict(), "rng": rng_state(self.ctx.device),
+                 **self.model_meta}
+        if history is not None:  # rank 0: a copy of metrics.jsonl (strict JSON text)
+            extra["history"] = json.dumps(history, allow_nan=False)
+        try:
+            self.engine.save(path, extra)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            if not is_disk_full(e, self.folder):
+                raise
+            raise CheckpointError(f"no space left on {self.folder} while writing "
+                                  f"{os.path.basename(path)}; the previous checkpoints are "
+                                  "kept: free space there and continue with --resume") from None
+
+    # ---------------------------------------------------------------- resuming
+    def resume(self) -> tuple[TrainState, list | None]:
+        """The run's state after last.pt's epoch, with the engine's weights, optimizer and LR
+        schedule and this rank's RNG restored, and the epoch records last.pt carries (None
+        in checkpoints without them), from which ``RunSink`` rebuilds a missing, torn or
+        short metrics.jsonl. A fresh state where there is no last.pt: ``RunFolder.claim``
+        (rank 0, for every rank) has settled that starting afresh is right."""
+        last = self.path("last")
+        if not os.path.exists(last):
+            return TrainState(), None
+        saved = saved_config(last)
+        if saved is not None:
+            self.check_recipe(saved)
+        ckpt = self.engine.load(last)
+        # The rank's own device: every rank seeds and draws alike (rng_state).
+        set_rng_state(ckpt["rng"], self.ctx.device)
+        history = json.loads(ckpt["history"]) if "history" in ckpt else None
+        state = TrainState(ckpt["epoch"], ckpt["global_step"], json.loads(ckpt["best"]),
+                           json.loads(ckpt["throughput"]))
+        if self.ctx.is_main:
+            print(f"resuming {self.run_dir} after epoch {state.epoch + 1}", flush=True)
+            if state.best.get("epoch") == state.epoch:
+                self.repair(state.epoch)
+        return state, history
+
+    def check_recipe(self, saved: dict) -> None:
+        """Every recipe key that differs from the checkpoint's, named in one line; run before
+        the weights are loaded, so a changed arch or class count is this error, not a
+        state-dict mismatch."""
+        now, then = flat_keys(self.cfg.to_dict()), flat_keys(saved)
+        # A key that a later seltrain added is missing from an older checkpoint: it did not
+        # exist then, so its default is what that run trained with.
+        defaults = flat_keys(Config().to_dict())
+        differ = []
+        for key in sorted(set(now) | set(then)):
+            if key in RESUME_FREE_KEYS or (key not in then and now.get(key) == defaults.get(key)):
+                continue
+            if now.get(key) != then.get(key):
+                differ.append(f"{key} was {excerpt(then.get(key))}, now {excerpt(now.get(key))}")
+        if differ:
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: the recipe differs from the checkpoint's in "
+                f"{len(differ)} key(s): {'; '.join(differ)}; use the original settings or a "
+                "new run.name")
+
+    def repair(self, epoch: int) -> None:
+        """Epoch ``epoch`` (last.pt's) was a new best, so best.pt must equal last.pt; a crash
+        (or a full disk) between writing last.pt and copying it to best.pt leaves an older
+        best.pt, rewritten here from last.pt."""
+        last, best = self.path("last"), self.path("best")
+        try:
+            ok = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"] \
+                == epoch
+        except Exception:  # noqa: BLE001 - missing or unreadable: rewrite it from last.pt
+            ok = False
+        if not ok:
+            atomic_copy(last, best)
+            print(f"seltrain: restored {best} from last.pt (epoch {epoch + 1} was the best; "
+                  "the copy had not been made)", file=sys.stderr, flush=True)

@@ -172,6 +172,18 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def flat_keys(data: dict, prefix: str = "") -> dict:
+    """A recipe dict as {dotted key: value}; ``train.deepspeed_inline`` stays one value (a
+    DeepSpeed config, not recipe keys)."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k != "deepspeed_inline":
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # --------------------------------------------------------------------------- loading
 
 class _NotFinite(ConfigError):

@@ -1,12 +1,14 @@
 """Engines: how a step's backward, optimizer step and checkpoint state are carried out.
 
 ``DDPEngine`` (one process or torch DDP) and ``DeepSpeedEngine`` share one small interface:
-``forward_model()``, ``module``, ``backward(loss)``, ``step()``, ``lr()``, ``sync_buffers()``,
-``save(path, extra)`` and ``load(path) -> extra``. The training loop calls only these. Process
-groups and collectives are ``seltrain.distributed``'s; an engine only asks it.
+``network`` (the raw ``nn.Module``), ``forward_model()`` (the network wrapped for training: the
+DDP module, or DeepSpeed's engine), ``backward(loss)``, ``step()``, ``lr()``,
+``sync_buffers()``, ``save(path, extra)`` and ``load(path) -> extra``. The training loop calls
+only these. Process groups and collectives are ``seltrain.distributed``'s; an engine only asks
+it.
 
-Buffers (BatchNorm running statistics) are rank 0's on every rank whenever the unwrapped
-``module`` is used alone (evaluation, the epoch hooks, the checkpoint, which rank 0 writes):
+Buffers (BatchNorm running statistics) are rank 0's on every rank whenever the raw
+``network`` is used alone (evaluation, the epoch hooks, the checkpoint, which rank 0 writes):
 ``sync_buffers()``. DDP broadcasts rank 0's buffers only at the start of each *training*
 forward, so after an epoch's last step each rank's statistics also hold its own last batch;
 evaluating with them would score each shard with a different network, none of them the one
@@ -48,30 +50,29 @@ def convert_sync_bn(model: nn.Module, ctx) -> nn.Module:
 class DDPEngine:
     name = "ddp"
 
-    def __init__(self, model: nn.Module, cfg, ctx, steps_per_epoch: int):
+    def __init__(self, network: nn.Module, cfg, ctx, steps_per_epoch: int):
         t = cfg.train
         self.ctx = ctx
-        self.module = model
+        self.network = network
         if t.sync_bn and ctx.distributed:
-            self.module = convert_sync_bn(self.module, ctx)
-        if ctx.distributed:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        else:
-            self.model = self.module
-        self.optimizer = build_optimizer(self.module, t)
+            self.network = convert_sync_bn(self.network, ctx)
+        self._ddp = nn.parallel.DistributedDataParallel(
+            self.network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
+            if ctx.distributed else None
+        self.optimizer = build_optimizer(self.network, t)
         self.scheduler = build_scheduler(self.optimizer, t, steps_per_epoch)
         self.grad_clip = t.grad_clip
 
     def forward_model(self) -> nn.Module:
-        return self.model
+        """The network as training runs it: under DDP when there are several ranks."""
+        return self._ddp if self._ddp is not None else self.network
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self) -> None:
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -83,20 +84,20 @@ class DDPEngine:
         """Rank 0's buffers on every rank (module docstring); the trainer calls it before
         evaluating. One broadcast per dtype; nothing in one process."""
         if self.ctx.distributed:
-            distributed.broadcast_tensors(list(self.module.buffers()), src=0)
+            distributed.broadcast_tensors(list(self.network.buffers()), src=0)
 
     def save(self, path: str, extra: dict) -> None:
         # DDP replicas are identical (parameters; buffers once sync_buffers ran, as it does
         # before every evaluation, hence before every checkpoint): rank 0 writes one file.
         if self.ctx.is_main:
-            state = dict(extra, model=self.module.state_dict(),
+            state = dict(extra, model=self.network.state_dict(),
                          optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), engine=self.name)
             checkpoint.atomic_save(state, path)
 
     def load(self, path: str) -> dict:
         ckpt = checkpoint.load(path, map_location=self.ctx.device)
-        self.module.load_state_dict(ckpt["model"])
+        self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         return ckpt
@@ -198,7 +199,7 @@ class DeepSpeedEngine:
 
     name = "deepspeed"
 
-    def __init__(self, model: nn.Module, cfg, ctx, steps_per_epoch: int):
+    def __init__(self, network: nn.Module, cfg, ctx, steps_per_epoch: int):
         import deepspeed
 
         t = cfg.train
@@ -206,7 +207,7 @@ class DeepSpeedEngine:
         # A group even for one process, and the rank variables DeepSpeed asserts.
         distributed.setup_for_deepspeed(ctx)
         if t.sync_bn and ctx.distributed:
-            model = convert_sync_bn(model, ctx)
+            network = convert_sync_bn(network, ctx)
         self.ds_config = deepspeed_config(t, ctx.world_size,
                                           say=print if ctx.is_main else (lambda *_: None))
         # DeepSpeed broadcasts every parameter as a byte view at initialize, which needs a unit
@@ -214,26 +215,28 @@ class DeepSpeedEngine:
         # channels_last weights pass through neither. The input carries the layout instead
         # (DevicePreprocess), and a convolution keeps a channels-last input's layout whatever
         # its weight's (cuDNN's and oneDNN's rule), so the activations stay channels-last.
-        model = model.to(memory_format=torch.contiguous_format)
-        optimizer = build_optimizer(model, t)
+        network = network.to(memory_format=torch.contiguous_format)
+        optimizer = build_optimizer(network, t)
         scheduler = build_scheduler(optimizer, t, steps_per_epoch)
-        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
+        # DeepSpeed's engine: it runs the forward, backward, step and its checkpoints.
+        self.ds_engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=network, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False)
-        self.module = self.model.module
+        self.network = self.ds_engine.module  # the module passed in, as DeepSpeed holds it
         # Synced after every step (sync_buffers): the same tensor objects for the whole run
         # (load_state_dict copies into them).
-        self._buffers = list(self.module.buffers())
+        self._buffers = list(self.network.buffers())
 
     def forward_model(self) -> nn.Module:
-        return self.model
+        """The network as training runs it: through DeepSpeed's engine."""
+        return self.ds_engine
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.model.backward(loss)
+        self.ds_engine.backward(loss)
 
     def step(self) -> None:
         # Clips (gradient_clipping), steps the optimizer and the LR schedule, zeroes grads.
-        self.model.step()
+        self.ds_engine.step()
         self.sync_buffers()
 
     def sync_buffers(self) -> None:
@@ -247,7 +250,7 @@ class DeepSpeedEngine:
             distributed.broadcast_tensors(self._buffers, src=0)
 
     def lr(self) -> float:
-        return self.model.get_lr()[0]
+        return self.ds_engine.get_lr()[0]
 
     # Checkpoints: DeepSpeed's own state under <checkpoints>/deepspeed/<tag>/, and the plain
     # <name>.pt beside it (see the module docstring).
@@ -262,7 +265,7 @@ class DeepSpeedEngine:
         # Every rank writes its ZeRO partition; client_state carries the trainer's extra.
         failure = None
         try:
-            self.model.save_checkpoint(ds_dir, tag=tag, client_state=extra, save_latest=False)
+            self.ds_engine.save_checkpoint(ds_dir, tag=tag, client_state=extra, save_latest=False)
         except Exception as e:  # noqa: BLE001 - reported to every rank just below
             failure = e
             # Its writes come between DeepSpeed's tag check and its closing barrier, which
@@ -272,7 +275,7 @@ class DeepSpeedEngine:
         self._agree_partitions_written(failure, ds_dir, name, tag)
         if self.ctx.is_main:
             weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                       for k, v in self.module.state_dict().items()}
+                       for k, v in self.network.state_dict().items()}
             checkpoint.atomic_save(dict(extra, model=weights, engine=self.name,
                                         deepspeed_tag=tag), path)
             # Older tags of this name are superseded once the .pt naming the new one exists.
@@ -309,7 +312,7 @@ class DeepSpeedEngine:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                loaded, _client = self.model.load_checkpoint(self._ds_dir(path), tag=tag)
+                loaded, _client = self.ds_engine.load_checkpoint(self._ds_dir(path), tag=tag)
         except Exception as e:  # noqa: BLE001 - any failure to read it means the same fix
             # e.g. optimizer state written in DeepSpeed's bf16 mode, whose files and layout
             # the autocast engine does not read
@@ -323,7 +326,7 @@ class DeepSpeedEngine:
         return ckpt
 
 
-def build_engine(model: nn.Module, cfg, ctx, steps_per_epoch: int):
+def build_engine(network: nn.Module, cfg, ctx, steps_per_epoch: int):
     if cfg.train.engine == "deepspeed":
-        return DeepSpeedEngine(model, cfg, ctx, steps_per_epoch)
-    return DDPEngine(model, cfg, ctx, steps_per_epoch)
+        return DeepSpeedEngine(network, cfg, ctx, steps_per_epoch)
+    return DDPEngine(network, cfg, ctx, steps_per_epoch)

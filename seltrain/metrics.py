@@ -1,6 +1,7 @@
 """One metrics sink for a run: TensorBoard, metrics.jsonl and summary.json, rank 0 only.
 
 Other ranks get a sink whose methods do nothing, so the loop never branches on rank.
+``LossSums`` holds what the training loop sums on the device between its reads.
 """
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from seltrain.atomic import atomic_write
 from seltrain.errors import CheckpointError, TrainingError, is_disk_full, no_space
+
+
+# The metric tags a run lists in TensorBoard's HParams tab (written every epoch,
+# ``hparam_metrics``).
+HPARAM_METRICS = ("hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs")
 
 
 def strict_json(value):
@@ -71,15 +78,51 @@ def read_records(path: str) -> tuple[list[dict], bool]:
 
 
 def _write_records(path: str, records: list[dict]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+class LossSums:
+    """An epoch's loss and CE, summed on the device and read to the host only by ``read``,
+    which also runs the NaN check.
+
+    The step never reads the device: the trainer reads every ``LOG_EVERY`` steps and at the end
+    of the epoch, in one transfer, so a GPU's host can run ahead. A non-finite step makes the
+    running sum non-finite for good, so checking at each read finds every one, and the error
+    names the steps since the previous read. float64 sums of the float32 losses are the same
+    additions, in the same order, as Python-float sums."""
+
+    def __init__(self, device: torch.device, epoch: int, global_step: int, kept_in: str):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, CE
+        self.epoch, self.kept_in = epoch, kept_in
+        self.unchecked = (0, global_step)  # first (step, global step) not yet checked
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, ce: torch.Tensor) -> None:
+        """One step's (detached) loss and CE."""
+        self.sums += torch.stack([loss, ce])  # float32 into float64: exact
+        self.steps += 1
+
+    def read(self, last: tuple[int, int], *scalars: torch.Tensor) -> list[float]:
+        """[loss sum, CE sum, *scalars] as Python floats. Raises if the loss went non-finite,
+        naming the steps from the previous read to ``last``, the (step, global step) just
+        taken."""
+        vals = torch.cat([self.sums, *(s.detach().double().reshape(1) for s in scalars)])
+        vals = vals.tolist()
+        if not math.isfinite(vals[0]):
+            (s0, g0), (s1, g1) = self.unchecked, last
+            raise TrainingError(
+                f"loss became {vals[0]} in epoch {self.epoch + 1}, steps {s0}-{s1} (global "
+                f"steps {g0}-{g1}); the last good checkpoint is kept in {self.kept_in}; lower "
+                "train.lr or |selectivity.alpha|, or set train.grad_clip")
+        self.unchecked = (last[0] + 1, last[1] + 1)
+        return vals
 
 
 class NullSink:
+    # The epoch records written so far (RunSink: rank 0's metrics.jsonl); None: not kept.
+    records: list[dict] | None = None
+
     def scalar(self, tag, value, step): ...
     def scalars(self, values: dict, step): ...
     def histogram(self, tag, values, step): ...
@@ -90,16 +133,47 @@ class NullSink:
     def flush(self): ...
     def close(self): ...
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def evaluation(self, split: str, ev: dict, epoch: int) -> None:
+        """An evaluation's numbers (``Trainer.evaluate``): ``<split>/acc``; with SI
+        ``<split>/si_mean`` and ``<split>/si/<layer>``, and for test the per-unit SI
+        histograms ``test/si_hist/<layer>``."""
+        self.scalar(f"{split}/acc", ev["acc"], epoch)
+        if "si" not in ev:
+            return
+        self.scalar(f"{split}/si_mean", ev["si"], epoch)
+        for layer, v in ev["si_per_layer"].items():
+            self.scalar(f"{split}/si/{layer}", v, epoch)
+        if split == "test":
+            for layer, units in ev["si_units"].items():
+                self.histogram(f"test/si_hist/{layer}", units, epoch)
+
+    def hparam_metrics(self, best: dict, epoch: int) -> None:
+        """The HParams tab's metrics after every epoch: the best epoch's numbers so far (what
+        summary.json will hold) and the epochs run, flushed at once, so a run that ASHA stops
+        or that fails later is listed with them."""
+        values = {"hparam/val_acc": best.get("val_acc"), "hparam/test_acc": best.get("test_acc"),
+                  "hparam/test_si": best.get("test_si"), "hparam/epochs": epoch + 1}
+        self.scalars({k: v for k, v in values.items() if v is not None}, epoch)
+        self.flush()
+
 
 class RunSink(NullSink):
     def __init__(self, run_dir: str, *, tensorboard: bool = True, resume_epoch: int | None = None,
                  resume_step: int | None = None, history: list[dict] | None = None,
-                 tb_subdir: str = "tb"):
+                 tb_subdir: str = "tb", epochs: int | None = None):
         """``history``: on resume, the checkpoint's copy of every epoch record up to
         ``resume_epoch``, from which a missing, torn or short metrics.jsonl is rebuilt.
         ``tb_subdir``: where in ``run_dir`` the TensorBoard events go (the sweep report's
-        figures use the folder itself)."""
+        figures use the folder itself). ``epochs``: the run's epoch count; with it, each
+        ``epoch`` record is also printed as one console line."""
         self.run_dir = run_dir
+        self.epochs = epochs
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl = os.path.join(run_dir, "metrics.jsonl")
         self.records: list[dict] = []  # what metrics.jsonl holds, in strict-JSON form
@@ -190,6 +264,13 @@ class RunSink(NullSink):
                                     "checkpoint is kept, continue with --resume") from None
             raise
         self.records.append(rec)
+        if self.epochs is not None:
+            val, test = ("-" if record[k] is None else f"{record[k]:.4f}"
+                         for k in ("val_acc", "test_acc"))
+            print(f"epoch {record['epoch'] + 1}/{self.epochs} loss {record['train_loss']:.4f} "
+                  f"val_acc {val} test_acc {test} "
+                  f"test_si {record.get('test_si', float('nan')):.4f} "
+                  f"{record['images_per_s']:.0f} img/s", flush=True)
 
     def hparams(self, hparams: dict, metric_tags: list[str]):
         """List this run in TensorBoard's HParams tab from its start: ``hparams`` (key ->
@@ -213,10 +294,8 @@ class RunSink(NullSink):
         self._hparams_written = True
 
     def summary(self, summary: dict):
-        tmp = os.path.join(self.run_dir, ".summary.json.tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(os.path.join(self.run_dir, "summary.json")) as f:
             json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(self.run_dir, "summary.json"))
         if self.tb is not None and getattr(self, "_hparams_written", False):
             from torch.utils.tensorboard.summary import hparams as hparams_summaries
 

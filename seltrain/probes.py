@@ -216,11 +216,15 @@ class Probe:
 
     @contextmanager
     def active(self):
+        """Hooks on for the block, and as they were afterwards: off again, unless they were
+        attached before it (the trainer keeps them on while alpha != 0)."""
+        was = self.attached
         self.attach()
         try:
             yield self
         finally:
-            self.detach()
+            if not was:
+                self.detach()
 
     @contextmanager
     def paused(self):

@@ -25,6 +25,11 @@ Otherwise the lock is live and acquiring it fails with one line naming the holde
 Taking a stale lock over renames it to a private name first (only one contender's rename can
 succeed), checks that it really is the stale one (a racing contender may just have created a
 fresh lock) and puts it back untouched if not.
+
+``RunFolder(run_dir, ctx, resume=...).claim()`` is what a training run does with its folder
+before anything else: rank 0 creates and locks it, refuses to overwrite an earlier run's
+files (unless resuming), and removes the temporaries of killed writers; every rank learns the
+outcome.
 """
 from __future__ import annotations
 
@@ -36,7 +41,9 @@ import threading
 import time
 import uuid
 
-from seltrain.errors import ConfigError
+from seltrain.atomic import pid_running
+from seltrain.errors import (CheckpointError, ConfigError, SeltrainError, file_in_the_way,
+                             is_disk_full)
 
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
@@ -69,12 +76,8 @@ def _proc_start(pid: int) -> str | None:
 
 def pid_alive(pid: int, start: str | None = None) -> bool:
     """Whether ``pid`` runs on this host (and is the process that started at ``start``)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_running(pid):
         return False
-    except PermissionError:
-        pass  # another user's process: it exists
     if start is not None:
         now = _proc_start(pid)
         if now is not None and now != start:
@@ -249,3 +252,124 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class RunFolder:
+    """A training run's folder, held for one run: ``claim()`` locks it (``LOCK_NAME``), refuses
+    to overwrite what an earlier run left, and removes temporaries of killed writers;
+    ``release()`` (or leaving the ``with`` block) gives the lock back.
+
+    ``resume``: continuing the run there is asked for (``--resume``), as it is implicitly for
+    a restarted attempt of a launcher job (``ctx.restart_count``)."""
+
+    def __init__(self, path: str, ctx, *, resume: bool = False):
+        self.path = path
+        self.checkpoints = os.path.join(path, "checkpoints")
+        self.ctx = ctx
+        self.resume = resume
+        self.lock: RunLock | None = None
+
+    def claim(self) -> "RunFolder":
+        """Rank 0 decides, and every rank learns the outcome (one broadcast), so a refusal
+        ends all ranks with the same line instead of leaving the others waiting."""
+        from seltrain import distributed
+
+        err = own = None
+        if self.ctx.is_main:
+            try:
+                self.lock = self._lock_and_check()
+            except Exception as e:
+                if not self.ctx.distributed:
+                    raise
+                # Never leave the other ranks waiting: they get a one-line error (a bug
+                # keeps its traceback on rank 0).
+                own = e
+                err = e if isinstance(e, SeltrainError) else CheckpointError(
+                    f"rank 0 could not prepare the run folder {self.path} "
+                    f"({type(e).__name__}: {e})")
+        err = distributed.broadcast_object(err)
+        if own is not None:
+            raise own
+        if err is not None:
+            raise err
+        return self
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _lock_and_check(self) -> RunLock:
+        from seltrain.atomic import remove_stale_temporaries
+
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            blocker = file_in_the_way(self.path)
+            why = f"{blocker} is a file, not a folder" if blocker else e.strerror
+            raise ConfigError(f"cannot create the run folder {self.path}: {why}; set "
+                              "run.out_dir to a folder you can write") from None
+        try:
+            lock = RunLock(os.path.join(self.path, LOCK_NAME), what=f"run folder {self.path}",
+                           fix="wait for that run to end, or set another run.name").acquire()
+        except OSError as e:
+            if is_disk_full(e):
+                raise CheckpointError(f"no space left on {self.path}; free space there and "
+                                      "run again") from None
+            raise ConfigError(f"cannot lock the run folder {self.path} ({e.strerror}); "
+                              "set run.out_dir to a folder you can write") from None
+        try:
+            self._refuse_to_overwrite()
+            for folder in (self.checkpoints, self.path):
+                remove_stale_temporaries(folder)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    def earlier_run_files(self) -> list[str]:
+        """What an earlier run left here that a new run would overwrite."""
+        found = [os.path.join("checkpoints", f) for f in sorted(os.listdir(self.checkpoints))
+                 if f.endswith(".pt") and not f.startswith(".")] \
+            if os.path.isdir(self.checkpoints) else []
+        ds = os.path.join(self.checkpoints, "deepspeed")
+        if os.path.isdir(ds) and os.listdir(ds):
+            found.append("checkpoints/deepspeed/ (ZeRO shards)")
+        found += [f for f in ("metrics.jsonl", "summary.json")
+                  if os.path.exists(os.path.join(self.path, f))]
+        return found
+
+    def _refuse_to_overwrite(self) -> None:
+        from seltrain.metrics import read_records
+
+        restarted = self.ctx.restart_count > 0
+        found = self.earlier_run_files()
+        last = os.path.join(self.checkpoints, "last.pt")
+        has_last = os.path.exists(last)
+        if not (self.resume or restarted):
+            if has_last:
+                raise ConfigError(f"{self.path} already holds {last}; pass --resume to continue "
+                                  "that run, or set run.name to start a new one")
+            if found:
+                raise ConfigError(f"{self.path} already holds {', '.join(found)} from an "
+                                  "earlier run, which a new run would overwrite; set run.name "
+                                  "to start a new run, or move those files away")
+            return
+        if has_last:
+            return
+        # Resuming without last.pt starts from scratch, which is right only where no epoch
+        # was ever checkpointed: a crash before the first last.pt leaves at most epoch 1's
+        # metrics line (and DeepSpeed shards without the .pt that commits them).
+        records = read_records(os.path.join(self.path, "metrics.jsonl"))[0]
+        later = [f for f in found if f in ("checkpoints/best.pt", "summary.json")]
+        if later or any(r.get("epoch", 0) > 0 for r in records):
+            raise CheckpointError(
+                f"cannot resume {self.path}: it holds {', '.join(found)} but no "
+                "checkpoints/last.pt to continue from (deleted, or lost); restore last.pt, or "
+                "set run.name to start a new run")

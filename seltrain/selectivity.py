@@ -224,3 +224,20 @@ class SelectivityAccumulator:
     def class_means(self) -> dict[str, Tensor]:
         c = self.counts.clamp(min=1).unsqueeze(1)
         return dict(zip(self.names, self._split(self.flat / c)))
+
+    def read(self, eps: float = 1e-7, *also: Tensor):
+        """The dataset SI on the host, read from the device in one transfer together with the
+        float64 tensors ``also`` (returned flat, as a numpy array): ({"si_per_layer": {name:
+        mean SI over its units}, "si": the mean over layers, "si_units": {name: per-unit SI}},
+        also's values)."""
+        import numpy as np
+
+        si = self.si(eps)
+        means = torch.stack([v.mean() for v in si.values()])
+        head = [t.reshape(-1) for t in also]
+        k = sum(t.numel() for t in head)
+        host = torch.cat([*head, means, *si.values()]).cpu().numpy()
+        per_layer = {n: float(v) for n, v in zip(si, host[k:k + len(si)])}
+        units = np.split(host[k + len(si):], np.cumsum(self.widths)[:-1])
+        return ({"si_per_layer": per_layer, "si": float(np.mean(list(per_layer.values()))),
+                 "si_units": dict(zip(si, units))}, host[:k])

@@ -421,7 +421,7 @@ class OrientationTracking:
         device = trainer.ctx.device
         # the grating passes must leave no activations in the regularizer's probe
         with trainer.probe.paused(), torch.autocast(device.type, enabled=False):
-            return mean_osi_per_layer(trainer.engine.module, list(trainer.layer_names),
+            return mean_osi_per_layer(trainer.network, list(trainer.layer_names),
                                       self.stimuli, device=device)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from seltrain.atomic import atomic_write
 from seltrain.config import SyntheticConfig
 from seltrain.errors import DataError
 from seltrain.pickles import load_data_pickle
@@ -250,9 +251,8 @@ def _load_fashion_mnist(root: str | None, split: str,
                     with urllib.request.urlopen(FASHION_MNIST_URL + stem + ".gz",
                                                 timeout=30) as r:
                         data = r.read()
-                    with open(dest + ".part", "wb") as f:  # never leave a half file behind
+                    with atomic_write(dest, "wb") as f:  # never leave a half file behind
                         f.write(data)
-                    os.replace(dest + ".part", dest)
         _download("fashion_mnist", root, fetch, "the four *-ubyte.gz files in that folder")
         found = _find_fashion_mnist(root, split)
     if found is None:

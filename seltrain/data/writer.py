@@ -15,24 +15,24 @@ channel 0, bit-identical to the torch path's single channel.
 Beside ``FILE.beton`` goes ``FILE.beton.json``, the sidecar: dataset, split, number of samples
 and classes, the DatasetInfo the trainer needs (channels, family, mean/std, class names), the
 carve (val count, split seed) and the byte size of the .beton. The reader checks all of it.
-Both files are written under a temporary name and renamed, the sidecar last, and the old
-sidecar is removed just before the new .beton takes the name: a .beton without a matching
-sidecar is never mistaken for complete, and an interrupted write leaves an existing pair
-untouched. An existing file is replaced only with ``--force``. Ctrl-C, a failed worker or a full
-disk stop the write within seconds and remove its temporary file; temporaries of writers that
-died (SIGKILL) are removed, with a note, by the next write of the same file.
+Both files are written with ``seltrain.atomic`` (a temporary beside the file, renamed over it),
+the sidecar last, and the old sidecar is removed just before the new .beton takes the name: a
+.beton without a matching sidecar is never mistaken for complete, and an interrupted write
+leaves an existing pair untouched. An existing file is replaced only with ``--force``. Ctrl-C,
+a failed worker or a full disk stop the write within seconds and remove its temporary file;
+temporaries of writers that died (SIGKILL) are removed, with a note, by the next write of the
+same file, with the shared memory they held.
 """
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from seltrain.atomic import atomic_path, atomic_write, remove_stale_temporaries
 from seltrain.data.sources import open_image
 from seltrain.errors import ConfigError, DataError, file_in_the_way, is_disk_full
 
@@ -137,33 +137,15 @@ def _prepare_out(out: str) -> None:
                         "--out") from None
 
 
-def remove_stale_temporaries(out: str, say=None) -> list[str]:
-    """Delete ``OUT.tmp-PID`` (and sidecar temporaries) left by writers that died.
-
-    Called while holding ``out``'s lock, so no live seltrain writer of ``out`` exists; the
-    pid check also spares a writer on this host that predates the lock."""
-    from seltrain.runlock import pid_alive
-
-    removed = []
-    for tmp in sorted(glob.glob(f"{glob.escape(out)}.tmp-*") +
-                      glob.glob(f"{glob.escape(out)}.json.tmp-*")):
-        pid = tmp.rsplit(".tmp-", 1)[1].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        try:
-            if tmp.endswith(".shm"):  # the dead writer's shared memory (see CheckedDatasetWriter)
-                with open(tmp) as f:
-                    name = f.read().strip().lstrip("/")
-                if name and "/" not in name and os.path.exists(f"/dev/shm/{name}"):
-                    os.remove(f"/dev/shm/{name}")
-            os.remove(tmp)
-            removed.append(os.path.basename(tmp))
-        except FileNotFoundError:
-            pass
-    if removed:
-        (say or (lambda m: print(m, file=sys.stderr, flush=True)))(
-            f"seltrain: removed {', '.join(removed)}, left by an interrupted write")
-    return removed
+def _free_shared_memory(tmp: str) -> None:
+    """Before a dead writer's ``.shm`` note is removed: free the shared memory it names (see
+    ``CheckedDatasetWriter``), which outlives the process in /dev/shm."""
+    if not tmp.endswith(".shm"):
+        return
+    with open(tmp) as f:
+        name = f.read().strip().lstrip("/")
+    if name and "/" not in name and os.path.exists(f"/dev/shm/{name}"):
+        os.remove(f"/dev/shm/{name}")
 
 
 def write_beton(cfg, split: str, out: str, opts: WriteOptions | None = None, *,
@@ -174,7 +156,7 @@ def write_beton(cfg, split: str, out: str, opts: WriteOptions | None = None, *,
     file is complete (an interrupted or failed write leaves it and its sidecar as they were).
     A lock beside it (``.OUT.lock``, ``seltrain.runlock``) keeps two writers of one file apart.
     """
-    from seltrain.data.ffcv_pipeline import require_ffcv
+    from seltrain.data.ffcv_pipeline import require_ffcv, sidecar_path
     from seltrain.runlock import RunLock
 
     opts = opts or WriteOptions()
@@ -189,7 +171,9 @@ def write_beton(cfg, split: str, out: str, opts: WriteOptions | None = None, *,
         if os.path.exists(out) and not force:
             raise DataError(f"{out} already exists; pass --force to replace it, or choose "
                             "another --out")
-        remove_stale_temporaries(out)
+        for target in (out, sidecar_path(out)):
+            remove_stale_temporaries(os.path.dirname(out), of=target,
+                                     before_remove=_free_shared_memory)
         try:
             return _write(cfg, split, out, opts)
         except DataError as e:
@@ -226,20 +210,15 @@ def _write(cfg, split: str, out: str, opts: WriteOptions) -> dict:
                                compress_probability=opts.compress_probability),
         "label": IntField(),
     }
-    tmp = f"{out}.tmp-{os.getpid()}"
-    writer = CheckedDatasetWriter(tmp, fields, workers, progress=opts.progress,
-                                  label=os.path.basename(out))
-    try:
+    with atomic_path(out) as tmp:
+        writer = CheckedDatasetWriter(tmp, fields, workers, progress=opts.progress,
+                                      label=os.path.basename(out))
         indices = list(enumerate(range(len(rows))))
         chunks = [indices[i:i + opts.chunksize] for i in range(0, len(indices), opts.chunksize)]
         writer._write_common(len(rows), chunks, worker_job_indexed_dataset,
                              (SplitSource(source, rows),))
         if os.path.exists(side):  # a stale sidecar must never vouch for the new .beton
             os.remove(side)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     labels = np.asarray(source.labels)[rows]
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -273,8 +252,6 @@ def _write(cfg, split: str, out: str, opts: WriteOptions) -> dict:
         "images_per_s": round(len(rows) / max(writer.elapsed_s, 1e-9), 1),
         "bytes": os.path.getsize(out),
     }
-    tmp_side = f"{side}.tmp-{os.getpid()}"
-    with open(tmp_side, "w") as f:
+    with atomic_write(side) as f:
         json.dump(sidecar, f, indent=1)
-    os.replace(tmp_side, side)
     return sidecar

@@ -28,7 +28,9 @@ import sys
 import threading
 import time
 from functools import partial
+from typing import Sequence
 
+from seltrain.atomic import atomic_write
 from seltrain.config import Config
 from seltrain.errors import ConfigError, Interrupted
 from seltrain.tuning.recipe import SearchRecipe, enumerate_trials, load_search, trial_name
@@ -41,26 +43,48 @@ from seltrain.tuning.trials import StorageToken, param_space, trainable
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
-def run_search(args) -> int:
-    recipe, base = load_search(args.search, args.overrides, storage=args.storage,
-                               exp_name=args.name)
-    if args.dry_run:
+def run_search(search: str, *, overrides: Sequence[str] = (), dry_run: bool = False,
+               resume: bool = False, address: str | None = None,
+               num_cpus: float | None = None, num_gpus: float | None = None,
+               storage: str | None = None, name: str | None = None,
+               verbose: bool = False) -> int:
+    """Run the search recipe ``search`` (a name in tune/ or a path) on Ray Tune; what
+    ``seltrain tune`` does, callable in-process (``benchmarks/bench_asha.py``).
+
+    ``overrides``: ``key=value`` changes to the base training recipe. ``dry_run``: print the
+    trials and resources, start nothing. ``resume``: continue the experiment in
+    ``<storage>/<name>``. ``address``: a running Ray cluster to join (``auto``,
+    ``ray://host:10001``); without one a local Ray starts, limited to ``num_cpus`` and
+    ``num_gpus`` (default: the machine's). ``storage``, ``name``: override the recipe's.
+    ``verbose``: show Ray's own console too.
+
+    Returns the exit status: 0 when every trial finished, 1 when one failed, 130 when some
+    were left unfinished; a bad recipe or a refused start raises a ``SeltrainError``, a
+    Ctrl-C ``Interrupted``, after saving what can be resumed."""
+    recipe, base = load_search(search, list(overrides), storage=storage, exp_name=name)
+    if dry_run:
         print_plan(recipe, base)
-        if not args.address:
-            cpus, gpus = local_resources(args.num_cpus, args.num_gpus)
+        if not address:
+            cpus, gpus = local_resources(num_cpus, num_gpus)
             try:
                 check_local_fit(recipe.resources, cpus, gpus, "this machine (as allowed)",
                                 recipe.path)
             except ConfigError as e:  # a plan for a cluster is still worth reading here
                 print(f"note: {e}; run it on a cluster with --address")
         return 0
-    exp_dir = recipe.exp_dir
+    again = resume_command(search, name=name, storage=storage)
     # One search per experiment: a second one started with the same recipe and name is
     # refused here, naming the first, before it starts Ray or touches the folder.
     lock = experiment_lock(recipe)
     try:
-        return _run_locked(args, recipe, base, exp_dir)
+        return _run_locked(recipe, base, resume=resume, address=address, num_cpus=num_cpus,
+                           num_gpus=num_gpus, verbose=verbose, again=again)
     finally:
+        # The Ray started (or joined) for this search ends with it, so a caller can run the
+        # next search in the same process.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         lock.release()
 
 
@@ -84,7 +108,10 @@ def experiment_lock(recipe: SearchRecipe):
 INTERRUPTED_FILE = "interrupted.json"
 
 
-def _run_locked(args, recipe: SearchRecipe, base: Config, exp_dir: str) -> int:
+def _run_locked(recipe: SearchRecipe, base: Config, *, resume: bool, address: str | None,
+                num_cpus: float | None, num_gpus: float | None, verbose: bool,
+                again: str) -> int:
+    """The search, with the experiment locked; ``again``: the command that continues it."""
     import signal
 
     from ray import tune
@@ -92,15 +119,14 @@ def _run_locked(args, recipe: SearchRecipe, base: Config, exp_dir: str) -> int:
 
     from seltrain.tuning.console import Console, quiet_ray
 
+    exp_dir = recipe.exp_dir
     restorable = tune.Tuner.can_restore(exp_dir)
-    if restorable and not args.resume:
+    if restorable and not resume:
         raise ConfigError(f"{exp_dir} already holds an experiment; pass --resume to continue it, "
                           "or --name to start a new one")
-    if args.resume and not restorable:
+    if resume and not restorable:
         raise ConfigError(f"nothing to resume in {exp_dir}; run without --resume to start")
-    verbose = bool(getattr(args, "verbose", False))
-    start_ray(recipe, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-              verbose=verbose)
+    start_ray(recipe, address=address, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
     if not recipe.is_uri:  # only now: a search that cannot start leaves no folders behind
         os.makedirs(exp_dir, exist_ok=True)
     fn = trainable(recipe, base, StorageToken.write(recipe))  # makes the trial folders' root
@@ -108,7 +134,7 @@ def _run_locked(args, recipe: SearchRecipe, base: Config, exp_dir: str) -> int:
     # Tune's JSON/CSV results (for ResultGrid and --resume) but not its TensorBoard logger:
     # each trial's seltrain run folder carries the TensorBoard events.
     callbacks = [console, JsonLoggerCallback(), CSVLoggerCallback()]
-    if args.resume:
+    if resume:
         # Finished trials stay as they are; unfinished and errored ones continue from their
         # checkpoints (the driver resumes each run folder's last.pt). Tune restores its run
         # config (callbacks, stopper) from the experiment state; the console pickled there
@@ -118,7 +144,7 @@ def _run_locked(args, recipe: SearchRecipe, base: Config, exp_dir: str) -> int:
     else:
         tuner = _new_tuner(recipe, base, fn, console, callbacks, verbose)
         _write_experiment_info(recipe, base)
-    console.header(exp_dir, args.address)
+    console.header(exp_dir, address)
     t0 = time.perf_counter()
     # Ctrl-C: Tune's own SIGINT handler (installed by fit) saves the experiment state, stops
     # the trials and returns normally, with the cut trials looking ended. It puts back the
@@ -144,17 +170,18 @@ def _run_locked(args, recipe: SearchRecipe, base: Config, exp_dir: str) -> int:
     if console.fatal:
         raise ConfigError(console.fatal)
     if interrupted:
-        _interrupted(args, recipe, console)
-    return _finish(args, recipe, console, grid, wall)
+        _interrupted(recipe, console, again)
+    return _finish(recipe, console, grid, wall, again)
 
 
-def resume_command(args) -> str:
-    return (f"seltrain tune --search {args.search} --resume"
-            f"{' --name ' + args.name if args.name else ''}"
-            f"{' --storage ' + args.storage if args.storage else ''}")
+def resume_command(search: str, *, name: str | None = None, storage: str | None = None) -> str:
+    """The command line that continues this search."""
+    return (f"seltrain tune --search {search} --resume"
+            f"{' --name ' + name if name else ''}"
+            f"{' --storage ' + storage if storage else ''}")
 
 
-def _interrupted(args, recipe: SearchRecipe, console) -> None:
+def _interrupted(recipe: SearchRecipe, console, again: str) -> None:
     """Ctrl-C: nothing is reported as final (no results.csv, plots or best alpha), the trials
     cut short are listed in interrupted.json so that ``seltrain report`` never counts them as
     stopped early by the scheduler, and one line says how to continue."""
@@ -166,14 +193,11 @@ def _interrupted(args, recipe: SearchRecipe, console) -> None:
                  and not os.path.exists(os.path.join(root, n, "summary.json"))
                  and n not in stopped)
     os.makedirs(report_dir, exist_ok=True)
-    tmp = os.path.join(report_dir, f".{INTERRUPTED_FILE}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(report_dir, INTERRUPTED_FILE)) as f:
         json.dump({"cut_trials": cut, "time": time.time()}, f, indent=2)
-    os.replace(tmp, os.path.join(report_dir, INTERRUPTED_FILE))
     raise Interrupted(f"the search was stopped with {len(cut)} trial(s) unfinished; their "
                       f"checkpoints and the experiment state are kept in {recipe.exp_dir} and "
-                      "no results were written as final; continue with: "
-                      f"{resume_command(args)}")
+                      f"no results were written as final; continue with: {again}")
 
 
 def _new_tuner(recipe: SearchRecipe, base: Config, fn, console, callbacks: list,
@@ -218,7 +242,7 @@ def _tune_trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _finish(args, recipe: SearchRecipe, console, grid, wall: float) -> int:
+def _finish(recipe: SearchRecipe, console, grid, wall: float, again: str) -> int:
     """The report, the summary line, and the exit code: 130 interrupted, 1 a trial failed."""
     from seltrain.report import report_experiment
 
@@ -237,7 +261,7 @@ def _finish(args, recipe: SearchRecipe, console, grid, wall: float) -> int:
     print(f"TensorBoard (every trial, HParams tab, sweep figures): tensorboard --logdir "
           f"{report_dir}")
     if unfinished:
-        print(f"seltrain: interrupted; continue with: {resume_command(args)}", file=sys.stderr)
+        print(f"seltrain: interrupted; continue with: {again}", file=sys.stderr)
         return 130
     return 1 if n_failed else 0
 
@@ -250,7 +274,7 @@ def _write_experiment_info(recipe: SearchRecipe, base: Config) -> None:
             "space": {k: s.describe() for k, s in recipe.space.items()},
             "seeds": recipe.seeds, "scheduler": dataclasses.asdict(recipe.scheduler),
             "epochs": base.train.epochs}
-    with open(os.path.join(recipe.exp_dir, "seltrain_experiment.json"), "w") as f:
+    with atomic_write(os.path.join(recipe.exp_dir, "seltrain_experiment.json")) as f:
         json.dump(info, f, indent=2)
 
 
@@ -306,4 +330,12 @@ def register(subparsers) -> None:
     t.add_argument("--verbose", action="store_true",
                    help="also show Ray's own console: Tune's tables, Ray Train's and the "
                         "workers' logs, the raylet's warnings")
-    t.set_defaults(func=run_search)
+    t.set_defaults(func=_tune)
+
+
+def _tune(args) -> int:
+    """``seltrain tune``: the command line mapped onto ``run_search``."""
+    return run_search(args.search, overrides=args.overrides, dry_run=args.dry_run,
+                      resume=args.resume, address=args.address, num_cpus=args.num_cpus,
+                      num_gpus=args.num_gpus, storage=args.storage, name=args.name,
+                      verbose=args.verbose)

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 
+from seltrain.atomic import atomic_write
 from seltrain.config import Config
 from seltrain.errors import ConfigError
 from seltrain.runlock import RAY_ATTEMPT_ENV, RAY_TRIAL_ENV
@@ -59,9 +60,8 @@ class StorageToken:
         os.makedirs(recipe.trial_root, exist_ok=True)
         path = os.path.join(recipe.trial_root, STORAGE_TOKEN)
         token = uuid.uuid4().hex
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(path) as f:
             f.write(token)
-        os.replace(path + ".tmp", path)
         return cls(path, token)
 
     def check(self) -> None:

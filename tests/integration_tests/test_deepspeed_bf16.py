@@ -39,7 +39,7 @@ for layout in ("cf", "cl"):
             f"train.channels_last={layout == 'cl'}", "selectivity.alpha=-1",
             "run.progress=false", "run.tensorboard=false", f"run.out_dir={out}"])
         tr = Trainer(cfg, DistContext())
-        m = tr.engine.module
+        m = tr.engine.network
         acts = []
         hook = m.layer1[0].register_forward_hook(lambda _m, _i, o: acts.append(
             [str(o.dtype), o.is_contiguous(memory_format=torch.channels_last)]))

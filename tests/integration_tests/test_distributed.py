@@ -94,7 +94,7 @@ def _equivalence_worker(out: str) -> None:
     reduce = partial(distributed.all_reduce_stats)
 
     def run(engine, grads_of):
-        model = engine.module
+        model = engine.network
         probe = Probe(model, resolve_layers(model, "blocks")).attach()
         loss, ce, si = _loss_and_si(engine.forward_model(), probe, xs, ys, k, reduce)
         engine.backward(loss)

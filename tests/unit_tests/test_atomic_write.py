@@ -2,6 +2,7 @@
 file as it was, no temporary is left behind by a failed write, and the file gets the
 umask-derived mode (readable by the other users and nodes of a shared run folder)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from seltrain import checkpoint
+from seltrain.atomic import remove_stale_temporaries
 from seltrain.errors import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,9 +65,9 @@ def test_sigkill_mid_write_leaves_the_old_checkpoint_and_a_temporary_the_next_ru
     assert (tmp_path / "last.pt").read_bytes() == before
     assert checkpoint.load(path)["epoch"] == 1
     left = sorted(f for f in os.listdir(tmp_path) if f != "last.pt")
-    assert len(left) == 1 and left[0].startswith(".tmp-") and left[0].endswith(".pt")
+    assert len(left) == 1 and re.fullmatch(r"\.last\.pt\.tmp-\d+-[0-9a-f]{8}", left[0]), left
     assert os.path.getsize(tmp_path / left[0]) == 4096
-    assert checkpoint.remove_stale_temporaries(str(tmp_path)) == left
+    assert remove_stale_temporaries(str(tmp_path)) == left
     assert os.listdir(tmp_path) == ["last.pt"]
 
 

@@ -1,6 +1,7 @@
-"""The checkpoint's random state: the CPU generator, and the CUDA generator of the rank's own
-device only, so a resume that sees fewer GPUs (CUDA_VISIBLE_DEVICES=3, a Ray trial restored on
-another node) restores onto the one device it has.
+"""The random state a checkpoint carries (seltrain.rng): the CPU generator, and the CUDA
+generator of the rank's own device only, so a resume that sees fewer GPUs
+(CUDA_VISIBLE_DEVICES=3, a Ray trial restored on another node) restores onto the one device
+it has.
 
 No GPU here: the CUDA half runs against a stand-in for torch.cuda's four generator functions
 that records which device each call names and fails on any device this "process" does not
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seltrain.checkpoint import rng_state, set_rng_state
+from seltrain.rng import rng_state, set_rng_state
 
 
 def test_cpu_state_round_trips_and_holds_no_cuda_entry():

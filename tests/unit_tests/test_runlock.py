@@ -183,3 +183,70 @@ def test_racing_processes_one_wins(tmp_path):
         p.join(30)
     assert outcome == ["refused"] * 5 + ["won"]
     assert not os.path.exists(path)
+
+
+# --------------------------------------------------------------------------- RunFolder
+
+def _folder(path, resume=False, restart_count=0):
+    from seltrain.distributed import DistContext
+
+    return runlock.RunFolder(str(path), DistContext(restart_count=restart_count), resume=resume)
+
+
+def test_run_folder_claim_locks_and_release_frees(tmp_path):
+    run = tmp_path / "out" / "r"  # made on the way
+    with _folder(run).claim() as folder:
+        assert (run / runlock.LOCK_NAME).is_file()
+        with pytest.raises(ConfigError, match=r"run folder .*r is in use by pid \d+ .*set "
+                                              r"another run\.name"):
+            _folder(run).claim()
+        assert folder.lock is not None
+    assert not (run / runlock.LOCK_NAME).exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot create the run folder .*file/r: .*file is "
+                                          r"a file, not a folder"):
+        _folder(tmp_path / "file" / "r").claim()
+
+
+def test_run_folder_refuses_to_overwrite_an_earlier_run(tmp_path):
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    with pytest.raises(ConfigError, match=r"already holds metrics\.jsonl from an earlier run"):
+        _folder(run).claim()
+    (run / "checkpoints" / "last.pt").write_bytes(b"pt")
+    with pytest.raises(ConfigError, match=r"already holds .*checkpoints/last\.pt; pass "
+                                          r"--resume"):
+        _folder(run).claim()
+    assert not (run / runlock.LOCK_NAME).exists()  # a refusal leaves no lock behind
+    _folder(run, resume=True).claim().release()
+    _folder(run, restart_count=1).claim().release()  # a restarted attempt resumes
+
+
+def test_run_folder_resumes_without_last_pt_only_before_the_first_checkpoint(tmp_path):
+    from seltrain.errors import CheckpointError
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')  # epoch 1 ended, no last.pt yet
+    _folder(run, resume=True).claim().release()
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
+    with pytest.raises(CheckpointError, match=r"holds metrics\.jsonl but no "
+                                              r"checkpoints/last\.pt to continue from"):
+        _folder(run, resume=True).claim()
+
+
+def test_run_folder_claim_removes_killed_writers_temporaries(tmp_path, capsys):
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    dead = _dead_pid()
+    (run / "checkpoints" / f".last.pt.tmp-{dead}-0a0a0a0a").write_bytes(b"torn")
+    (run / f".summary.json.tmp-{dead}-0b0b0b0b").write_text("{")
+    _folder(run).claim().release()
+    assert os.listdir(run / "checkpoints") == []
+    assert os.listdir(run) == ["checkpoints"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"seltrain: removed .last.pt.tmp-{dead}-0a0a0a0a, left in {run}/checkpoints "
+                   "by an interrupted write",
+                   f"seltrain: removed .summary.json.tmp-{dead}-0b0b0b0b, left in {run} by an "
+                   "interrupted write"]

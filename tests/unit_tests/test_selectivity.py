@@ -224,6 +224,25 @@ def test_accumulator_fused_update_equals_per_layer():
     torch.testing.assert_close(partial_acc.si()["l3"], si["l3"], rtol=1e-12, atol=1e-12)
 
 
+def test_accumulator_read_is_si_on_the_host_with_the_extra_values():
+    """read(): per-layer means, their mean and per-unit SI, equal to si()'s, and the extra
+    tensors' values, all from one transfer."""
+    acts, y = _layers(torch.float32, seed=7)
+    names = [f"l{i}" for i in range(len(acts))]
+    acc = SelectivityAccumulator({n: a.shape[1] for n, a in zip(names, acts)}, 12)
+    acc.update({n: a.detach() for n, a in zip(names, acts)}, y)
+    extra = torch.tensor([41.0, 96.0], dtype=torch.float64)
+    out, got = acc.read(1e-7, extra)
+    assert list(got) == [41.0, 96.0]
+    si = acc.si(1e-7)
+    assert list(out) == ["si_per_layer", "si", "si_units"] and list(out["si_units"]) == names
+    for n in names:
+        assert out["si_per_layer"][n] == si[n].mean().item()
+        assert np.array_equal(out["si_units"][n], si[n].numpy())
+    assert out["si"] == np.mean([si[n].mean().item() for n in names])
+    assert len(acc.read()[1]) == 0
+
+
 def test_probe_mean_is_float32_under_bf16_autocast():
     """Under bf16 autocast a conv unit's activation (its spatial mean) is taken in float32:
     exactly the float32 mean of the bf16 feature map, not that mean rounded to bf16."""
