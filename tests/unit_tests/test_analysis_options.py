@@ -146,3 +146,15 @@ def test_an_unknown_analysis_or_foreign_options_are_refused():
         analysis("ablaton")
     with pytest.raises(TypeError, match="ablation takes AblationOptions, not GradientsOptions"):
         run_analysis("ablation", "/nonexistent", GradientsOptions())
+
+
+def test_no_analysis_file_is_over_600_lines_but_the_corruption_catalogue():
+    import glob
+    import os
+
+    from helpers import REPO
+
+    long = {os.path.basename(p): n for p in glob.glob(os.path.join(REPO, "seltrain", "analysis",
+                                                                  "*.py"))
+            if (n := sum(1 for _ in open(p))) > 600}
+    assert set(long) <= {"corruptions.py"}, long
