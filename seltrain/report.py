@@ -279,17 +279,17 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     (``commands.sweep_options``). ``trials``: rows of ``collect_trials``.
     Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
     from seltrain.analysis import plots
-    from seltrain.analysis.commands import analysis_module, run_analysis, sweep_options
-    from seltrain.analysis.options import ANALYSES
+    from seltrain.analysis.commands import run_analysis, sweep_options
+    from seltrain.analysis.registry import ANALYSES, NAMES
     from seltrain.analysis.serialize import write_csv
     out = out or sys.stdout
 
     bad = [a for a in analyses if a not in ANALYSES]
     if bad:
         raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
-                          f"{did_you_mean(bad[0], ANALYSES)}; choose from {', '.join(ANALYSES)}")
+                          f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
     options = sweep_options(analyses, list(extra or []))
-    modules = {a: analysis_module(a) for a in analyses}
+    modules = {a: ANALYSES[a] for a in analyses}
     root = trials_root(exp_dir)
     rows = []
     per_trial: dict[str, list[dict]] = {a: [] for a in analyses}

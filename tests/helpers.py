@@ -81,14 +81,13 @@ def evaluate_checkpoint(run_dir: str, split: str = "test") -> dict:
     {"acc", "n", "si_per_layer"}. What a run reports for its best epoch must equal this."""
     import torch
 
-    from seltrain.analysis import selectivity
-    from seltrain.analysis.options import SelectivityOptions
+    from seltrain.analysis import unit_selectivity
     from seltrain.analysis.target import load_target
 
     ckpt = os.path.join(run_dir, "checkpoints", "best.pt")
-    opts = SelectivityOptions(split=split, device="cpu")
+    opts = unit_selectivity.SelectivityOptions(split=split, device="cpu")
     target = load_target(run_dir, ckpt, opts)
-    si = selectivity.compute(target, opts)["summary"]["si_per_layer"]
+    si = unit_selectivity.compute(target, opts)["summary"]["si_per_layer"]
     correct = n = 0
     with torch.no_grad():
         for x, y in target.data:

@@ -1,11 +1,14 @@
 """Analyses of trained classifiers: what their (selective) units do.
 
-Each analysis is a module named for it (docs/METHODS.md sections 3-5) holding its math as pure
-functions on any ``nn.Module`` and, for ``seltrain analyze NAME``, a ``compute(target,
-options)`` that returns the numbers, and ``SWEEP_HEADLINE`` (plus ``sweep_panels`` where it
-draws per-layer figures): what ``seltrain report --analyses`` plots against alpha.
+Each analysis is one module named for it (docs/METHODS.md sections 3-5), holding its math as
+pure functions on any ``nn.Module`` and, for ``seltrain analyze NAME``, its ``Options``, a
+``compute(target, options)`` that returns the numbers, a ``write(result, target, options,
+out)`` that saves its files, and ``SWEEP_HEADLINE`` (plus ``sweep_panels`` where it draws
+per-layer figures): what ``seltrain report --analyses`` plots against alpha. ``registry``
+maps each command name to its module.
 
-- ``selectivity``: exact dataset-level SI per unit, class means, preferred classes.
+- ``unit_selectivity`` (``seltrain analyze selectivity``): exact dataset-level SI per unit,
+  class means, preferred classes.
 - ``ablation``: single-unit ablation (Zhou et al. 2018), cumulative ablation (Morcos et al.
   2018), the fast split-network engine (``ablated_logits``) and its memory-sized unit batch.
 - ``attributes``: what the drops are correlated with: BN-folded incoming-weight L1, mean
@@ -22,11 +25,13 @@ draws per-layer figures): what ``seltrain report --analyses`` plots against alph
 
 And what serves them all:
 
-- ``options``: one typed options dataclass per analysis, checked in one place.
+- ``registry``: the analyses by name, the one table the command line and the sweeps use.
+- ``options``: ``option()``, the text parsers and ``AnalysisOptions``, the base every
+  analysis' options extend, checked in one place.
 - ``commands``: ``seltrain analyze`` (argv -> options, dispatch) and the strict reading of
   ``seltrain report --analysis-args``.
 - ``target``: a checkpoint with its model, recipe and data split, ready to analyse.
-- ``outputs``: the write halves (JSON, CSV, PNG and the printed summary) of each analysis.
+- ``outputs``: the output folder, written as one unit under a lock.
 - ``plots``: PNG figures (matplotlib, Agg canvas); ``serialize``: numpy-aware JSON and CSV.
 
 Units are read through ``seltrain.probes`` exactly as the trainer reads them; checkpoints are

@@ -63,8 +63,10 @@ guarantee. tests/unit_tests/test_analysis_ablation.py checks equality, stacked a
 """
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -73,8 +75,10 @@ import torch.fx as fx
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seltrain.analysis.options import AblationOptions
+from seltrain.analysis.options import AnalysisOptions, option, whole_number
+from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.target import Target
+from seltrain.analysis.unit_selectivity import unit_selectivity
 from seltrain.probes import (LayerError, ablation_layer, eval_mode, iterate_batches,
                              model_device, num_batches, resolve_layer)
 
@@ -469,6 +473,30 @@ def cumulative_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, si=
 
 # --------------------------------------------------------------------------- the analysis
 
+@dataclass
+class AblationOptions(AnalysisOptions):
+    """single-unit (and cumulative) ablation, correlations of the drops with SI, L1 norm and
+    mean activation"""
+
+    cumulative: bool = option(False, "also cumulative ablation curves (SI high/low first, "
+                              "random)")
+    n_random: int = option(5, "random orders for --cumulative", parse=whole_number,
+                           metavar="N")
+    l1_weights: str = option("bn_folded", "incoming-weight L1: of the BatchNorm-folded "
+                             "effective weight (BN cancels the raw conv scale) or of the raw "
+                             "weight", choices=("bn_folded", "raw"))
+    unit_batch: int = option(0, "ablations per pass of the network after the layer (0: auto, "
+                             "sized from free memory on CUDA, 1 on the CPU); the results do "
+                             "not depend on it", parse=whole_number, metavar="N", shown="0")
+
+    def check(self) -> None:
+        super().check()
+        self.at_least("n_random", 0)
+        self.at_least("unit_batch", 0)
+
+
+Options = AblationOptions  # what the registry (seltrain/analysis/registry.py) reads
+
 # What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
 SWEEP_HEADLINE = ("mean_overall_drop",)
 
@@ -478,7 +506,6 @@ def compute(target: Target, opts: AblationOptions) -> dict:
     their correlations with the drops, and (``opts.cumulative``) cumulative ablation; a
     summary per layer and over layers."""
     from seltrain.analysis.attributes import correlations, unit_attributes
-    from seltrain.analysis.selectivity import unit_selectivity
 
     sel = unit_selectivity(target)
     k = target.info.num_classes
@@ -514,3 +541,41 @@ def compute(target: Target, opts: AblationOptions) -> dict:
     summary["mean_overall_drop"] = float(np.mean([v["mean_overall_drop"]
                                                   for v in summary["layers"].values()]))
     return {"layers": layers, "summary": summary}
+
+
+def write(r: dict, target: Target, opts: AblationOptions, out: str) -> list[str]:
+    """units_<layer>.csv, class_drops_<layer>.csv, ablation_<layer>.json, the
+    SI-against-drop scatter plots (and cumulative curves) per layer, and summary.json in
+    ``out``; the lines the command prints."""
+    from seltrain.analysis import plots
+
+    lines = [f"single-unit ablation, {len(target.layers)} layers, {target.data.num_images} "
+             f"{target.split} images"]
+    for name, layer in r["layers"].items():
+        res, attrs, si = layer["single_unit"], layer["attributes"], layer["si"]
+        corr = layer["correlations"]
+        write_csv(os.path.join(out, f"units_{name}.csv"), {
+            "unit": range(len(si)), "si": si, "preferred_class": attrs["preferred_class"],
+            "l1_norm": attrs["l1_norm"], "l1_norm_raw": attrs["l1_norm_raw"],
+            "mean_activation": attrs["mean_activation"], "overall_drop": res["overall_drop"],
+            "max_class_drop": res["max_class_drop"], "class_drop_std": res["class_drop_std"],
+            "preferred_class_drop": layer["preferred_class_drop"]})
+        drops = res["class_drops"]
+        write_csv(os.path.join(out, f"class_drops_{name}.csv"),
+                  {"unit": range(len(si)),
+                   **{f"class_{c}": drops[:, c] for c in range(drops.shape[1])}})
+        for drop, ylabel in (("max_class_drop", "max class drop"),
+                             ("overall_drop", "overall accuracy drop")):
+            plots.drop_scatter(si, res[drop], os.path.join(out, f"si_vs_{drop}_{name}.png"),
+                               ylabel=ylabel, rho=corr[drop]["si"]["rho"], title=name)
+        if "cumulative" in layer:
+            plots.cumulative_ablation(layer["cumulative"],
+                                      os.path.join(out, f"cumulative_{name}.png"))
+        write_json(os.path.join(out, f"ablation_{name}.json"), layer)
+        s = r["summary"]["layers"][name]
+        lines.append(f"  {name:<24} baseline {s['baseline_acc']:.4f}  mean drop "
+                     f"{s['mean_overall_drop']:+.4f}  max class drop (mean) "
+                     f"{s['mean_max_class_drop']:.4f}  rho(SI, max class drop) "
+                     f"{s['rho_si_max_class_drop']:.3f} (p {s['p_si_max_class_drop']:.2g})")
+    write_json(os.path.join(out, "summary.json"), r["summary"])
+    return lines

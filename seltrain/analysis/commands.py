@@ -6,33 +6,24 @@ PATH is a checkpoint file, a run folder (its checkpoints/best.pt) or a Tune expe
 files into ``<run>/analysis/<name>/`` (or ``--out``; with several runs, ``--out/<trial>/``)
 and prints a short summary.
 
-This module only turns argv into each analysis' options (seltrain/analysis/options.py) and
-dispatches: ``run_analysis`` loads each checkpoint (``target.load_target``), runs the
-analysis' ``compute`` (in the module named for it) and writes its files
-(``outputs.write``). ``sweep_options`` reads ``seltrain report --analysis-args`` into the
+This module only turns argv into an analysis' options and dispatches. Each analysis is a
+module found by name in ``registry.ANALYSES``, holding its ``Options``, ``compute`` and
+``write``: ``run_analysis`` loads each checkpoint (``target.load_target``), runs the
+analysis' ``compute`` and its ``write`` into the output folder (``outputs.OutputFolder``,
+written as one unit). ``sweep_options`` reads ``seltrain report --analysis-args`` into the
 options of several analyses at once, strictly.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
 from dataclasses import fields
 
-from seltrain.analysis.options import (ANALYSES, OPTIONS, AnalysisOptions, default_shown, flag,
-                                       flags)
+from seltrain.analysis.options import AnalysisOptions, default_shown, flag, flags
+from seltrain.analysis.registry import ANALYSES, NAMES, analysis
 from seltrain.errors import ConfigError, did_you_mean
-
-
-def analysis_module(name: str):
-    """The module of analysis ``name``: its ``compute(target, options)``, its
-    ``SWEEP_HEADLINE`` and, where it draws per-layer sweep figures, ``sweep_panels``."""
-    if name not in OPTIONS:
-        raise ConfigError(f"unknown analysis '{name}'{did_you_mean(name, ANALYSES)}; choose "
-                          f"from {', '.join(ANALYSES)}")
-    return importlib.import_module(f"seltrain.analysis.{name}")
 
 
 def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
@@ -46,10 +37,10 @@ def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
     from seltrain.checkpoint import find_checkpoints
 
     stream = stream or sys.stdout
-    compute = analysis_module(name).compute
-    opts = OPTIONS[name]() if opts is None else opts
-    if not isinstance(opts, OPTIONS[name]):
-        raise TypeError(f"{name} takes {OPTIONS[name].__name__}, not {type(opts).__name__}")
+    module = analysis(name)
+    opts = module.Options() if opts is None else opts
+    if not isinstance(opts, module.Options):
+        raise TypeError(f"{name} takes {module.Options.__name__}, not {type(opts).__name__}")
     skipped: list[tuple[str, str]] = []
     targets = find_checkpoints(path, skipped)
     for run_dir, why in skipped:
@@ -63,8 +54,8 @@ def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
         folder = outputs.OutputFolder(target, opts, name, len(targets))
         with folder as staging:
             torch.manual_seed(opts.seed)
-            result = compute(target, opts)
-            lines = outputs.write(name, result, target, opts, staging)
+            result = module.compute(target, opts)
+            lines = module.write(result, target, opts, staging)
         out = folder.final
         summary = dict(result["summary"], run_dir=run_dir, out_dir=out,
                        seconds=time.perf_counter() - t0)
@@ -132,7 +123,8 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
     has, one spelling that sets different options in two of them (``--threshold`` with both
     orientation and dimensionality), ``--out`` (each trial writes into its own run folder),
     or a bad value is a one-line ConfigError, before anything runs."""
-    spellings = {n: flags(OPTIONS[n]) for n in names}
+    options = {n: analysis(n).Options for n in names}
+    spellings = {n: flags(cls) for n, cls in options.items()}
     known = sorted(set().union(*spellings.values()))
     groups = _option_groups(argv)
     for spelling, _ in groups:
@@ -150,10 +142,10 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
     for n in names:
         parser = _SweepParser(prog=f"seltrain report --analysis-args ({n})", add_help=False,
                               allow_abbrev=False)
-        add_options(parser, OPTIONS[n])
+        add_options(parser, options[n])
         mine = [tok for spelling, toks in groups if spelling in spellings[n] for tok in toks]
         try:
-            chosen[n] = options_from(OPTIONS[n], parser.parse_args(mine))
+            chosen[n] = options_from(options[n], parser.parse_args(mine))
         except ConfigError as e:
             raise ConfigError(str(e) if str(e).startswith("--analysis-args")
                               else f"--analysis-args ({n}): {e}") from None
@@ -165,7 +157,7 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
 def _analyze(args) -> int:
     from seltrain.errors import Interrupted
 
-    opts = options_from(OPTIONS[args.analysis], args)
+    opts = options_from(analysis(args.analysis).Options, args)
     try:
         run_analysis(args.analysis, args.path, opts)
     except KeyboardInterrupt:
@@ -177,9 +169,10 @@ def _analyze(args) -> int:
 
 def register(subparsers) -> None:
     a = subparsers.add_parser("analyze", help="analyse a trained checkpoint: "
-                              f"{', '.join(ANALYSES)}")
+                              f"{', '.join(NAMES)}")
     asub = a.add_subparsers(dest="analysis", required=True)
-    for name, cls in OPTIONS.items():
+    for name, module in ANALYSES.items():
+        cls = module.Options
         p = asub.add_parser(name, help=" ".join(cls.__doc__.split()))
         p.add_argument("path", help="a checkpoint (.pt), a run folder or a Tune experiment "
                        "folder")

@@ -31,14 +31,23 @@ peak is about 3 x N x D x 4 bytes for the largest layer (clean, perturbed, chang
 from __future__ import annotations
 
 import math
+import os
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seltrain.analysis.options import DimensionalityOptions
+from seltrain.analysis.corruption_tables import COMMON, table_for
+from seltrain.analysis.corruptions import release_format_name
+from seltrain.analysis.options import (AnalysisOptions, max_images_option, number, numbers,
+                                       option, whole_number)
+from seltrain.analysis.robustness import (CORRUPTION_TABLES, adversarial_batches, check_attack,
+                                          check_corruptions, check_eps, corrupted_batches,
+                                          corruption_names)
+from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.target import Target
 from seltrain.probes import layer_outputs, named_layers, unit_activation
 
@@ -218,6 +227,56 @@ def early_layers(layers: Sequence[str], n: int | None = None) -> list[str]:
 
 # --------------------------------------------------------------------------- the analysis
 
+def _single_eps(text: str) -> float:
+    eps = numbers(text)
+    if len(eps) != 1:
+        raise ValueError("dimensionality takes one --eps, e.g. --eps 8/255")
+    return eps[0]
+
+
+@dataclass
+class DimensionalityOptions(AnalysisOptions):
+    """principal components for a share of the variance of the representation of clean,
+    corrupted and adversarial inputs, and of the perturbation-induced change"""
+
+    max_images: int = max_images_option(1000)
+    variance_share: float = option(0.95, "share of the variance to explain (the paper's value "
+                                   "is unconfirmed)", parse=number, aliases=("--threshold",),
+                                   metavar="SHARE")
+    spatial: str = option("flatten", "flatten: whole layer output; mean: spatial mean per unit",
+                          choices=("flatten", "mean"))
+    corruptions: tuple[str, ...] = option(
+        tuple(COMMON), "all, extra, all+extra, or comma-separated names",
+        parse=corruption_names, metavar="NAMES", shown="all")
+    severity: int = option(3, "corruption severity", parse=whole_number,
+                           choices=(1, 2, 3, 4, 5))
+    corruption_table: str = option("auto", "corruption parameters of which released set "
+                                   "(auto: by dataset, as analyze robustness)",
+                                   choices=CORRUPTION_TABLES)
+    raw_corruptions: bool = option(False, "feed the corrupted floats, without the released "
+                                   "files' 8-bit (and JPEG q85) storage")
+    eps: float = option(0.031, "one L-inf epsilon (pixel units), e.g. 8/255", parse=_single_eps)
+    attack: str = option("pgd", "the attack", choices=("fgsm", "pgd"))
+    steps: int = option(10, "PGD steps", parse=whole_number)
+    step_size: float | None = option(None, "PGD step size", parse=number,
+                                     shown="2.5 * eps / steps")
+    early_layers: int | None = option(None, "how many of the first layers count as early in the "
+                                      "summary", parse=whole_number, metavar="N",
+                                      shown="the first third, rounded up")
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.variance_share <= 1:
+            self.fail("variance_share", f"{self.variance_share:g}", "give a share in (0, 1], "
+                      "e.g. 0.95")
+        check_corruptions(self)
+        check_eps(self, (self.eps,))
+        self.at_least("early_layers", 1, optional=True)
+        check_attack(self)
+
+
+Options = DimensionalityOptions  # what the registry (seltrain/analysis/registry.py) reads
+
 # What `seltrain report --analyses` plots against alpha and mean SI: the abstract's two
 # claims, that clean early-layer dimensionality falls with selectivity and that adversarial
 # inputs raise it more than corrupted ones (both readings, docs/analysis.md).
@@ -249,19 +308,15 @@ def compute(target: Target, opts: DimensionalityOptions) -> dict:
     unless ``opts.raw_corruptions``) and adversarial inputs, and of the perturbation-induced
     change; the increase over clean. Returns ``{"dimensionality": <dimensionality.json>,
     "summary": <summary.json>}``."""
-    from seltrain.analysis import robustness as rob
-    from seltrain.analysis.corruption_tables import table_for
-    from seltrain.analysis.corruptions import release_format_name
-
     model, data, layers = target.model, target.data, target.layers
     mean, std = target.info.mean, target.info.std
     share, names = opts.variance_share, list(opts.corruptions)
     table = table_for(target.cfg.data.dataset, opts.corruption_table)
     # Lazy batches, made in the order they are read: the corruptions, then the attack.
-    conditions = {c: rob.corrupted_batches(
+    conditions = {c: corrupted_batches(
         data, None, c, opts.severity, mean=mean, std=std, seed=opts.seed, table=table,
         release_format=not opts.raw_corruptions) for c in names}
-    conditions["adversarial"] = rob.adversarial_batches(
+    conditions["adversarial"] = adversarial_batches(
         model, data, None, opts.eps, attack=opts.attack, steps=opts.steps,
         step_size=opts.step_size, mean=mean, std=std, seed=opts.seed, device=target.device)
     both = perturbation_dimensionality(model, layers, data, conditions, share,
@@ -304,3 +359,46 @@ def compute(target: Target, opts: DimensionalityOptions) -> dict:
                              "change": {c: change[c][n]["n_components"] for c in change},
                              "increase": {c: inc[c][n] for c in inc}} for n in layers}
     return {"dimensionality": result, "summary": summary}
+
+
+def write(r: dict, target: Target, opts: DimensionalityOptions, out: str) -> list[str]:
+    """dimensionality.json, dimensionality.csv, dimensionality.png and summary.json in
+    ``out``; the lines the command prints."""
+    from seltrain.analysis import plots
+
+    res, summary = r["dimensionality"], r["summary"]
+    rep, change, inc = res["representation"], res["change"], res["increase"]
+    layers, share, early = target.layers, res["threshold"], res["early_layers"]
+    write_json(os.path.join(out, "dimensionality.json"), res)
+    rows = [(reading, cond, n, per_layer[n])
+            for reading, conds in (("representation", rep), ("change", change))
+            for cond, per_layer in conds.items() for n in layers]
+    write_csv(os.path.join(out, "dimensionality.csv"), {
+        "reading": [r[0] for r in rows], "condition": [r[1] for r in rows],
+        "layer": [r[2] for r in rows], "n_components": [r[3]["n_components"] for r in rows],
+        "increase_over_clean": [inc[c][n] if reading == "representation" and c != "clean"
+                                else np.nan for reading, c, n, _ in rows],
+        "n_features": [r[3]["n_features"] for r in rows],
+        "n_samples": [r[3]["n_samples"] for r in rows],
+        "threshold": [share] * len(rows)})
+    plots.dimensionality_readings({"representation": rep, "change": change, "increase": inc},
+                                  os.path.join(out, "dimensionality.png"),
+                                  title=f"components for {share:.0%} of the variance")
+    write_json(os.path.join(out, "summary.json"), summary)
+    n_img = rep["clean"][layers[0]]["n_samples"]
+    lines = [f"principal components for {share:.0%} of the variance ({n_img} images; "
+             f"corrupted: mean of {len(res['corruptions'])} at severity "
+             f"{res['corruption_severity']}; adversarial: {res['attack']} eps {res['eps']:g})",
+             f"  {'layer':<24} {'representation clean/corrupted/adversarial':>44}   "
+             f"{'change corrupted/adversarial':>28}"]
+    lines += [f"  {n:<24} {rep['clean'][n]['n_components']:>14} / "
+              f"{rep['corrupted'][n]['n_components']:>9.1f} / "
+              f"{rep['adversarial'][n]['n_components']:>13}   "
+              f"{change['corrupted'][n]['n_components']:>15.1f} / "
+              f"{change['adversarial'][n]['n_components']:>10}" for n in layers]
+    lines.append(f"  early layers ({', '.join(early)}): increase over clean corrupted "
+                 f"{summary['early_increase_corrupted']:+.1f}, adversarial "
+                 f"{summary['early_increase_adversarial']:+.1f}; change corrupted "
+                 f"{summary['early_change_components_corrupted']:.1f}, adversarial "
+                 f"{summary['early_change_components_adversarial']:.1f}")
+    return lines

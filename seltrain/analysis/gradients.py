@@ -71,6 +71,8 @@ all other gradients agree to 1e-6 of the largest entry.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -78,7 +80,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seltrain.analysis.options import GradientsOptions
+from seltrain.analysis.options import AnalysisOptions, max_images_option, option, whole_number
+from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.target import Target
 from seltrain.probes import (LayerError, eval_mode, iterate_batches, model_device, named_layers,
                              resolve_layer, unit_activation)
@@ -345,6 +348,29 @@ def gradient_variability(model: nn.Module, layers: Sequence[str | nn.Module] | s
 
 # --------------------------------------------------------------------------- the analysis
 
+@dataclass
+class GradientsOptions(AnalysisOptions):
+    """variability of each unit's input gradient across images and across units"""
+
+    max_images: int = max_images_option(256)
+    batch_size: int = option(64, "images per forward pass", parse=whole_number, metavar="N")
+    unit_block: int = option(16, "units per vmapped backward pass; memory grows with "
+                             "batch-size x unit-block", parse=whole_number, metavar="N")
+    max_units: int | None = option(None, "a random subset (--seed) of at most this many units "
+                                   "per layer", parse=whole_number, metavar="N",
+                                   shown="every unit")
+    wrt: str = option("pixels", "gradients with respect to pixel values or to the normalised "
+                      "network input", choices=("pixels", "input"))
+
+    def check(self) -> None:
+        super().check()
+        for name in ("batch_size", "unit_block"):
+            self.at_least(name, 1)
+        self.at_least("max_units", 1, optional=True)
+
+
+Options = GradientsOptions  # what the registry (seltrain/analysis/registry.py) reads
+
 # What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
 SWEEP_HEADLINE = ("grad_across_samples_direction", "grad_across_units_direction",
                   "grad_across_samples_norm_cv", "grad_across_units_norm_cv")
@@ -374,3 +400,43 @@ def compute(target: Target, opts: GradientsOptions) -> dict:
         v = [m[key] for m in means.values() if math.isfinite(m[key])]
         summary[f"grad_{key}"] = float(np.mean(v)) if v else math.nan
     return {"layers": res, "summary": summary}
+
+
+def write(r: dict, target: Target, opts: GradientsOptions, out: str) -> list[str]:
+    """gradients.json, units_<layer>.csv and samples_<layer>.csv per layer, the
+    variability figures and summary.json in ``out``; the lines the command prints."""
+    from seltrain.analysis import plots
+
+    res, summary = r["layers"], r["summary"]
+    means = summary["layers"]
+    write_json(os.path.join(out, "gradients.json"), {
+        "checkpoint": target.ckpt_path, "split": target.split, "wrt": opts.wrt,
+        "activation": "spatial mean of the post-ReLU map (probes.unit_activation)",
+        "statistics": STATISTICS, "statistic_status": "unconfirmed: seltrain's choice, "
+        "the paper's definition is not public", "batch_size": opts.batch_size,
+        "unit_block": opts.unit_block, "max_units": opts.max_units, "layers": res})
+    for n, g in res.items():
+        a, b = g["across_samples"], g["across_units"]
+        write_csv(os.path.join(out, f"units_{n}.csv"), {
+            "unit": g["units"], "direction": a["direction"], "norm_cv": a["norm_cv"],
+            "zero_fraction": a["zero_fraction"], "mean_norm": a["mean_norm"]})
+        write_csv(os.path.join(out, f"samples_{n}.csv"), {
+            "sample": range(g["n_samples"]), "label": g["labels"],
+            "direction": b["direction"], "norm_cv": b["norm_cv"],
+            "zero_fraction": b["zero_fraction"], "mean_norm": b["mean_norm"]})
+    plots.gradient_variability(means, os.path.join(out, "gradient_variability.png"),
+                               title=f"input-gradient variability ({opts.wrt})")
+    plots.histograms({n: g["across_samples"]["direction"] for n, g in res.items()},
+                     os.path.join(out, "across_samples_direction_hist.png"),
+                     xlabel="1 - mean pairwise cosine", title="per unit, across images")
+    write_json(os.path.join(out, "summary.json"), summary)
+    n_img = next(iter(res.values()))["n_samples"]
+    lines = [f"input-gradient variability ({n_img} images, gradients w.r.t. {opts.wrt}): "
+             "direction = 1 - mean pairwise cosine, CV = std/mean of the gradient norm",
+             f"  {'layer':<24} {'across images: direction   CV':>32}   "
+             f"{'across units: direction   CV':>30}   silent"]
+    lines += [f"  {n:<24} {m['across_samples_direction']:>23.3f} "
+              f"{m['across_samples_norm_cv']:>6.2f}   {m['across_units_direction']:>23.3f} "
+              f"{m['across_units_norm_cv']:>6.2f}   {m['across_samples_zero_fraction']:>6.1%}"
+              for n, m in means.items()]
+    return lines

@@ -82,6 +82,8 @@ Deviations from his code, and why
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -89,7 +91,9 @@ import torch
 from torch import Tensor, nn
 
 from seltrain.analysis.ablation import ablated_logits
-from seltrain.analysis.options import OrientationOptions
+from seltrain.analysis.options import (AnalysisOptions, max_images_option, number, option,
+                                       whole_number)
+from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.shift_invariance import shift_invariance_layers
 from seltrain.analysis.target import Target
 from seltrain.probes import layer_outputs, resolve_layer, unit_activation
@@ -427,6 +431,41 @@ class OrientationTracking:
 
 # --------------------------------------------------------------------------- the analysis
 
+@dataclass
+class OrientationOptions(AnalysisOptions):
+    """OSI/gOSI on gratings, top/bottom-gOSI ablation, shift invariance"""
+
+    max_images: int = max_images_option(1000)
+    gosi_threshold: float = option(0.33, "gOSI above this counts as orientation selective "
+                                   "(Ukita: 0.33)", parse=number, aliases=("--threshold",),
+                                   metavar="GOSI")
+    shift: int = option(2, "pixels for shift invariance", parse=whole_number)
+    no_ablation: bool = option(False, "gratings only: skip the gOSI-split ablation and shift "
+                               "invariance")
+    permutations: int = option(1, "shuffles of the gratings for the null OSI/gOSI "
+                               "distribution (Ukita: 1, drawn with --seed 0)",
+                               parse=whole_number)
+    percentile: float = option(50.0, "ablate units strictly above the (100 - P)th and strictly "
+                               "below the Pth gOSI percentile (Ukita: 50, the median)",
+                               parse=number)
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.gosi_threshold < 1:  # gOSI lies in [0, 1]
+            self.fail("gosi_threshold", f"{self.gosi_threshold:g}", "give a gOSI in [0, 1) "
+                      "(Ukita: 0.33)")
+        if self.shift < 1:
+            self.fail("shift", self.shift, "give a shift of at least 1 pixel")
+        if self.permutations < 1:
+            self.fail("permutations", self.permutations, "need at least 1 shuffle of the "
+                      "gratings for the null distribution")
+        if not 0 < self.percentile <= 50:
+            self.fail("percentile", f"{self.percentile:g}", "use a value in (0, 50] (Ukita: "
+                      "50, the median)")
+
+
+Options = OrientationOptions  # what the registry (seltrain/analysis/registry.py) reads
+
 # What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
 SWEEP_HEADLINE = ("mean_gosi", "fraction_selective")
 
@@ -506,3 +545,49 @@ def compute(target: Target, opts: OrientationOptions) -> dict:
             acc_change_top=r["top"]["acc_change"], acc_change_bottom=r["bottom"]["acc_change"],
             ablated_module=r["ablated_module"], shift_invariance=before[n]["mean"])
     return {"orientation": result, "summary": summary}
+
+
+def write(r: dict, target: Target, opts: OrientationOptions, out: str) -> list[str]:
+    """units_<layer>.csv and tuning_<layer>.png per layer, the OSI/gOSI figures,
+    orientation.json and summary.json in ``out``; the lines the command prints."""
+    from seltrain.analysis import plots
+
+    res, summary = r["orientation"], r["summary"]
+    layers, params, threshold = res["layers"], res["grating_parameters"], res["threshold"]
+    angles = params["orientations_deg"]
+    for name, L in layers.items():
+        write_csv(os.path.join(out, f"units_{name}.csv"),
+                  {"unit": range(len(L["osi"])), "osi": L["osi"], "gosi": L["gosi"],
+                   "null_osi": L["null_osi"][0], "null_gosi": L["null_gosi"][0],
+                   "preferred_orientation_deg": L["preferred_orientation_deg"],
+                   "best_period_px": params["periods_px"][L["best_frequency"]],
+                   "orientation_range_deg": L["orientation_range_deg"]})
+        plots.tuning_curves(L["tuning_curves"], os.path.join(out, f"tuning_{name}.png"),
+                            orientations_deg=angles, title=name)
+    osis = {n: L["osi"] for n, L in layers.items()}
+    gosis = {n: L["gosi"] for n, L in layers.items()}
+    plots.orientation_distributions(osis, gosis, os.path.join(out, "osi_gosi.png"),
+                                    threshold=threshold)
+    plots.null_distributions(osis, gosis, {n: L["null_osi"] for n, L in layers.items()},
+                             {n: L["null_gosi"] for n, L in layers.items()},
+                             os.path.join(out, "osi_gosi_vs_permuted.png"))
+    plots.orientation_ranges({n: L["orientation_range_deg"] for n, L in layers.items()}, gosis,
+                             os.path.join(out, "orientation_range.png"), threshold=threshold)
+    plots.layer_means(gosis, os.path.join(out, "gosi_per_layer.png"), ylabel="mean gOSI")
+    if res["gosi_split_ablation"]:
+        plots.gosi_split_ablation(res["gosi_split_ablation"],
+                                  os.path.join(out, "gosi_split_ablation.png"))
+    write_json(os.path.join(out, "orientation.json"), res)
+    write_json(os.path.join(out, "summary.json"), summary)
+    lines = [f"orientation selectivity (gOSI > {threshold:g}: "
+             f"{summary['fraction_selective']:.1%} of units; mean gOSI "
+             f"{summary['mean_gosi']:.3f}, on permuted gratings {summary['mean_null_gosi']:.3f})"]
+    for n, s in summary["layers"].items():
+        extra = ""
+        if "ce_increase_top" in s:
+            extra = (f"  dCE top/bottom {s['ce_increase_top']:+.4f}/"
+                     f"{s['ce_increase_bottom']:+.4f}  shift-inv {s['shift_invariance']:.3f}")
+        lines.append(f"  {n:<24} OSI {s['mean_osi']:.3f}  gOSI {s['mean_gosi']:.3f} "
+                     f"(permuted {s['mean_null_gosi']:.3f})  selective "
+                     f"{s['fraction_selective']:.1%}{extra}")
+    return lines

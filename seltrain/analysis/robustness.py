@@ -17,6 +17,8 @@ clamped to [0, 1]. Either way they take and return normalised inputs.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,11 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seltrain.analysis.corruption_tables import CorruptionTable, get_table, table_for
+from seltrain.analysis.corruption_tables import (COMMON, EXTRA, TABLES, CorruptionTable,
+                                                get_table, table_for)
 from seltrain.analysis.corruptions import (CORRUPTIONS, SEVERITIES, corrupt, frost_source,
                                            length_scale, release_format_name, released_format)
-from seltrain.analysis.options import RobustnessOptions
+from seltrain.analysis.options import (AnalysisOptions, max_images_option, number, numbers,
+                                       option, whole_number, words)
+from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.target import Target
+from seltrain.errors import ConfigError
 from seltrain.probes import eval_mode, iterate_batches, model_device, num_batches
 
 
@@ -259,6 +265,94 @@ def accuracy_under_attack(model: nn.Module, x, y=None, eps_list: Sequence[float]
 
 # --------------------------------------------------------------------------- the analysis
 
+def corruption_names(spec: str) -> list[str]:
+    """``--corruptions``: ``all`` (the 15 common), ``extra`` (CIFAR-10-C's 4 held-out: speckle
+    noise, Gaussian blur, spatter, saturate), ``all+extra`` (19), or comma-separated names;
+    groups and names can be mixed (``extra,fog``), duplicates dropped."""
+    groups = {"all": list(COMMON), "extra": list(EXTRA), "all+extra": [*COMMON, *EXTRA]}
+    names = [n for part in words(spec) for n in groups.get(part, [part])]
+    known = [*COMMON, *EXTRA]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ConfigError(f"--corruptions: unknown {', '.join(bad) or repr(spec)}; choose all, "
+                          f"extra, all+extra or from {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+# The checks robustness and dimensionality share (both corrupt and attack).
+
+def check_corruptions(opts) -> None:
+    # normalised through the same parser as the command line: groups expanded, names checked
+    opts.corruptions = tuple(corruption_names(",".join(opts.corruptions)))
+
+
+def check_eps(opts, eps) -> None:
+    """L-inf epsilons are in pixel units of images in [0, 1]: 0 (clean) up to 1."""
+    bad = [e for e in eps if not 0 <= e <= 1]
+    if bad:
+        opts.fail("eps", ",".join(f"{e:g}" for e in eps), "give epsilons from 0 to 1 in pixel "
+                  "units, e.g. 0,1/255,8/255")
+
+
+def check_attack(opts) -> None:
+    """PGD's ``steps`` and ``step_size``."""
+    opts.at_least("steps", 1)
+    if opts.step_size is not None and not opts.step_size > 0:
+        opts.fail("step_size", opts.step_size, "give a step > 0, or leave it out for "
+                  "2.5 * eps / steps")
+
+
+# --corruption-table: a released set's parameters, or auto: the dataset's own (table_for).
+CORRUPTION_TABLES = ("auto", *TABLES)
+
+
+@dataclass
+class RobustnessOptions(AnalysisOptions):
+    """accuracy under common corruptions and attacks"""
+
+    max_images: int = max_images_option(1000)
+    corruptions: tuple[str, ...] = option(
+        tuple(COMMON), "all (the 15 common), extra (speckle_noise, gaussian_blur, spatter, "
+        "saturate), all+extra, or comma-separated names", parse=corruption_names,
+        metavar="NAMES", shown="all")
+    severities: tuple[int, ...] = option((1, 2, 3, 4, 5), "comma-separated severities 1-5",
+                                         parse=numbers, shown="1,2,3,4,5")
+    corruption_table: str = option(
+        "auto", "parameters of which released set to corrupt with on the fly (auto: by "
+        "dataset; cifar for cifar10/100, fashion_mnist, synthetic; tiny for tinyimagenet; "
+        "imagenet for imagefolder)", choices=CORRUPTION_TABLES)
+    corrupted_root: str | None = option(
+        None, "evaluate on the released files instead: CIFAR-10-C/-100-C (<corruption>.npy + "
+        "labels.npy) or Tiny-ImageNet-C/ImageNet-C (<corruption>/<severity>/<wnid>/*.JPEG)",
+        metavar="DIR")
+    raw_corruptions: bool = option(False, "on the fly: feed the corrupted floats, without the "
+                                   "released files' 8-bit (and JPEG q85) storage")
+    eps: tuple[float, ...] = option((0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.031),
+                                    "L-inf epsilons in pixel units (0-1), e.g. 0,1/255,8/255",
+                                    parse=numbers, shown="0,0.001,0.002,0.004,0.008,0.016,0.031")
+    attack: tuple[str, ...] = option(("fgsm", "pgd"), "fgsm, pgd or fgsm,pgd", parse=words,
+                                     shown="fgsm,pgd")
+    steps: int = option(10, "PGD steps", parse=whole_number)
+    step_size: float | None = option(None, "PGD step size", parse=number,
+                                     shown="2.5 * eps / steps")
+
+    def check(self) -> None:
+        super().check()
+        check_corruptions(self)
+        if not self.severities or any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+            self.fail("severities", ",".join(f"{s:g}" for s in self.severities),
+                      "use numbers from 1 to 5")
+        self.severities = tuple(int(s) for s in self.severities)
+        if not self.eps:
+            self.fail("eps", "''", "give at least one epsilon, e.g. 0")
+        check_eps(self, self.eps)
+        if not self.attack or any(a not in ("fgsm", "pgd") for a in self.attack):
+            self.fail("attack", ",".join(self.attack), "use fgsm, pgd or fgsm,pgd")
+        check_attack(self)
+
+
+Options = RobustnessOptions  # what the registry (seltrain/analysis/registry.py) reads
+
 # What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
 SWEEP_HEADLINE = ("clean_acc", "mean_corruption_accuracy", "mean_fgsm_accuracy",
                   "mean_pgd_accuracy")
@@ -313,3 +407,39 @@ def compute(target: Target, opts: RobustnessOptions) -> dict:
                                    for a, r in attacks.items()}}
     return {"corruptions": corr, "corruption_source": source, "attacks": attacks,
             "summary": summary}
+
+
+def write(r: dict, target: Target, opts: RobustnessOptions, out: str) -> list[str]:
+    """robustness.json, corruptions.csv, attacks.csv, their figures and summary.json in
+    ``out``; the lines the command prints."""
+    from seltrain.analysis import plots
+
+    corr, attacks, summary = r["corruptions"], r["attacks"], r["summary"]
+    names, sev, eps = corr["corruptions"], corr["severities"], list(opts.eps)
+    write_json(os.path.join(out, "robustness.json"),
+               {"checkpoint": target.ckpt_path, "split": target.split, "corruptions": corr,
+                "corruption_source": r["corruption_source"], "attacks": attacks})
+    n_rows = len(names) * len(sev)
+    write_csv(os.path.join(out, "corruptions.csv"),
+              {"corruption": [c for c in names for _ in sev],
+               "severity": [s for _ in names for s in sev],
+               "accuracy": [corr["accuracy"][c][i] for c in names for i in range(len(sev))],
+               "source": [corr["source"]] * n_rows, "table": [corr.get("table", "")] * n_rows})
+    write_csv(os.path.join(out, "attacks.csv"),
+              {"attack": [a for a in attacks for _ in eps],
+               "eps": [e for _ in attacks for e in eps],
+               "accuracy": [a["accuracy"][i] for a in attacks.values() for i in range(len(eps))]})
+    plots.corruption_accuracy(corr, os.path.join(out, "corruptions.png"))
+    plots.attack_accuracy(attacks, os.path.join(out, "attacks.png"))
+    write_json(os.path.join(out, "summary.json"), summary)
+    lines = [f"corruptions: {r['corruption_source']}"]
+    if corr.get("frost"):
+        lines.append(f"  frost: {corr['frost']}")
+    lines += [f"clean accuracy {corr['clean_acc']:.4f}; mean over {len(names)} corruptions x "
+              f"{len(sev)} severities {corr['mean_corruption_accuracy']:.4f}",
+              "  by severity: " + "  ".join(
+                  f"{s}: {v:.3f}" for s, v in summary["corruption_accuracy_by_severity"].items())]
+    for a, res in attacks.items():
+        lines.append(f"  {a}: " + "  ".join(f"eps {e:g}: {acc:.3f}"
+                                           for e, acc in zip(res["eps"], res["accuracy"])))
+    return lines

@@ -1,8 +1,9 @@
 """What an analysis runs on: one trained checkpoint with its model, recipe and data split.
 
 The split is rebuilt from the checkpoint's saved recipe (``--data-root`` points it
-elsewhere), carved exactly as training carved it (``train_val_indices``) and normalised like
-training data, then streamed: no split is held in memory whole.
+elsewhere) by the data layer's ``build_eval_loader``, carved exactly as training carved it,
+and normalised by the trainer's ``DevicePreprocess``, then streamed: no split is held in
+memory whole.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from seltrain.analysis.options import AnalysisOptions
@@ -28,9 +28,10 @@ def pick_device(name: str) -> torch.device:
 
 
 class NormalisedBatches:
-    """Re-iterable (x, y) batches of one split: normalised float images on the device, labels
-    on the CPU, cut after ``max_images``. Streams from the loader, so no split is held in
-    memory whole."""
+    """Re-iterable (x, y) batches of one split, as ``DevicePreprocess.batches`` draws them for
+    the trainer (normalised float images on the device), cut after ``max_images``, with the
+    labels on the host, where the analyses count hits and save labels. Streams from the
+    loader, so no split is held in memory whole."""
 
     def __init__(self, loader, preprocess, max_images: int | None):
         self.loader, self.preprocess, self.max_images = loader, preprocess, max_images
@@ -41,39 +42,8 @@ class NormalisedBatches:
         return -(-self.num_images // self.loader.batch_size)
 
     def __iter__(self):
-        seen = 0
-        for xb, yb in self.loader:
-            if seen >= self.num_images:
-                break
-            take = min(len(yb), self.num_images - seen)
-            x, _ = self.preprocess(xb[:take], yb[:take])
-            seen += take
-            yield x, yb[:take].long()
-
-
-def split_loader(cfg, split: str):
-    """(DatasetInfo, loader of uint8 batches, image size) for ``split`` ('val' or 'test'),
-    carved exactly as training carved it (``train_val_indices``)."""
-    from seltrain.data import load_dataset, train_val_indices
-    from seltrain.data.loaders import ArrayLoader, FileLoader, RankSharding
-    from seltrain.data.sources import ArraySplit
-
-    info, s = load_dataset(cfg, "train" if split == "val" else "test")
-    if split == "val":
-        idx = train_val_indices(cfg, len(s.labels))[1]
-        if not len(idx):
-            raise ConfigError("this run has no validation split (data.val_size=0); use --split "
-                              "test")
-    else:
-        idx = np.arange(len(s.labels))
-    common = dict(info=info, sharding=RankSharding(), seed=cfg.train.seed, train=False,
-                  augment=False)
-    bs = cfg.train.eval_batch_size
-    if isinstance(s, ArraySplit):
-        return info, ArrayLoader(s, idx, bs, **common), s.images.shape[1]
-    size = cfg.data.image_size or info.image_size
-    return info, FileLoader(s, idx, bs, size=size, num_workers=cfg.data.num_workers,
-                            **common), size
+        for x, y in self.preprocess.batches(self.loader, max_images=self.num_images):
+            yield x, y.cpu()
 
 
 @dataclass
@@ -99,18 +69,24 @@ class Target:
 def load_target(run_dir: str, ckpt_path: str, opts: AnalysisOptions) -> Target:
     """The checkpoint ``ckpt_path`` of ``run_dir`` on ``opts.device``, with the split and the
     layers (``opts.layers``, by default those probed in training) that ``opts`` asks for."""
-    from seltrain.data import DevicePreprocess
+    from seltrain.data import DevicePreprocess, build_eval_loader, open_source
 
     device = pick_device(opts.device)
     model, ckpt, cfg = load_trained_model(ckpt_path, device=device)
-    cfg.data.loader = "torch"  # the analyses stream the split from its source files
+    # The analyses stream the split from its source files, through host memory.
+    cfg.data.loader, cfg.data.on_device = "torch", False
     if opts.data_root:
         cfg.data.root = opts.data_root
     try:
-        info, loader, size = split_loader(cfg, opts.split)
+        source = open_source(cfg, (opts.split,))
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"cannot read the {cfg.data.dataset} {opts.split} split ({e}); pass "
                         "--data-root") from None
+    loader = build_eval_loader(cfg, opts.split, source=source)
+    if loader is None:
+        raise ConfigError("this run has no validation split (data.val_size=0); use --split "
+                          "test")
+    info, size = source.info, source.image_size
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pre = DevicePreprocess(info, device, cfg.train.channels_last)

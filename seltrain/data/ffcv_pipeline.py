@@ -1,8 +1,9 @@
 """The FFCV pipeline: stream ``.beton`` files (``seltrain data write``) into training.
 
-``build_ffcv_data(cfg, sharding, batch_size)`` returns the same ``DataBundle`` as the torch
-path, and its loaders keep the same contract: ``len()``, ``set_epoch()``, ``num_samples``, and
-batches of (uint8 [B, C, H, W], int64 [B]) that the caller owns. Normalisation, channels_last
+``FFCVSource(cfg)`` is the recipe's checked files, from which ``seltrain.data.build_data`` and
+``build_eval_loader`` make loaders as from the torch path's splits. Its loaders keep the torch
+loaders' contract: ``len()``, ``set_epoch()``, ``num_samples``, and batches of (uint8
+[B, C, H, W], int64 [B]) that the caller owns. Normalisation, channels_last
 and bf16 happen on the device, in ``DevicePreprocess`` and autocast, as for the torch path.
 
 Pipelines (decode, then augment, on CPU threads compiled by numba):
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import numpy as np
 
@@ -290,68 +290,80 @@ class FFCVLoader:
             it.close()  # stop FFCV's worker thread when the consumer breaks early
 
 
-# --------------------------------------------------------------------------- the bundle
+# --------------------------------------------------------------------------- the source
 
-def build_ffcv_data(cfg, sharding: RankSharding | None = None, *, batch_size: int | None = None,
-                    borrow: bool = False):
-    """Loaders for one rank from the recipe's ``data.ffcv.{train,val,test}`` files; ``borrow``:
-    image batches are FFCV's buffers, valid until the next batch is drawn (see the top)."""
-    from seltrain.data import DataBundle, train_val_indices
+class FFCVSource:
+    """The recipe's ``data.ffcv.{train,val,test}`` files, checked against the recipe and each
+    other when opened, as ``seltrain.data.open_source`` returns them for ``data.loader=ffcv``:
+    the dataset's ``info``, the ``image_size`` the pipelines produce, and a loader per split
+    (``train_loader``, ``eval_loader``). ``borrow``: image batches are FFCV's buffers, valid
+    until the next batch is drawn (see the top)."""
 
-    require_ffcv()
-    sharding = sharding or RankSharding()
-    f = cfg.data.ffcv
-    if not f.train or not f.test:
-        missing = "train" if not f.train else "test"
-        raise ConfigError(f"data.loader is ffcv but data.ffcv.{missing} is not set; write the "
-                          f"splits with `seltrain data write` and set data.ffcv.train/val/test")
-    metas: dict[str, Any] = {}
-    first = None
-    for split in ("train", "val", "test"):
-        path = getattr(f, split)
-        if not path:
-            continue
-        path = os.path.abspath(os.path.expanduser(path))
-        meta = read_sidecar(path, f"data.ffcv.{split}")
-        _check_against_recipe(cfg, path, meta, split, first)
-        _check_labels(path, meta)
-        metas[split] = (path, meta)
-        first = first or {"path": path, "meta": meta}
-    _, train_meta = metas["train"]
-    info = _info(train_meta)
-    if info.family == "imagenet":
-        size = cfg.data.image_size or info.image_size
-    else:  # array datasets are used at their stored resolution
-        from ffcv.reader import Reader
+    def __init__(self, cfg):
+        from seltrain.data import train_val_indices
 
-        reader = Reader(metas["train"][0])
-        field = reader.metadata.dtype.names[reader.field_names.index("image")]
-        heights = reader.metadata[field]["height"]
-        size = int(heights.max())
+        require_ffcv()
+        self.cfg = cfg
+        f = cfg.data.ffcv
+        if not f.train or not f.test:
+            missing = "train" if not f.train else "test"
+            raise ConfigError(f"data.loader is ffcv but data.ffcv.{missing} is not set; write "
+                              f"the splits with `seltrain data write` and set "
+                              f"data.ffcv.train/val/test")
+        self.files: dict[str, tuple[str, dict]] = {}
+        first = None
+        for split in ("train", "val", "test"):
+            path = getattr(f, split)
+            if not path:
+                continue
+            path = os.path.abspath(os.path.expanduser(path))
+            meta = read_sidecar(path, f"data.ffcv.{split}")
+            _check_against_recipe(cfg, path, meta, split, first)
+            _check_labels(path, meta)
+            self.files[split] = (path, meta)
+            first = first or {"path": path, "meta": meta}
+        _, train_meta = self.files["train"]
+        self.info = _info(train_meta)
+        if self.info.family == "imagenet":
+            self.image_size = cfg.data.image_size or self.info.image_size
+        else:  # array datasets are used at their stored resolution
+            from ffcv.reader import Reader
 
-    # Train rows: the whole train carve, or the recipe's limit_train subset of it.
-    rows = np.arange(train_meta["n"])
-    if cfg.data.limit_train is not None:
-        full = train_val_indices(_without_limit(cfg), train_meta["source_n"])[0]
-        limited = train_val_indices(cfg, train_meta["source_n"])[0]
-        rows = np.searchsorted(full, limited)
+            reader = Reader(self.files["train"][0])
+            field = reader.metadata.dtype.names[reader.field_names.index("image")]
+            heights = reader.metadata[field]["height"]
+            self.image_size = int(heights.max())
+        # Train rows: the whole train carve, or the recipe's limit_train subset of it.
+        self.train_rows = np.arange(train_meta["n"])
+        if cfg.data.limit_train is not None:
+            full = train_val_indices(_without_limit(cfg), train_meta["source_n"])[0]
+            limited = train_val_indices(cfg, train_meta["source_n"])[0]
+            self.train_rows = np.searchsorted(full, limited)
 
-    bs = batch_size or cfg.train.batch_size
-    common = dict(sharding=sharding, seed=cfg.train.seed, order=f.order, os_cache=f.os_cache,
-                  num_workers=max(1, cfg.data.num_workers), channels=info.channels,
-                  borrow=borrow)
+    def _loader(self, split: str, rows: np.ndarray, batch_size: int, train: bool,
+                sharding: RankSharding, borrow: bool) -> FFCVLoader:
+        f = self.cfg.data.ffcv
+        return FFCVLoader(self.files[split][0], rows, batch_size, train=train,
+                          pipeline=image_pipeline(self.info.family, self.image_size, train,
+                                                  self.cfg.data.augment),
+                          drop_last=f.drop_last_train if train else f.drop_last_eval,
+                          sharding=sharding, seed=self.cfg.train.seed, order=f.order,
+                          os_cache=f.os_cache, num_workers=max(1, self.cfg.data.num_workers),
+                          channels=self.info.channels, borrow=borrow)
 
-    def make(split, train):
-        if split not in metas:
+    def train_loader(self, sharding: RankSharding, batch_size: int,
+                     borrow: bool = False) -> FFCVLoader:
+        return self._loader("train", self.train_rows, batch_size, True, sharding, borrow)
+
+    def eval_loader(self, split: str, sharding: RankSharding,
+                    borrow: bool = False) -> FFCVLoader | None:
+        """The whole ``data.ffcv.<split>`` file (the writer stored val already carved);
+        None for a val the recipe has no file for."""
+        if split not in self.files:
             return None
-        path, meta = metas[split]
-        return FFCVLoader(path, rows if train else np.arange(meta["n"]),
-                          bs if train else cfg.train.eval_batch_size, train=train,
-                          pipeline=image_pipeline(info.family, size, train, cfg.data.augment),
-                          drop_last=f.drop_last_train if train else f.drop_last_eval, **common)
-
-    return DataBundle(info=info, train=make("train", True), val=make("val", False),
-                      test=make("test", False), image_size=size)
+        _, meta = self.files[split]
+        return self._loader(split, np.arange(meta["n"]), self.cfg.train.eval_batch_size,
+                            False, sharding, borrow)
 
 
 def _without_limit(cfg):

@@ -401,18 +401,22 @@ class DevicePreprocess:
         x = x.contiguous(memory_format=self.memory_format)
         return x, y
 
-    def batches(self, loader, limit: int | None = None):
-        """(x, y) ready for the model from ``loader``, at most ``limit`` batches (no more are
-        drawn); see the class docstring for lent buffers."""
+    def batches(self, loader, limit: int | None = None, *, max_images: int | None = None):
+        """(x, y) ready for the model from ``loader``: at most ``limit`` batches and at most
+        ``max_images`` samples, the last batch cut short (no more are drawn); see the class
+        docstring for lent buffers."""
         lends = getattr(loader, "reuses_buffers", False)
         it = iter(loader)
-        n = 0
+        n = seen = 0
         try:
-            while limit is None or n < limit:
+            while (limit is None or n < limit) and (max_images is None or seen < max_images):
                 try:
                     xb, yb = next(it)
                 except StopIteration:
                     return
+                if max_images is not None and seen + len(yb) > max_images:
+                    xb, yb = xb[:max_images - seen], yb[:max_images - seen]
+                seen += len(yb)
                 x, y = self(xb, yb)
                 if lends:
                     if _shares_memory(x, xb):  # e.g. a float batch on the CPU

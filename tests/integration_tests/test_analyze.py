@@ -204,7 +204,7 @@ def test_dimensionality(runs):
 
 def test_gradients(runs, tmp_path):
     from seltrain.analysis.gradients import gradient_variability
-    from seltrain.analysis.options import GradientsOptions
+    from seltrain.analysis.gradients import GradientsOptions
     from seltrain.analysis.target import load_target
     from seltrain.checkpoint import find_checkpoints
 

@@ -65,6 +65,10 @@ def fill(text: str, tmp, done) -> str:
     return text.replace("{tmp}", str(tmp)).replace("{done}", str(done))
 
 
+def fill_all(argv: list[str], tmp, done) -> list[str]:
+    return [fill(a, tmp, done) for a in argv]
+
+
 def checksums(tmp, keep) -> dict:
     out = {}
     for rel in keep:
@@ -880,6 +884,12 @@ ROWS = [
         r"--device gpu0: use auto, cpu, cuda or cuda:N"),
     Row("analyze_missing_path", ["analyze", "selectivity", "{tmp}/nothing"], 3,
         r"no checkpoint, run folder or experiment at"),
+    Row("analyze_val_of_a_run_without_one",
+        ["analyze", "selectivity", "{tmp}/runs/noval", "--split", "val", "--device", "cpu"], 2,
+        r"this run has no validation split \(data.val_size=0\); use --split test",
+        setup=lambda tmp, done: main(fill_all(train("noval", "data.val_size=0",
+                                                    "train.epochs=1"), tmp, done)),
+        keep=("runs/noval",)),
     Row("report_missing_folder", ["report", "{tmp}/nothing"], 2,
         r"experiment folder not found"),
     Row("write_negative_workers", WRITE + ["--num-workers", "-1", "--out", "{tmp}/b.beton"],
@@ -1132,10 +1142,10 @@ def test_bad_input(row, tmp_path, capsys, request):
     before = checksums(tmp, row.keep)
     capsys.readouterr()
     if row.subprocess:
-        code, out, err = _finish(_popen([fill(a, tmp, done) for a in row.argv]))
+        code, out, err = _finish(_popen(fill_all(row.argv, tmp, done)))
     elif row.fault is None:
         try:
-            code = main([fill(a, tmp, done) for a in row.argv])
+            code = main(fill_all(row.argv, tmp, done))
         except SystemExit as e:  # argparse
             code = e.code
         captured = capsys.readouterr()

@@ -22,7 +22,8 @@ from fixtures_data import (cifar10_arrays, fashion_mnist_arrays, nearest_class, 
                            write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder,
                            write_tinyimagenet)
 from seltrain.config import load_config  # noqa: E402
-from seltrain.data import RankSharding, build_data, load_split  # noqa: E402
+from seltrain.data import (RankSharding, build_data, build_eval_loader,  # noqa: E402
+                           load_split)
 from seltrain.data.ffcv_pipeline import FFCVLoader, sidecar_path  # noqa: E402
 from seltrain.data.writer import WriteOptions, write_beton  # noqa: E402
 from seltrain.errors import DataError  # noqa: E402
@@ -292,6 +293,24 @@ def test_two_rank_eval_covers_every_sample_once(syn):
         r.set_epoch(3)
     again = [torch.cat([y for _, y in batches(r)]) for r in ranks]
     assert torch.equal(torch.cat(again), y1)
+
+
+def test_eval_loaders_come_from_the_recipes_files(syn):
+    """build_eval_loader on an FFCV recipe: its data.ffcv.val/test files, the loaders
+    build_data hands the trainer, holding the torch path's val carve and test split."""
+    cfg = ffcv_recipe(SYN, syn)
+    bundle = build_data(cfg)
+    torch_cfg = load_config(None, SYN)
+    for split, n in (("val", 100), ("test", 257)):
+        alone = build_eval_loader(cfg, split)
+        assert isinstance(alone, FFCVLoader) and alone.num_samples == n
+        x, y = map(torch.cat, zip(*batches(alone)))
+        xb, yb = map(torch.cat, zip(*batches(getattr(bundle, split))))
+        xt, yt = map(torch.cat, zip(*batches(build_eval_loader(torch_cfg, split))))
+        assert torch.equal(x, xb) and torch.equal(y, yb) and torch.equal(y, yt)
+        assert torch.equal(x.contiguous(), xt)
+    no_val = ffcv_recipe(SYN, {s: p for s, p in syn.items() if s != "val"})
+    assert build_eval_loader(no_val, "val") is None
 
 
 def test_two_rank_training_splits_the_global_batch(syn):

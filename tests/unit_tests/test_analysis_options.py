@@ -1,13 +1,17 @@
-"""The analyses' typed options (seltrain/analysis/options.py) and the strict reading of
+"""The analyses' typed options (each analysis' own, on seltrain/analysis/options.py's
+``AnalysisOptions``), the registry that names them, and the strict reading of
 `seltrain report --analysis-args` into them (commands.sweep_options)."""
 from __future__ import annotations
 
 import pytest
 
 from seltrain.analysis.commands import sweep_options
-from seltrain.analysis.options import (AblationOptions, DimensionalityOptions,
-                                       GradientsOptions, OrientationOptions, RobustnessOptions,
-                                       SelectivityOptions)
+from seltrain.analysis.ablation import AblationOptions
+from seltrain.analysis.dimensionality import DimensionalityOptions
+from seltrain.analysis.gradients import GradientsOptions
+from seltrain.analysis.orientation import OrientationOptions
+from seltrain.analysis.robustness import RobustnessOptions
+from seltrain.analysis.unit_selectivity import SelectivityOptions
 from seltrain.errors import ConfigError
 
 
@@ -103,3 +107,54 @@ def test_sweep_mistakes_are_one_line_naming_the_option(names, argv, message):
         sweep_options(names, argv)
     text = _one_line(e)
     assert text.startswith("--analysis-args") and message in text, text
+
+
+# --------------------------------------------------------------------------- the registry
+
+def test_every_registered_analysis_is_one_module_holding_all_of_it():
+    """Each name maps to the module that holds its Options, compute, write and sweep headline,
+    and `seltrain analyze` offers exactly those names, in the registry's order."""
+    import inspect
+
+    from seltrain.analysis.options import AnalysisOptions
+    from seltrain.analysis.registry import ANALYSES
+    from seltrain.cli import build_parser
+
+    assert list(ANALYSES) == ["selectivity", "ablation", "orientation", "robustness",
+                              "dimensionality", "gradients"]
+    for name, module in ANALYSES.items():
+        assert module.__name__.startswith("seltrain.analysis.")
+        cls = module.Options
+        assert issubclass(cls, AnalysisOptions) and cls.__module__ == module.__name__, name
+        assert cls.__doc__.strip(), name  # the subcommand's help line
+        assert list(inspect.signature(module.compute).parameters) == ["target", "opts"]
+        assert list(inspect.signature(module.write).parameters) == ["r", "target", "opts", "out"]
+        assert module.SWEEP_HEADLINE and all(isinstance(k, str) for k in module.SWEEP_HEADLINE)
+        assert callable(getattr(module, "sweep_panels", len)), name
+    # the command `selectivity` is the module named unit_selectivity
+    assert ANALYSES["selectivity"].__name__ == "seltrain.analysis.unit_selectivity"
+    analyze = build_parser()._subparsers._group_actions[0].choices["analyze"]
+    assert list(analyze._subparsers._group_actions[0].choices) == list(ANALYSES)
+
+
+def test_an_unknown_analysis_or_foreign_options_are_refused():
+    from seltrain.analysis.commands import run_analysis
+    from seltrain.analysis.registry import analysis
+
+    with pytest.raises(ConfigError, match=r"^unknown analysis 'ablaton' \(did you mean "
+                                          r"'ablation'\?\); choose from selectivity, "):
+        analysis("ablaton")
+    with pytest.raises(TypeError, match="ablation takes AblationOptions, not GradientsOptions"):
+        run_analysis("ablation", "/nonexistent", GradientsOptions())
+
+
+def test_no_analysis_file_is_over_600_lines_but_the_corruption_catalogue():
+    import glob
+    import os
+
+    from helpers import REPO
+
+    long = {os.path.basename(p): n for p in glob.glob(os.path.join(REPO, "seltrain", "analysis",
+                                                                  "*.py"))
+            if (n := sum(1 for _ in open(p))) > 600}
+    assert set(long) <= {"corruptions.py"}, long

@@ -419,7 +419,7 @@ def test_released_format_truncates_to_8_bits_and_jpegs_the_imagenet_sets():
 
 
 def test_corruption_names_spell_the_extra_set():
-    from seltrain.analysis.options import corruption_names as _corruption_names
+    from seltrain.analysis.robustness import corruption_names as _corruption_names
 
     assert _corruption_names("all") == list(CORRUPTIONS)
     assert _corruption_names("extra") == ["speckle_noise", "gaussian_blur", "spatter",

@@ -1,0 +1,83 @@
+"""``seltrain analyze selectivity``: exact dataset-level SI of every unit of a checkpoint.
+
+Units are read exactly as the trainer reads them (``probes.Probe``, ``unit_activation``) and
+the class statistics are the trainer's (``seltrain.selectivity.SelectivityAccumulator``,
+float64 class sums), so on the split a run was evaluated on the numbers equal its logged test
+SI. The module has a name of its own: ``seltrain.selectivity`` is the regulariser's SI, which
+this analysis reads over a whole split.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from seltrain.analysis.options import AnalysisOptions
+from seltrain.analysis.serialize import write_csv, write_json
+from seltrain.analysis.target import Target
+from seltrain.errors import DataError
+from seltrain.probes import layer_outputs, unit_activation
+from seltrain.selectivity import SelectivityAccumulator
+
+
+def unit_selectivity(target: Target) -> dict:
+    """SI [U], class means [K, U] and preferred class [U] per layer, and the image count."""
+    acc = None
+    for acts, _, yb in layer_outputs(target.model, target.layers, target.data,
+                                     reduce=unit_activation, desc="selectivity"):
+        if acc is None:
+            acc = SelectivityAccumulator({n: a.shape[1] for n, a in acts.items()},
+                                         target.info.num_classes, target.device)
+        acc.update(acts, yb.to(target.device))
+    if acc is None:
+        raise DataError(f"the {target.split} split is empty")
+    si = {n: v.cpu().numpy() for n, v in acc.si(target.cfg.selectivity.eps).items()}
+    means = {n: v.cpu().numpy() for n, v in acc.class_means().items()}  # [K, U]
+    return {"si": si, "class_means": means,
+            "preferred_class": {n: m.argmax(0) for n, m in means.items()},
+            "n_images": int(acc.counts.sum())}
+
+
+# --------------------------------------------------------------------------- the analysis
+
+@dataclass
+class SelectivityOptions(AnalysisOptions):
+    """exact SI per unit and layer, preferred classes"""
+
+
+Options = SelectivityOptions  # what the registry (seltrain/analysis/registry.py) reads
+
+# What `seltrain report --analyses` plots against alpha and mean SI: keys of the summary.
+SWEEP_HEADLINE = ("mean_si",)
+
+
+def compute(target: Target, opts: SelectivityOptions) -> dict:
+    """``unit_selectivity`` plus its summary: mean SI per layer and over layers."""
+    r = unit_selectivity(target)
+    per_layer = {n: float(v.mean()) for n, v in r["si"].items()}
+    r["summary"] = {"mean_si": float(np.mean(list(per_layer.values()))),
+                    "si_per_layer": per_layer}
+    return r
+
+
+def write(r: dict, target: Target, opts: SelectivityOptions, out: str) -> list[str]:
+    """selectivity.json, units_<layer>.csv, si_hist.png and si_per_layer.png in ``out``; the
+    lines the command prints."""
+    from seltrain.analysis import plots
+
+    s = r["summary"]
+    write_json(os.path.join(out, "selectivity.json"), {
+        "checkpoint": target.ckpt_path, "split": target.split, "n_images": r["n_images"],
+        "mean_si": s["mean_si"], "si_per_layer": s["si_per_layer"], "si": r["si"],
+        "preferred_class": r["preferred_class"],
+        "class_means": {n: m.T for n, m in r["class_means"].items()}})
+    for n, v in r["si"].items():
+        write_csv(os.path.join(out, f"units_{n}.csv"),
+                  {"unit": range(len(v)), "si": v, "preferred_class": r["preferred_class"][n]})
+    plots.histograms(r["si"], os.path.join(out, "si_hist.png"), xlabel="SI",
+                     value_range=(0, 1), title=f"class selectivity ({target.split})")
+    plots.layer_means(r["si"], os.path.join(out, "si_per_layer.png"), ylabel="mean SI")
+    return [f"mean SI {s['mean_si']:.4f} over {len(s['si_per_layer'])} layers "
+            f"({r['n_images']} {target.split} images)",
+            *(f"  {n:<24} {v:.4f}" for n, v in s["si_per_layer"].items())]
