@@ -9,7 +9,10 @@ search, after it, or of an experiment copied off a cluster:
   figures (after Leavitt & Morcos 2021, figs. 2-4) in plots/ and, as images, in TensorBoard
   (tb_sweep/, written through the run metrics sink);
 - ``sweep_analyses`` (``--analyses``): runs ``seltrain analyze`` analyses on every trial's best
-  checkpoint and plots their headline numbers against alpha and mean SI.
+  checkpoint and plots their headline numbers against alpha and mean SI;
+- ``report_targets``: a target folder (a network seltrain did not train, target.json) or a
+  folder of them, treated as trials are: ``--analyses`` runs on each, and the table lists
+  each target with its analyses' headline numbers (targets.csv).
 
 alpha spans both signs over four decades, so alpha axes are symlog (linear within |alpha| <
 0.1).
@@ -119,9 +122,13 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     """
     import pandas as pd
 
+    from seltrain.analysis.target_spec import target_folders
+
     out = out or sys.stdout  # resolved at call time: a caller may have swapped sys.stdout
     if not os.path.isdir(exp_dir):
         raise ConfigError(f"experiment folder not found: {exp_dir}")
+    if target_folders(exp_dir):
+        return report_targets(exp_dir, analyses=analyses, analysis_args=analysis_args, out=out)
     rows = collect_trials(exp_dir)
     if not rows:
         raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
@@ -346,6 +353,57 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
 
 
 
+# --------------------------------------------------------------------------- targets
+
+def report_targets(folder: str, *, analyses: list[str] | None = None,
+                   analysis_args: list[str] | None = None, out=None) -> dict:
+    """The report of a target folder or a folder of them (networks seltrain did not train):
+    with ``analyses``, each is run on every target first (options ``analysis_args``, read
+    strictly before anything runs, as for a sweep); then one row per target (its model,
+    weights, data, image size) with the headline numbers of every analysis its folder holds,
+    printed and written to ``<folder>/targets.csv``. Returns {"rows": [...], "csv": path}."""
+    from seltrain.analysis.commands import run_analysis, sweep_options
+    from seltrain.analysis.outputs import read_headlines
+    from seltrain.analysis.registry import ANALYSES, NAMES
+    from seltrain.analysis.serialize import write_csv
+    from seltrain.analysis.target_spec import read_spec, target_folders
+
+    out = out or sys.stdout
+    folders = target_folders(folder)
+    if analyses:
+        bad = [a for a in analyses if a not in ANALYSES]
+        if bad:
+            raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
+                              f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
+        options = sweep_options(list(analyses), list(analysis_args or []))
+        for f in folders:
+            for a in analyses:
+                run_analysis(a, f, options[a], stream=out)
+    rows = []
+    for f in folders:
+        spec = read_spec(f)
+        weights = os.path.basename(spec.weights) if spec.weights else "(initialised)"
+        row = {"target": os.path.basename(f), "model": spec.model, "weights": weights,
+               "data": spec.data, "image_size": spec.image_size}
+        for a, head in read_headlines(f).items():
+            row.update({f"{a}.{k}": v for k, v in head.items()})
+        rows.append(row)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    path = os.path.join(folder, "targets.csv")
+    write_csv(path, {c: [r.get(c) for r in rows] for c in cols})
+    print(f"\n{len(rows)} target(s) in {folder}", file=out)
+
+    def shown(v) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    widths = {c: max(len(c), *(len(shown(r.get(c))) for r in rows)) for c in cols}
+    print("  ".join(f"{c:<{widths[c]}}" for c in cols), file=out)
+    for r in rows:
+        print("  ".join(f"{shown(r.get(c)):<{widths[c]}}" for c in cols), file=out)
+    print(f"wrote {path}", file=out)
+    return {"rows": rows, "csv": path}
+
+
 # --------------------------------------------------------------------------- the CLI
 
 def _report(args) -> int:
@@ -359,8 +417,10 @@ def _report(args) -> int:
 
 
 def register(subparsers) -> None:
-    r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment")
-    r.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
+    r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment "
+                              "(or the table of target folders)")
+    r.add_argument("experiment", help="the experiment folder (<storage>/<name>), or a target "
+                   "folder or a folder of them (runs/targets)")
     r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
                    help="what 'best alpha' means (default: val_acc)")
     r.add_argument("--mode", default="max", choices=["max", "min"])

@@ -1,10 +1,13 @@
 """``seltrain analyze {selectivity,ablation,orientation,robustness,dimensionality,gradients}
-PATH``: the command line of the analyses.
+PATH``: the command line of the analyses; ``seltrain analyze layers``: a network's layers.
 
-PATH is a checkpoint file, a run folder (its checkpoints/best.pt) or a Tune experiment folder
-(every trials/<trial>/ run folder's best checkpoint). Each analysis writes JSON, CSV and PNG
-files into ``<run>/analysis/<name>/`` (or ``--out``; with several runs, ``--out/<trial>/``)
-and prints a short summary.
+PATH is a checkpoint file, a run folder (its checkpoints/best.pt), a Tune experiment folder
+(every trials/<trial>/ run folder's best checkpoint), a target folder (target.json: a network
+seltrain did not train) or a folder of target folders. Instead of PATH, ``--model`` names a
+network seltrain did not train (with ``--weights``, ``--data``, ...: ``TARGET_OPTIONS``,
+seltrain/analysis/target_spec.py). Each analysis writes JSON, CSV and PNG files into
+``<run>/analysis/<name>/`` (or ``--out``; with several runs, ``--out/<trial>/``) and prints a
+short summary.
 
 This module only turns argv into an analysis' options and dispatches. Each analysis is a
 module found by name in ``registry.ANALYSES``, holding its ``Options``, ``compute`` and
@@ -26,15 +29,17 @@ from seltrain.analysis.registry import ANALYSES, NAMES, analysis
 from seltrain.errors import ConfigError, did_you_mean
 
 
-def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
-                 stream=None) -> list[dict]:
-    """Run analysis ``name`` with ``opts`` (default: its defaults) on every checkpoint under
-    ``path``; returns one summary per run (with ``run_dir``, ``out_dir`` and ``seconds``)."""
+def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
+                 stream=None, target_dir: str | None = None) -> list[dict]:
+    """Run analysis ``name`` with ``opts`` (default: its defaults) on every target under
+    ``path`` (``target.find_targets``), or on the network a ``TargetSpec`` ``path`` names
+    (its folder ``target_dir``, default runs/targets/<model>-<weights stem>); returns one
+    summary per target (with ``run_dir``, ``out_dir`` and ``seconds``)."""
     import torch
 
     from seltrain.analysis import outputs
-    from seltrain.analysis.target import load_target
-    from seltrain.checkpoint import find_checkpoints
+    from seltrain.analysis.target import TargetRef, find_targets
+    from seltrain.analysis.target_spec import TargetSpec
 
     stream = stream or sys.stdout
     module = analysis(name)
@@ -42,25 +47,29 @@ def run_analysis(name: str, path: str, opts: AnalysisOptions | None = None,
     if not isinstance(opts, module.Options):
         raise TypeError(f"{name} takes {module.Options.__name__}, not {type(opts).__name__}")
     skipped: list[tuple[str, str]] = []
-    targets = find_checkpoints(path, skipped)
+    targets = [TargetRef(target_dir, spec=path)] if isinstance(path, TargetSpec) \
+        else find_targets(path, skipped)
     for run_dir, why in skipped:
         print(f"{name}: skipped {run_dir}: {why}", file=stream)
     if opts.out and len(targets) > 1:
         outputs.refuse_single_output(opts.out, opts.force)
     results = []
-    for run_dir, ckpt in targets:
+    for ref in targets:
         t0 = time.perf_counter()
-        target = load_target(run_dir, ckpt, opts)
+        target = ref.load(opts)
+        run_dir = target.run_dir
         folder = outputs.OutputFolder(target, opts, name, len(targets))
         with folder as staging:
             torch.manual_seed(opts.seed)
             result = module.compute(target, opts)
             lines = module.write(result, target, opts, staging)
+            folder.headline = {k: result["summary"].get(k) for k in module.SWEEP_HEADLINE}
         out = folder.final
         summary = dict(result["summary"], run_dir=run_dir, out_dir=out,
                        seconds=time.perf_counter() - t0)
         results.append(summary)
-        print(f"{name}: {ckpt} ({target.split}, {target.data.num_images} images, "
+        what = f"{target.spec.model} ({target.ckpt_path})" if target.spec else target.ckpt_path
+        print(f"{name}: {what} ({target.split}, {target.data.num_images} images, "
               f"{target.device.type}, {summary['seconds']:.1f} s)", file=stream)
         for ln in lines:
             print(ln, file=stream)
@@ -158,8 +167,9 @@ def _analyze(args) -> int:
     from seltrain.errors import Interrupted
 
     opts = options_from(analysis(args.analysis).Options, args)
+    what = target_from(args)
     try:
-        run_analysis(args.analysis, args.path, opts)
+        run_analysis(args.analysis, what, opts, target_dir=getattr(args, "target_dir", None))
     except KeyboardInterrupt:
         raise Interrupted(f"stopped the {args.analysis} analysis; an output folder it had not "
                           "finished was left as it was (its new files are written to a "
@@ -167,14 +177,100 @@ def _analyze(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- any network
+
+# The options that name a network seltrain did not train: (flag, metavar, help).
+TARGET_OPTIONS = (
+    ("--model", "NAME", "a network seltrain did not train, instead of PATH: torchvision:NAME "
+     "(resnet18, resnet50, vgg16, vgg16_bn, alexnet, ...) or package.module:factory"),
+    ("--weights", "FILE", "its weights: a state_dict .pth (or a checkpoint holding one), or "
+     "a torchvision weights name (IMAGENET1K_V1), read from torch's hub cache, never "
+     "downloaded (default: none, the network as initialised)"),
+    ("--data", "DATASET[:DIR]", "the data: imagefolder:DIR, cifar10:DIR, cifar100:DIR, "
+     "tinyimagenet:DIR, fashion_mnist[:DIR] or synthetic"),
+    ("--image-size", "PX", "the image side the network sees (default: the weights' crop "
+     "size, else the data's own)"),
+    ("--mean", "M[,M,M]", "per-channel mean for the normalisation (default: ImageNet's for "
+     "torchvision networks, else the data's)"),
+    ("--std", "S[,S,S]", "per-channel std (default: as --mean)"),
+    ("--class-map", "FILE", "JSON {data class: output index} (or a list of indices), for "
+     "data with other classes than the network's outputs, e.g. a subset of ImageNet's"),
+    ("--target-dir", "DIR", "the target's folder, for target.json and the results "
+     "(default: runs/targets/<model>-<weights stem>)"),
+)
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("a network seltrain did not train (instead of PATH)")
+    for spelling, metavar, text in TARGET_OPTIONS:
+        group.add_argument(spelling, metavar=metavar, help=text, default=None,
+                           dest=spelling[2:].replace("-", "_"))
+
+
+def target_from(args):
+    """``args.path``, or the ``TargetSpec`` that ``--model`` and its options describe; a
+    mix of the two, or neither, is one line."""
+    from seltrain.analysis.options import numbers, whole_number
+    from seltrain.analysis.target_spec import TargetSpec
+
+    given = [s for s, _, _ in TARGET_OPTIONS
+             if getattr(args, s[2:].replace("-", "_"), None) is not None]
+    if args.model is None:
+        if given:
+            raise ConfigError(f"{given[0]} goes with --model (a network seltrain did not "
+                              "train); a trained run's checkpoint names its own network and "
+                              "data")
+        if args.path is None:
+            raise ConfigError("give PATH (a checkpoint, run folder, experiment or target "
+                              "folder) or --model NAME with --data")
+        return args.path
+    if args.path is not None:
+        raise ConfigError(f"give either PATH ({args.path}) or --model, not both; a target "
+                          "folder is PATH alone")
+
+    def parsed(flag, parse, value):
+        if value is None:
+            return None
+        try:
+            out = parse(value)
+        except ValueError as e:
+            raise ConfigError(f"{flag} {value}: {e}") from None
+        return out
+
+    size = parsed("--image-size", whole_number, args.image_size)
+    if size is not None and size < 1:
+        raise ConfigError(f"--image-size {size}: give a side in pixels >= 1")
+    mean, std = (parsed(f, numbers, getattr(args, f[2:])) for f in ("--mean", "--std"))
+    if (mean is None) != (std is None):
+        raise ConfigError("give --mean and --std together (the normalisation is both)")
+    if std is not None and any(v <= 0 for v in std):
+        raise ConfigError(f"--std {args.std}: every value must be > 0")
+    return TargetSpec(model=args.model, weights=args.weights, data=args.data, image_size=size,
+                      mean=mean, std=std, class_map=args.class_map)
+
+
+def _layers(args) -> int:
+    """``seltrain analyze layers``: every layer of a network, where it is read and zeroed."""
+    from seltrain.analysis.layer_listing import list_layers
+
+    print(list_layers(target_from(args)), end="")
+    return 0
+
+
 def register(subparsers) -> None:
-    a = subparsers.add_parser("analyze", help="analyse a trained checkpoint: "
-                              f"{', '.join(NAMES)}")
+    a = subparsers.add_parser("analyze", help="analyse a network: "
+                              f"{', '.join(NAMES)}; layers lists a network's layers")
     asub = a.add_subparsers(dest="analysis", required=True)
     for name, module in ANALYSES.items():
         cls = module.Options
         p = asub.add_parser(name, help=" ".join(cls.__doc__.split()))
-        p.add_argument("path", help="a checkpoint (.pt), a run folder or a Tune experiment "
-                       "folder")
+        p.add_argument("path", nargs="?", help="a checkpoint (.pt), a run folder, a Tune "
+                       "experiment folder, a target folder or a folder of target folders")
         add_options(p, cls)
+        add_target_options(p)
         p.set_defaults(func=_analyze)
+    p = asub.add_parser("layers", help="every layer of a network that can be probed: its "
+                        "units, where a unit is read and where it is zeroed, from its graph")
+    p.add_argument("path", nargs="?", help="a checkpoint, run folder or target folder")
+    add_target_options(p)
+    p.set_defaults(func=_layers)

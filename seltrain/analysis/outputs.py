@@ -30,7 +30,9 @@ class OutputFolder:
     The destination is ``--out`` (``--out/<run>`` with several runs) or
     ``<run>/analysis/<name>``. A non-empty ``--out`` that holds something else than this
     analysis of this checkpoint (another run's results, any other files) is refused unless
-    ``--force``; a marker file (``MARKER``) tells which analysis and checkpoint a folder holds.
+    ``--force``; a marker file (``MARKER``) tells which analysis and checkpoint a folder holds,
+    and its headline numbers (``headline``, set before the block ends: the analysis'
+    ``SWEEP_HEADLINE`` keys), which ``seltrain report`` lists without reading the results.
     """
 
     def __init__(self, target, opts, name: str, n_targets: int):
@@ -45,6 +47,7 @@ class OutputFolder:
         self.staging = os.path.join(self.parent, f".{base}.tmp-{os.getpid()}")
         self.lock_path = os.path.join(self.parent, f".{base}.lock")
         self.lock = None
+        self.headline: dict | None = None
 
     def __enter__(self) -> str:
         from seltrain.runlock import RunLock
@@ -97,7 +100,7 @@ class OutputFolder:
         if not entries:
             return
         marker = _read_marker(self.final)
-        if marker == {"analysis": self.name, "checkpoint": self.ckpt}:
+        if (marker.get("analysis"), marker.get("checkpoint")) == (self.name, self.ckpt):
             return  # this analysis of this checkpoint again: replaced as the default folder is
         held = (f"the {marker.get('analysis')} results of {marker.get('checkpoint')}"
                 if marker else f"{len(entries)} other file(s) ({', '.join(entries[:3])}"
@@ -106,8 +109,11 @@ class OutputFolder:
                           "that folder whole, or choose another --out")
 
     def _commit(self) -> None:
+        from seltrain.metrics import strict_json
+
         with open(os.path.join(self.staging, MARKER), "w") as f:
-            json.dump({"analysis": self.name, "checkpoint": self.ckpt}, f)
+            json.dump({"analysis": self.name, "checkpoint": self.ckpt,
+                       **({"headline": strict_json(self.headline)} if self.headline else {})}, f)
         old = None
         if os.path.lexists(self.final):
             old = os.path.join(self.parent, f".{os.path.basename(self.final)}.old-{os.getpid()}")
@@ -138,3 +144,15 @@ def _read_marker(folder: str) -> dict:
         return marker if isinstance(marker, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def read_headlines(run_dir: str) -> dict[str, dict]:
+    """{analysis: its headline numbers} of every analysis folder under ``run_dir/analysis``
+    whose marker records them."""
+    base = os.path.join(run_dir, "analysis")
+    out = {}
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        marker = _read_marker(os.path.join(base, name))
+        if isinstance(marker.get("headline"), dict):
+            out[marker.get("analysis", name)] = marker["headline"]
+    return out

@@ -1,9 +1,15 @@
-"""What an analysis runs on: one trained checkpoint with its model, recipe and data split.
+"""What an analysis runs on: a network with its data split, layers and device (``Target``).
 
-The split is rebuilt from the checkpoint's saved recipe (``--data-root`` points it
-elsewhere) by the data layer's ``build_eval_loader``, carved exactly as training carved it,
-and normalised by the trainer's ``DevicePreprocess``, then streamed: no split is held in
-memory whole.
+Two kinds, one ``Target``, found by ``find_targets`` and opened by ``TargetRef.load``:
+
+* a checkpoint seltrain trained (``load_target``): the split is rebuilt from the
+  checkpoint's saved recipe (``--data-root`` points it elsewhere) by the data layer's
+  ``build_eval_loader``, carved exactly as training carved it;
+* a network seltrain did not train (``--model``, or a target folder holding target.json;
+  seltrain/analysis/target_spec.py): the data its spec names, through the same loaders.
+
+Either way the split is normalised by the trainer's ``DevicePreprocess`` and streamed: no
+split is held in memory whole.
 """
 from __future__ import annotations
 
@@ -33,8 +39,12 @@ class NormalisedBatches:
     labels on the host, where the analyses count hits and save labels. Streams from the
     loader, so no split is held in memory whole."""
 
-    def __init__(self, loader, preprocess, max_images: int | None):
+    def __init__(self, loader, preprocess, max_images: int | None, size: int | None = None):
         self.loader, self.preprocess, self.max_images = loader, preprocess, max_images
+        # Images held in memory at their own size (CIFAR's 32 px) for a network that wants
+        # another: resized on the device (bilinear, antialiased), after normalisation, which
+        # commutes with it (a per-channel affine map; the weights sum to 1).
+        self.size = size
         self.num_images = loader.num_samples if max_images is None \
             else min(max_images, loader.num_samples)
 
@@ -43,12 +53,18 @@ class NormalisedBatches:
 
     def __iter__(self):
         for x, y in self.preprocess.batches(self.loader, max_images=self.num_images):
+            if self.size and tuple(x.shape[-2:]) != (self.size, self.size):
+                x = torch.nn.functional.interpolate(x, size=(self.size, self.size),
+                                                    mode="bilinear", antialias=True,
+                                                    align_corners=False)
             yield x, y.cpu()
 
 
 @dataclass
 class Target:
-    """One checkpoint with its model, recipe and data, ready to analyse."""
+    """One network with its data, layers and device, ready to analyse: a trained checkpoint
+    (``ckpt``, ``cfg`` its recipe) or a network seltrain did not train (``spec``; ``cfg`` then
+    describes its data only, ``ckpt_path`` is its weights file or target.json)."""
     run_dir: str
     ckpt_path: str
     model: Any
@@ -60,6 +76,7 @@ class Target:
     image_size: int
     layers: list[str]
     split: str
+    spec: Any = None            # the TargetSpec of a network seltrain did not train
 
     @property
     def name(self) -> str:
@@ -97,3 +114,32 @@ def load_target(run_dir: str, ckpt_path: str, opts: AnalysisOptions) -> Target:
     return Target(run_dir=run_dir, ckpt_path=ckpt_path, model=model, ckpt=ckpt, cfg=cfg,
                   info=info, data=NormalisedBatches(loader, pre, opts.max_images or None),
                   device=device, image_size=size, layers=layers, split=opts.split)
+
+
+@dataclass
+class TargetRef:
+    """A target found but not opened: a trained run folder and its checkpoint, or a target
+    folder and its spec (target.json), or a spec to open into ``run_dir`` (``--model``)."""
+    run_dir: str | None
+    ckpt_path: str | None = None
+    spec: Any = None
+
+    def load(self, opts: AnalysisOptions) -> Target:
+        if self.spec is None:
+            return load_target(self.run_dir, self.ckpt_path, opts)
+        from seltrain.analysis.target_spec import open_target
+
+        return open_target(self.spec, self.run_dir, opts)
+
+
+def find_targets(path: str, skipped: list | None = None) -> list[TargetRef]:
+    """The targets under ``path``: a target folder (target.json), a folder of target folders,
+    or what ``checkpoint.find_checkpoints`` finds (a checkpoint, a run folder, an
+    experiment's trials)."""
+    from seltrain.analysis.target_spec import read_spec, target_folders
+    from seltrain.checkpoint import find_checkpoints
+
+    folders = target_folders(path)
+    if folders:
+        return [TargetRef(f, spec=read_spec(f)) for f in folders]
+    return [TargetRef(run, ckpt) for run, ckpt in find_checkpoints(path, skipped)]

@@ -85,6 +85,9 @@ class TorchSource:
                 self.held = {k: _to_device(s, device) for k, s in self.splits.items()}
         else:
             self.image_size = cfg.data.image_size or self.info.image_size
+        # The shorter side of file images before the evaluation centre crop (None: the usual
+        # image_size / 0.875); an analysis target sets it for weights trained otherwise.
+        self.resize: int | None = None
 
     def _loader(self, split: str, indices: np.ndarray, batch_size: int, train: bool,
                 sharding: RankSharding):
@@ -97,7 +100,7 @@ class TorchSource:
         if isinstance(data, ArraySplit):
             return ArrayLoader(data, indices, batch_size, **common)
         return FileLoader(data, indices, batch_size, size=self.image_size,
-                          num_workers=d.num_workers, **common)
+                          num_workers=d.num_workers, resize=self.resize, **common)
 
     def train_loader(self, sharding: RankSharding, batch_size: int, borrow: bool = False):
         idx = train_val_indices(self.cfg, len(self.splits["train"]))[0]

@@ -311,8 +311,10 @@ class _EpochBatches(torch.utils.data.Sampler):
         return len(self.loader)
 
 
-def file_transforms(size: int, train: bool, augment: bool):
-    """ImageNet-family transforms, producing uint8 CHW tensors."""
+def file_transforms(size: int, train: bool, augment: bool, resize: int | None = None):
+    """ImageNet-family transforms, producing uint8 CHW tensors. ``resize``: the shorter side
+    before the evaluation centre crop (default: ``size`` / 0.875 above 96 px, else ``size``),
+    for weights trained with another ratio (torchvision's IMAGENET1K_V2: 232 for 224)."""
     from torchvision.transforms import v2
 
     if train and augment:
@@ -325,7 +327,7 @@ def file_transforms(size: int, train: bool, augment: bool):
         # The usual 0.875 centre-crop ratio for ImageNet resolutions; small native-size
         # images (Tiny ImageNet at 64) are used whole.
         ratio = 0.875 if size > 96 else 1.0
-        ops = [v2.Resize(round(size / ratio), antialias=True), v2.CenterCrop(size)]
+        ops = [v2.Resize(resize or round(size / ratio), antialias=True), v2.CenterCrop(size)]
     return v2.Compose([v2.PILToTensor(), *ops])
 
 
@@ -337,9 +339,10 @@ class FileLoader(ShardedLoader):
 
     def __init__(self, split: FileSplit, indices: np.ndarray, batch_size: int, *, train: bool,
                  info: DatasetInfo, sharding: RankSharding, size: int, seed: int = 0,
-                 augment: bool = True, num_workers: int = 2, drop_last: bool | None = None):
-        self.dataset = _FileDataset(split, file_transforms(size, train, augment), info.channels,
-                                    seed)
+                 augment: bool = True, num_workers: int = 2, drop_last: bool | None = None,
+                 resize: int | None = None):
+        self.dataset = _FileDataset(split, file_transforms(size, train, augment, resize),
+                                    info.channels, seed)
         super().__init__(indices, batch_size, train, sharding, seed, drop_last)
         self.num_workers = num_workers
         self._loader = None  # made on first use, kept (with its workers) for every epoch

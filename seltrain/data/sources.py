@@ -553,3 +553,34 @@ def _load_imagefolder(root: str, split: str) -> tuple[DatasetInfo, FileSplit]:
     info = DatasetInfo("imagefolder", len(classes), 3, 224, "imagenet", IMAGENET_MEAN,
                        IMAGENET_STD, tuple(classes))
     return info, FileSplit(paths, np.asarray(labels, dtype=np.int64))
+
+
+def load_class_folders(folder: str) -> tuple[DatasetInfo, FileSplit]:
+    """One evaluation split laid out as ``folder/<class>/<image>`` with no train/ beside it
+    (ImageNet's val/ folder, or a few photographs): its classes are the sorted subfolders, as
+    ``imagefolder`` reads a split. The analyses of a network seltrain did not train read it
+    (``seltrain analyze --data imagefolder:DIR``)."""
+    if not os.path.isdir(folder):
+        raise DataError(f"imagefolder: {folder} does not exist; give a folder of class "
+                        "folders (DIR/<class>/*.jpg) or DIR/train and DIR/val")
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    if not classes:
+        raise DataError(f"imagefolder: {folder} has no class folders; expected "
+                        f"{folder}/<class>/*.jpg")
+    paths, labels, skipped = [], [], []
+    for k, c in enumerate(classes):
+        files = _images_under(os.path.join(folder, c), skipped)
+        paths += files
+        labels += [k] * len(files)
+    if not paths:
+        raise DataError(f"imagefolder: {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+    if len(classes) < 2:
+        raise DataError(f"imagefolder: {folder} has one class folder ({classes[0]}); class "
+                        f"selectivity and accuracy need at least 2 classes")
+    if skipped:
+        print(f"seltrain: imagefolder: left out {len(skipped)} link(s) in {folder} that leave "
+              f"their class folder or repeat a file or folder already read (e.g. "
+              f"{skipped[0]})", file=sys.stderr, flush=True)
+    info = DatasetInfo("imagefolder", len(classes), 3, 224, "imagenet", IMAGENET_MEAN,
+                       IMAGENET_STD, tuple(classes))
+    return info, FileSplit(paths, np.asarray(labels, dtype=np.int64))

@@ -606,7 +606,10 @@ def replaced_by_this_analysis(tmp, done, out):
     with open(os.path.join(tmp, "out", "selectivity.json")) as f:
         assert json.load(f)["checkpoint"] == best
     with open(os.path.join(tmp, "out", ".seltrain-analysis.json")) as f:
-        assert json.load(f) == {"analysis": "selectivity", "checkpoint": best}
+        marker = json.load(f)
+    assert {k: marker[k] for k in ("analysis", "checkpoint")} == \
+        {"analysis": "selectivity", "checkpoint": best}
+    assert 0 <= marker["headline"]["mean_si"] <= 1  # what `seltrain report` lists
     assert not [e for e in os.listdir(tmp) if e.startswith(".out.")]  # no temporary, no lock
 
 
@@ -1098,9 +1101,9 @@ ROWS = [
         notes=(r"rebuilt .*metrics.jsonl from checkpoints/last.pt \(its records differed; the "
                r"replaced file is kept as metrics.jsonl.replaced-\d{8}-\d{6}\)",),
         setup=edited_metrics, keep=("runs/r/checkpoints",), check=replaced_file_kept),
-    Row("abbreviated_option", ["analyze", "selectivity", "{done}", "--data", "/x"], 2,
-        r"unrecognized arguments: --data /x \(did you mean '--data-root'\?\) \(see 'seltrain "
-        r"--help'\)"),
+    Row("abbreviated_option", ["analyze", "selectivity", "{done}", "--data-roo", "/x"], 2,
+        r"unrecognized arguments: --data-roo /x \(did you mean '--data-root'\?\) \(see "
+        r"'seltrain --help'\)"),
     Row("abbreviated_flag", ["train", SYN, "--resum"], 2,
         r"unrecognized arguments: --resum \(did you mean '--resume'\?\)"),
 ]
