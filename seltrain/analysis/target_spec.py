@@ -98,6 +98,8 @@ class TargetSpec:
         """``<model>-<weights stem>``: ``resnet18-r18``, ``resnet18-IMAGENET1K_V1``,
         ``mynets.build-init`` (no weights)."""
         source, _, attr = self.model.partition(":")
+        if source.endswith(".py"):  # a source file: its name
+            source = os.path.splitext(os.path.basename(source))[0]
         model = attr if source == "torchvision" else f"{source}.{attr}"
         w = self.weights
         stem = "init" if not w else os.path.splitext(os.path.basename(w))[0] \
@@ -318,8 +320,10 @@ def open_spec(spec: TargetSpec, split: str, seed: int = 0) -> Opened:
         raise ConfigError(f"the data has {info.num_classes} classes but {spec.model} has "
                           f"{outputs} outputs; pass --class-map FILE (data class -> output "
                           "index, e.g. for a subset of ImageNet's classes)")
+    source, _, attr = spec.model.partition(":")
+    model = f"{os.path.abspath(source)}:{attr}" if source.endswith(".py") else spec.model
     resolved = dataclasses.replace(
-        spec, data=f"{name}:{root}" if root else name, image_size=size, resize_size=resize,
+        spec, model=model, data=f"{name}:{root}" if root else name, image_size=size, resize_size=resize,
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
         weights=ext.weights_file if ext.weights_file and spec.weights
         and os.path.exists(spec.weights) else spec.weights,

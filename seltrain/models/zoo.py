@@ -6,7 +6,8 @@
   ``vgg16_bn``, ``alexnet``, ... every name ``torchvision.models.list_models`` lists for
   classification), built without weights and then given ``weights``;
 * ``package.module:factory``: ``factory()`` of an importable module (the current folder is
-  searched first, as ``python -m`` does), which must return an nn.Module.
+  searched first, as ``python -m`` does), or ``path/to/nets.py:factory`` of a source file;
+  it is called with no arguments and must return an nn.Module.
 
 ``weights`` is a file (a state_dict ``.pth``, or a checkpoint holding one under
 ``state_dict`` or ``model``; a DataParallel ``module.`` prefix is dropped), or for torchvision
@@ -173,23 +174,40 @@ def _hub_weights(arch: str, weights: str, ext: ExternalModel) -> str:
     return path
 
 
-def _factory(name: str, module_name: str, attr: str) -> nn.Module:
-    """``module_name.attr()``, importable from the current folder too."""
+def _import(module_name: str):
+    """The module ``module_name`` (importable from the current folder too), or the source
+    file ``module_name`` when it ends with .py."""
+    if module_name.endswith(".py"):
+        import importlib.util
+
+        if not os.path.isfile(module_name):
+            raise FileNotFoundError(f"no file {module_name}")
+        stem = os.path.splitext(os.path.basename(module_name))[0]
+        spec = importlib.util.spec_from_file_location(f"seltrain_model_{stem}", module_name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
     here = os.getcwd()
     added = here not in sys.path
     if added:
         sys.path.insert(0, here)
     try:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as e:  # noqa: BLE001 - any import failure means the same fix
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelConfigError(f"--model {name}: cannot import {module_name} "
-                                   f"({type(e).__name__}: {why[:200]}); put it on PYTHONPATH "
-                                   "or in the current folder, or use torchvision:NAME") from None
+        return importlib.import_module(module_name)
     finally:
         if added:
             sys.path.remove(here)
+
+
+def _factory(name: str, module_name: str, attr: str) -> nn.Module:
+    """``attr()`` of module (or source file) ``module_name``."""
+    try:
+        module = _import(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure means the same fix
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelConfigError(f"--model {name}: cannot import {module_name} "
+                               f"({type(e).__name__}: {why[:200]}); put it on PYTHONPATH or "
+                               "in the current folder, or give its file: path/to/nets.py:"
+                               f"{attr}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_")
