@@ -32,9 +32,10 @@ ones of the naive method.
 
 Supported models: any model torch.fx can trace in eval mode (plain chains / nn.Sequential,
 torchvision ResNets and VGGs, CIFAR-style ResNets, seltrain's cnn7, resnet20/56, resnet18/50,
-vgg16_bn and vgg16), where the layer's module runs exactly once per forward pass and the rest of
-the network reads the input only through that layer's output (true for every chain and
-for residual blocks, whose skips stay inside a block). Otherwise ``split_at`` raises
+vgg16_bn and vgg16, EfficientNet), where the layer's module runs exactly once per forward pass
+and the rest of the network reads the input only through that layer's output (true for every
+chain and for residual blocks, whose skips stay inside a block); the input's batch size
+(``x.size(0)``, which EfficientNet reads to flatten) is taken from the layer's output. Otherwise ``split_at`` raises
 ``UnsupportedModelError`` and the analyses fall back to the naive method with a warning.
 
 Speed: seltrain's resnet20, its last stage (layer3.0-3.2, 192 units), 1,000 images, CPU
@@ -200,15 +201,21 @@ def split_at(model: nn.Module, layer: str | nn.Module) -> tuple[fx.GraphModule, 
 
     tail = fx.Graph()
     tenv: dict[fx.Node, fx.Node] = {split: tail.placeholder("h")}
+    inputs = [n for n in nodes if n.op == "placeholder"]
 
     def lookup(a: fx.Node) -> fx.Node:
         if a not in tenv:
-            if a in from_input:
+            if _batch_size_of_input(a, inputs):
+                # x.size(0) (EfficientNet's ``bs``): the batch the tail runs on is h's, also
+                # when ablations are stacked along it
+                tenv[a] = tail.call_method("size", (tenv[split], 0))
+            elif a in from_input:
                 raise UnsupportedModelError(
                     f"after layer '{name}' the network also reads '{a.name}', computed before "
                     "it (a skip connection around the layer?); the fast method needs the rest "
                     "of the network to depend on the input only through the layer's output")
-            tenv[a] = tail.node_copy(a, lookup)  # a constant (parameter, buffer, literal)
+            else:
+                tenv[a] = tail.node_copy(a, lookup)  # a constant (parameter, buffer, literal)
         return tenv[a]
 
     for n in nodes:
@@ -217,6 +224,15 @@ def split_at(model: nn.Module, layer: str | nn.Module) -> tuple[fx.GraphModule, 
         elif n in after and n is not split:
             tenv[n] = tail.node_copy(n, lookup)
     return fx.GraphModule(model, head), fx.GraphModule(model, tail)
+
+
+def _batch_size_of_input(node: fx.Node, inputs: list[fx.Node]) -> bool:
+    """Whether ``node`` is ``x.size(0)`` of the model's input ``x``."""
+    if node.op != "call_method" or node.target != "size" or not node.args \
+            or node.args[0] not in inputs:
+        return False
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return dim == 0
 
 
 def ablated_logits(model: nn.Module, layer, x, y, make_unit_sets: Callable[[int], list[Tensor]],

@@ -320,8 +320,8 @@ def open_spec(spec: TargetSpec, split: str, seed: int = 0) -> Opened:
         raise ConfigError(f"the data has {info.num_classes} classes but {spec.model} has "
                           f"{outputs} outputs; pass --class-map FILE (data class -> output "
                           "index, e.g. for a subset of ImageNet's classes)")
-    source, _, attr = spec.model.partition(":")
-    model = f"{os.path.abspath(source)}:{attr}" if source.endswith(".py") else spec.model
+    module, _, attr = spec.model.partition(":")
+    model = f"{os.path.abspath(module)}:{attr}" if module.endswith(".py") else spec.model
     resolved = dataclasses.replace(
         spec, model=model, data=f"{name}:{root}" if root else name, image_size=size, resize_size=resize,
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
@@ -361,7 +361,6 @@ def open_target(spec: TargetSpec, folder: str | None, opts):
                           "seltrain did not train, give the folder in --data DATASET:DIR")
     o = open_spec(spec, opts.split, spec.init_seed or 0)
     folder = os.path.abspath(folder or os.path.join(DEFAULT_ROOT, o.spec.folder_name()))
-    claim_folder(folder, o.spec)
     size, cfg = o.spec.image_size, o.extra["cfg"]
     cfg.train.eval_batch_size = BATCH_LARGE_IMAGES if size > LARGE_PX else BATCH_SMALL_IMAGES
     flat = o.extra["flat"]
@@ -388,6 +387,7 @@ def open_target(spec: TargetSpec, folder: str | None, opts):
     pre = DevicePreprocess(o.info, device)
     layers = resolve_layers(model, opts.layers or ["blocks"], option="--layers",
                             any_module=True)
+    claim_folder(folder, o.spec)  # once everything has been checked
     ext = o.extra["ext"]
     return Target(run_dir=folder, ckpt_path=ext.weights_file or os.path.join(folder, TARGET_FILE),
                   model=model, ckpt={"layer_names": model.probe_groups()["blocks"],

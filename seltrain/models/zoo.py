@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -178,8 +179,6 @@ def _import(module_name: str):
     """The module ``module_name`` (importable from the current folder too), or the source
     file ``module_name`` when it ends with .py."""
     if module_name.endswith(".py"):
-        import importlib.util
-
         if not os.path.isfile(module_name):
             raise FileNotFoundError(f"no file {module_name}")
         stem = os.path.splitext(os.path.basename(module_name))[0]

@@ -57,6 +57,7 @@ class Row:
     fault: Callable | None = None    # a driver with real processes: fault(row, tmp) -> (code,
     #                                  stdout, stderr); None runs the CLI in-process
     subprocess: bool = False         # run the CLI in a subprocess (report: see its row)
+    env: dict = field(default_factory=dict)  # environment variables ("{tmp}" filled in)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -140,6 +141,32 @@ def truncated_jpeg(root):
         data = f.read()
     return data[:len(data) // 2]
 
+
+def r18_weights(classes=10, replace=None):
+    """{tmp}/r18.pth: a torchvision resnet18's state_dict; ``replace``: {key: tensor}."""
+    def setup(tmp, done):
+        import torch
+        import torchvision
+
+        sd = torchvision.models.resnet18(num_classes=classes).state_dict()
+        sd.update(replace or {})
+        torch.save(sd, os.path.join(tmp, "r18.pth"))
+    return setup
+
+
+def no_target_folder(tmp, done, out):
+    assert not os.path.exists(os.path.join(tmp, "t"))  # refused before anything is written
+
+
+def conv_1x1(_tmp=None):
+    import torch
+
+    return torch.zeros(64, 64, 1, 1)
+
+
+# `seltrain analyze` on a network seltrain did not train; its target folder in {tmp}.
+ANY_MODEL = ["analyze", "selectivity", "--data", "synthetic", "--max-images", "16",
+             "--target-dir", "{tmp}/t"]
 
 IMAGEFOLDER = ["data.dataset=imagefolder", "data.root={tmp}/if", "data.image_size=16",
                "data.val_size=0", "train.batch_size=4"]
@@ -1104,6 +1131,40 @@ ROWS = [
     Row("abbreviated_option", ["analyze", "selectivity", "{done}", "--data-roo", "/x"], 2,
         r"unrecognized arguments: --data-roo /x \(did you mean '--data-root'\?\) \(see "
         r"'seltrain --help'\)"),
+    # ---- A network seltrain did not train (--model): one line each, nothing written
+    Row("model_unknown", ANY_MODEL + ["--model", "torchvision:resnt18"], 2,
+        r"--model torchvision:resnt18: torchvision has no classifier 'resnt18' \(did you "
+        r"mean 'resnet18'\?\)"),
+    Row("model_weights_do_not_fit", ANY_MODEL + ["--model", "torchvision:resnet18",
+                                                 "--weights", "{tmp}/r18.pth"], 2,
+        r"r18.pth does not fit torchvision:resnet18: layer1.0.conv1.weight is \[64, 64, 1, 1\] "
+        r"in the file but \[64, 64, 3, 3\] in the model",
+        setup=lambda tmp, done: r18_weights(replace={"layer1.0.conv1.weight": conv_1x1()})(
+            tmp, done), keep=("r18.pth",)),
+    Row("model_layer_unknown", ANY_MODEL + ["--model", "torchvision:resnet18", "--weights",
+                                            "{tmp}/r18.pth", "--layers", "layer4.2"], 2,
+        r"no layer 'layer4.2' in ResNet \(did you mean 'layer4.1'\?\); valid names: conv1, "
+        r"maxpool, layer1.0, layer1.0.conv1", setup=r18_weights(), check=no_target_folder),
+    Row("model_class_count", ANY_MODEL + ["--model", "torchvision:resnet18"], 2,
+        r"the data has 10 classes but torchvision:resnet18 has 1000 outputs; pass "
+        r"--class-map FILE \(data class -> output index"),
+    Row("model_hub_weights_missing", ANY_MODEL + ["--model", "torchvision:resnet18",
+                                                  "--weights", "IMAGENET1K_V1"], 2,
+        r"--weights ResNet18_Weights.IMAGENET1K_V1: resnet18-f37072fd.pth is not in torch's "
+        r"hub cache; seltrain does not download: put resnet18-f37072fd.pth \(from .*\) into "
+        r".*/hub/checkpoints/, or pass the file with --weights FILE",
+        env={"TORCH_HOME": "{tmp}"}),
+    Row("model_factory_not_importable", ANY_MODEL + ["--model", "nosuch.nets:build"], 2,
+        r"--model nosuch.nets:build: cannot import nosuch.nets \(ModuleNotFoundError: No "
+        r"module named 'nosuch'\); put it on PYTHONPATH"),
+    Row("model_factory_not_a_module", ANY_MODEL + ["--model", "{tmp}/nets.py:build"], 2,
+        r"build\(\) returned a int, not an nn.Module; return the network itself",
+        setup=write_text("nets.py", "def build():\n    return 3\n")),
+    Row("model_and_path", ["analyze", "selectivity", "{done}", "--model",
+                           "torchvision:resnet18"], 2,
+        r"give either PATH \(.*\) or --model, not both"),
+    Row("weights_without_model", ["analyze", "ablation", "{done}", "--weights", "x.pth"], 2,
+        r"--weights goes with --model \(a network seltrain did not train\)"),
     Row("abbreviated_flag", ["train", SYN, "--resum"], 2,
         r"unrecognized arguments: --resum \(did you mean '--resume'\?\)"),
 ]
@@ -1143,6 +1204,8 @@ def test_bad_input(row, tmp_path, capsys, request):
     if row.setup:
         row.setup(tmp, done)
     before = checksums(tmp, row.keep)
+    for key, value in row.env.items():
+        request.getfixturevalue("monkeypatch").setenv(key, fill(value, tmp, done))
     capsys.readouterr()
     if row.subprocess:
         code, out, err = _finish(_popen(fill_all(row.argv, tmp, done)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -186,3 +187,27 @@ def test_as_probed_keeps_names_and_weights_and_reorders_outputs():
         warnings.simplefilter("error")  # the fast method splits the reordering network too
         r = single_unit_ablation(model, "layer4.1", x, torch.tensor([0, 1]), num_classes=6)
     assert r["method"] == "fast"
+
+
+class FlattensByBatchSize(nn.Module):
+    """Reads the input's batch size to flatten, as EfficientNet's forward does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(3, 6, 3), nn.ReLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(2), nn.Linear(24, 3)
+
+    def forward(self, x):
+        bs = x.size(0)
+        return self.fc(self.pool(self.relu(self.conv(x))).view(bs, -1))
+
+
+def test_the_fast_ablation_takes_the_batch_size_from_the_layer_output():
+    torch.manual_seed(0)
+    model = FlattensByBatchSize().eval()
+    x, y = torch.randn(20, 3, 10, 10), torch.arange(20) % 3
+    stacked = single_unit_ablation(model, "relu", x, y, num_classes=3, units_per_pass=3)
+    naive = single_unit_ablation(model, "relu", x, y, num_classes=3, fast=False)
+    assert (stacked["method"], stacked["units_per_pass"]) == ("fast", 3)
+    assert np.array_equal(stacked["overall_drop"], naive["overall_drop"])
+    assert np.array_equal(stacked["class_drops"], naive["class_drops"])
