@@ -50,9 +50,9 @@ def _trained(path: str) -> str:
 
 
 def _external(spec) -> str:
-    from seltrain.analysis.target_spec import _build, check_weights, layer_table
+    from seltrain.analysis.target_spec import build_network, check_weights, layer_table
 
-    ext = _build(spec, spec.init_seed or 0)
+    ext = build_network(spec, spec.init_seed or 0)
     check_weights(spec, ext)
     size = spec.image_size or ext.crop_size or 224
     channels = len(spec.mean) if spec.mean else 3

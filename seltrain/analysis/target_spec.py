@@ -232,10 +232,12 @@ class Opened:
     extra: dict = field(default_factory=dict)
 
 
-def _build(spec: TargetSpec, seed: int):
+def build_network(spec: TargetSpec, seed: int):
+    """The network ``spec`` names with its weights (``zoo.ExternalModel``); one without
+    weights is initialised from ``seed``, so the same target is the same network."""
     from seltrain.models.zoo import build_external
 
-    torch.manual_seed(seed)  # a network without weights: its initialisation, reproducibly
+    torch.manual_seed(seed)
     return build_external(spec.model, spec.weights)
 
 
@@ -272,7 +274,7 @@ def open_spec(spec: TargetSpec, split: str, seed: int = 0) -> Opened:
         raise ConfigError("--model needs --data: imagefolder:DIR, or a dataset seltrain reads "
                           f"({', '.join(DATASETS[1:])})")
     name, root = parse_data(spec.data)
-    ext = _build(spec, seed)
+    ext = build_network(spec, seed)
     check_weights(spec, ext)
     cfg = Config()
     cfg.data.dataset, cfg.data.root = name, root

@@ -352,10 +352,35 @@ def test_a_pretrained_imagenet_network_on_photographs(tmp_path, monkeypatch, cap
         sel = json.load(f)
     assert 0 < sel["mean_si"] < 1 and sel["n_images"] == 8
 
-    # orientation: a pretrained first layer is orientation selective, far above its
-    # permuted-grating control
-    run("analyze", "orientation", folder, "--layers", "_conv_stem", "_blocks.15", "--shift",
-        8, capsys=capsys)
+    # orientation: a pretrained network's early units (block 4's depthwise conv, read after
+    # its ReLU6) are orientation selective, far above their permuted-grating control (0.44
+    # against 0.15; the 3x3 stem sees the 224 px gratings, periods 26 px and more, as flat)
+    run("analyze", "orientation", folder, "--layers", "_blocks.4._depthwise_conv",
+        "_conv_head", "--shift", 8, capsys=capsys)
     with open(folder / "analysis" / "orientation" / "summary.json") as f:
-        ori = json.load(f)["layers"]["_conv_stem"]
-    assert ori["mean_gosi"] > 2 * ori["mean_null_gosi"]
+        ori = json.load(f)["layers"]
+    early = ori["_blocks.4._depthwise_conv"]
+    assert early["mean_gosi"] > 2 * early["mean_null_gosi"]
+    assert early["ablated_module"] == "_blocks.4._bn1" and early["n_top"] > 0
+    units = read_csv(folder / "analysis" / "orientation" / "units__conv_head.csv")
+    assert all(0 <= float(u["gosi"]) <= 1 + 1e-12 for u in units if u["gosi"])
+
+
+def test_layers_of_a_trained_run_name_its_probes(tmp_path, capsys):
+    """`seltrain analyze layers RUN`: the graph's points of a run seltrain trained, with the
+    probe names of its tables (cnn7: read at the ReLU, zeroed at the BN after it)."""
+    from helpers import REPO
+
+    run("train", os.path.join(REPO, "configs", "synthetic.yaml"), "model.arch=cnn7",
+        "data.synthetic.train_size=64", "data.synthetic.test_size=32", "data.val_size=0",
+        "train.epochs=1", "train.batch_size=32", "data.num_workers=0",
+        "run.tensorboard=false", "run.progress=false", f"run.out_dir={tmp_path}",
+        "run.name=c7", capsys=capsys)
+    run("analyze", "layers", tmp_path / "c7")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"cnn7 ({tmp_path}/c7/checkpoints/") and "7 layers, 10 outputs" \
+        in out[0]
+    rows = {ln.split()[0]: ln.split() for ln in out[2:]}
+    assert rows["conv1"] == ["conv1", "conv1", "32", "relu1", "(post-relu)", "bn1"]
+    assert rows["fc1"] == ["fc1", "fc1", "512", "relu_fc1", "(post-relu)", "bn_fc1"]
+    assert len(rows) == 7
