@@ -34,7 +34,7 @@ bicubic interpolation where make_imagenet_c.py crops them as they are: compared 
 distribution, photograph by photograph.
 
 Run as a script to print the whole agreement table and save it as JSON:
-``python tests/unit_tests/test_corruption_reference.py [out.json]``.
+``python tests/unit_tests/test_analysis_corruptions.py [out.json]``.
 """
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def test_a_leftover_smaller_than_the_world_is_dropped_so_ranks_take_equal_steps(
 
 
 def test_eval_shards_are_contiguous_uneven_and_cover_every_index_once():
-    indices = np.arange(50, 305)  # 255 samples over 2 ranks: 128 and 127, as in test_distributed
+    # 255 samples over 2 ranks: 128 and 127, as in test_distributed_ranks.py
+    indices = np.arange(50, 305)
     two = [RankSharding(r, 2).eval_indices(indices) for r in range(2)]
     assert [len(s) for s in two] == [128, 127]
     assert np.array_equal(np.concatenate(two), indices)  # contiguous, in order, no padding

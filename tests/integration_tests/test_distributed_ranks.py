@@ -2,8 +2,8 @@
 shrunken payloads, exact sharded evaluation, and a rank that cannot join.
 
 The multi-rank half runs this file as a torchrun worker (``python -m torch.distributed.run
---standalone --nproc_per_node 2 test_distributed.py equivalence OUT``); each rank writes what it
-saw to OUT/rank{r}.pt and the tests compare those numbers with one process.
+--standalone --nproc_per_node 2 test_distributed_ranks.py equivalence OUT``); each rank writes
+what it saw to OUT/rank{r}.pt and the tests compare those numbers with one process.
 
 BatchNorm: the equivalence is exact only when BN does not normalise by per-rank batch
 statistics. torch's SyncBatchNorm is GPU-only, so on CPU the equivalence runs with BN in eval
