@@ -21,10 +21,7 @@ import time
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-
-from helpers import (TINY, evaluate_checkpoint, free_port, subprocess_env,  # noqa: E402
+from helpers import (REPO, TINY, evaluate_checkpoint, free_port, subprocess_env,
                      torch_extensions_dir)
 
 ALPHA = 1.0
