@@ -72,6 +72,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import bench_step  # noqa: E402
+from seltrain.atomic import atomic_write  # noqa: E402
 from seltrain.data import sources  # noqa: E402
 from seltrain.metrics import NullSink  # noqa: E402
 from seltrain.trainer import LOG_EVERY  # noqa: E402
@@ -920,13 +921,10 @@ def _section(result: dict, key: str, deadline: float, fn, *a) -> dict:
 def save(result: dict) -> None:
     """gpu_check.json and gpu_check.txt in the result's folder, each replaced atomically."""
     out_dir = result["out_dir"]
-    os.makedirs(out_dir, exist_ok=True)
     for name, text in (("gpu_check.json", json.dumps(result, indent=2, default=str)),
                        ("gpu_check.txt", table(result))):
-        tmp = os.path.join(out_dir, f".{name}.tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(os.path.join(out_dir, name)) as f:
             f.write(text)
-        os.replace(tmp, os.path.join(out_dir, name))
 
 
 def run(smoke: bool, out_dir: str, budget_s: float) -> dict:

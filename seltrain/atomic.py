@@ -11,6 +11,9 @@ so a listing of the run folder shows only real files; the pid says which process
 the random part keeps two writers of one process apart). A writer that fails removes its
 own temporary; one killed outright (SIGKILL, a lost node) cannot, and the next holder of the
 folder's lock removes it with ``remove_stale_temporaries``.
+
+A folder written as one unit (an analysis' output folder) goes the same way with
+``atomic_folder``: filled under a temporary name of the same form, renamed into place.
 """
 from __future__ import annotations
 
@@ -18,10 +21,17 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import sys
 from typing import IO, Callable, Iterator
 
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>\d+)-[0-9A-Za-z]+(?:\..*)?$")
+
+
+def _temporary_name(path: str) -> str:
+    """The one name of a temporary of ``path``: ``.<name>.tmp-<pid>-<random>`` beside it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def _create_temporary(path: str) -> tuple[int, str]:
@@ -31,10 +41,9 @@ def _create_temporary(path: str) -> tuple[int, str]:
     writes, not mkstemp's 0600: the rename keeps the mode, and a 0600 checkpoint is unreadable
     to the other users and nodes that read a shared (NFS) run folder. O_EXCL with a random
     name is what mkstemp does too."""
-    folder, name = os.path.split(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        tmp = _temporary_name(path)
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -58,16 +67,18 @@ def _replacing(path: str) -> Iterator[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w", *, encoding: str | None = None) -> Iterator[IO]:
+def atomic_write(path: str, mode: str = "w", *, encoding: str | None = None,
+                 newline: str | None = None) -> Iterator[IO]:
     """``with atomic_write(path) as f: f.write(...)``: ``path`` holds what was written once
     the block ends, flushed and fsynced to the disk, and is untouched if the block raises.
-    ``mode``: ``"w"`` (text, UTF-8 unless ``encoding``) or ``"wb"``."""
+    ``mode``: ``"w"`` (text, UTF-8 unless ``encoding``; ``newline`` as ``open`` takes it,
+    ``""`` for the csv module) or ``"wb"``."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes a whole file: mode 'w' or 'wb', not {mode!r}")
     if mode == "w" and encoding is None:
         encoding = "utf-8"
     with _replacing(path) as (fd, _):
-        with os.fdopen(fd, mode, encoding=encoding) as f:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -86,6 +97,54 @@ def atomic_path(path: str) -> Iterator[str]:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str) -> Iterator[str]:
+    """A folder replaced whole: ``with atomic_folder(path) as staging:`` fill ``staging``, a new
+    empty folder beside ``path`` named as every temporary is; when the block ends without an
+    error, what ``path`` held is moved aside (under a temporary name too), ``staging`` is
+    renamed to ``path`` and the old folder removed. If the block raises, ``staging`` is
+    removed and ``path`` is untouched. A reader sees the old folder or the new one, never a
+    mix of the two; between the two renames ``path`` is absent for an instant (POSIX has no
+    portable exchange of two folders). Write the files inside with ``atomic_write``: it
+    fsyncs them, so the renamed folder holds them whole after a crash too."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for _ in range(100):
+        staging = _temporary_name(path)
+        try:
+            os.mkdir(staging)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name for {path}")
+    old = None
+    try:
+        yield staging
+        if os.path.lexists(path):
+            old = _temporary_name(path)
+            os.rename(path, old)
+        try:
+            os.rename(staging, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: str) -> None:
+    """A temporary gone, whether a file or a folder."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def pid_running(pid: int) -> bool:
@@ -108,8 +167,9 @@ def _writer_alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: str, of: str | None = None, *,
                              before_remove: Callable[[str], None] | None = None,
                              say: Callable[[str], None] | None = None) -> list[str]:
-    """Delete the temporaries that killed writers left in ``folder`` (``of``: only those of
-    that file), say so on stderr, and return their names.
+    """Delete the temporaries (files, or folders of ``atomic_folder``) that killed writers left
+    in ``folder`` (``of``: only those of that file or folder), say so on stderr, and return
+    their names.
 
     Call it while holding the lock of the folder (or of the file): then no live writer of it
     exists. A temporary whose pid is a live process on this host is spared anyway.
@@ -123,12 +183,12 @@ def remove_stale_temporaries(folder: str, of: str | None = None, *,
         m = _TEMPORARY.match(name)
         path = os.path.join(folder, name)
         if m is None or (target is not None and m["target"] != target) \
-                or not os.path.isfile(path) or _writer_alive(int(m["pid"])):
+                or not os.path.lexists(path) or _writer_alive(int(m["pid"])):
             continue
         try:
             if before_remove is not None:
                 before_remove(path)
-            os.unlink(path)
+            _remove(path)
             removed.append(name)
         except FileNotFoundError:
             pass

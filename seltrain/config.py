@@ -192,7 +192,7 @@ class _NotFinite(ConfigError):
 
 # Allowed values of every numeric key whose range is obvious: (what the message says, test).
 # None passes for Optional keys (the message says "or null"); floats are finite already.
-# tests/unit_tests/test_config_ranges.py checks that every int/float key is listed here.
+# tests/unit_tests/test_config.py holds every int/float key to its range at both edges.
 def max_workers() -> int:
     """The most data.num_workers this machine takes: 4 loader processes per CPU it may use,
     and never fewer than 32, so a recipe written for a bigger node still loads here."""

@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from seltrain.atomic import atomic_write
 from seltrain.checkpoint import run_checkpoint, trials_root
 from seltrain.config import get_dotted
 from seltrain.errors import CheckpointError, ConfigError, DataError, did_you_mean, excerpt
@@ -133,7 +134,8 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     if not rows:
         raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
     df = pd.DataFrame(rows).sort_values(["alpha", "seed"]).reset_index(drop=True)
-    df.to_csv(os.path.join(exp_dir, "results.csv"), index=False)
+    with atomic_write(os.path.join(exp_dir, "results.csv"), newline="") as f:
+        df.to_csv(f, index=False)
     done = df[df["complete"]]
     use = done if len(done) else df
     agg = (use.groupby("alpha")
@@ -142,7 +144,8 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
                 test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
                 test_si_std=("test_si", "std"))
            .reset_index())
-    agg.to_csv(os.path.join(exp_dir, "results_by_alpha.csv"), index=False)
+    with atomic_write(os.path.join(exp_dir, "results_by_alpha.csv"), newline="") as f:
+        agg.to_csv(f, index=False)
     col = {"val_acc": "best_val_acc_mean", "test_acc": "test_acc_mean",
            "test_si": "test_si_mean"}.get(metric, "best_val_acc_mean")
     pick = agg[col].idxmax() if mode == "max" else agg[col].idxmin()
@@ -212,7 +215,8 @@ def _trial_points(ax, trials, col: str) -> None:
 
 def _save(plt, fig, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or None)
     plt.close(fig)
     return path
 

@@ -38,7 +38,7 @@ import time
 
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's fixed id for the head
 

@@ -55,7 +55,7 @@ import time
 
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 HEAD, WORKER = "127.0.0.1", "127.0.0.2"
 USER_PREFIX = "seltrain-ray-"
 MARKER = ".seltrain-loopback.json"

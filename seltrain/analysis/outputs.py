@@ -7,10 +7,12 @@ What goes into the folder is each analysis' own business (its module's ``write``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 
+from seltrain.atomic import atomic_folder, atomic_write, remove_stale_temporaries
 from seltrain.errors import ConfigError, file_in_the_way
 
 
@@ -21,9 +23,10 @@ class OutputFolder:
     """Where one analysis of one checkpoint writes, as one unit.
 
     ``with OutputFolder(target, opts, name, n_targets) as staging:`` the analysis writes into
-    ``staging`` (a hidden temporary folder beside the destination); when the block ends
-    without an error, the temporary folder is renamed into place, replacing what the
-    destination held, whole; on an error it is removed and the destination is untouched.
+    ``staging`` (``seltrain.atomic.atomic_folder``: a hidden temporary folder beside the
+    destination); when the block ends without an error, the temporary folder is renamed into
+    place, replacing what the destination held, whole; on an error it is removed and the
+    destination is untouched.
     For its whole life the destination is locked (``seltrain.runlock``, a lock file beside
     it, as run folders are locked), so two analyses into one folder never mix their files.
 
@@ -44,40 +47,42 @@ class OutputFolder:
             self.final = os.path.abspath(os.path.join(target.run_dir, "analysis", name))
         self.chosen, self.force = bool(out), bool(getattr(opts, "force", False))
         self.parent, base = os.path.dirname(self.final), os.path.basename(self.final)
-        self.staging = os.path.join(self.parent, f".{base}.tmp-{os.getpid()}")
         self.lock_path = os.path.join(self.parent, f".{base}.lock")
-        self.lock = None
         self.headline: dict | None = None
+        self._held: contextlib.ExitStack | None = None
+        self._staging: str | None = None
 
     def __enter__(self) -> str:
         from seltrain.runlock import RunLock
 
         self._make_parent()
-        self.lock = RunLock(self.lock_path, what=f"analysis output folder {self.final}",
-                            fix="wait for that analysis to end, or choose another --out")
-        self.lock.acquire()
-        try:
+        lock = RunLock(self.lock_path, what=f"analysis output folder {self.final}",
+                       fix="wait for that analysis to end, or choose another --out")
+        lock.acquire()
+        with contextlib.ExitStack() as held:
+            held.callback(lock.release)  # last out: after the folder is in place or removed
             self._refuse_foreign()
-            # Under the lock no other writer of this folder is alive: what is left from an
-            # earlier one (killed mid-write) is garbage.
-            base = os.path.basename(self.final)
-            for entry in os.listdir(self.parent):
-                if entry.startswith((f".{base}.tmp-", f".{base}.old-")):
-                    shutil.rmtree(os.path.join(self.parent, entry), ignore_errors=True)
-            os.makedirs(self.staging)
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.staging
+            # Under the lock no other writer of this folder is alive: a temporary left beside
+            # it is from one killed mid-write.
+            remove_stale_temporaries(self.parent, of=self.final)
+            self._staging = held.enter_context(atomic_folder(self.final))
+            self._held = held.pop_all()
+        return self._staging
 
     def __exit__(self, kind, exc, tb) -> None:
-        try:
-            if kind is None:
-                self._commit()
-            else:
-                shutil.rmtree(self.staging, ignore_errors=True)
-        finally:
-            self.lock.release()
+        from seltrain.metrics import strict_json
+
+        held, self._held = self._held, None
+        if kind is None:  # the marker last: it carries the headline the analysis has set
+            try:
+                with atomic_write(os.path.join(self._staging, MARKER)) as f:
+                    json.dump({"analysis": self.name, "checkpoint": self.ckpt,
+                               **({"headline": strict_json(self.headline)}
+                                  if self.headline else {})}, f)
+            except BaseException as e:
+                held.__exit__(type(e), e, e.__traceback__)
+                raise
+        held.__exit__(kind, exc, tb)
 
     def _make_parent(self) -> None:
         if os.path.isfile(self.final):
@@ -107,20 +112,6 @@ class OutputFolder:
                                f"{', ...' if len(entries) > 3 else ''})")
         raise ConfigError(f"--out {self.final} already holds {held}; pass --force to replace "
                           "that folder whole, or choose another --out")
-
-    def _commit(self) -> None:
-        from seltrain.metrics import strict_json
-
-        with open(os.path.join(self.staging, MARKER), "w") as f:
-            json.dump({"analysis": self.name, "checkpoint": self.ckpt,
-                       **({"headline": strict_json(self.headline)} if self.headline else {})}, f)
-        old = None
-        if os.path.lexists(self.final):
-            old = os.path.join(self.parent, f".{os.path.basename(self.final)}.old-{os.getpid()}")
-            os.rename(self.final, old)
-        os.rename(self.staging, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
 
 
 def refuse_single_output(out: str, force: bool) -> None:

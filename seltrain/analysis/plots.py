@@ -1,5 +1,6 @@
 """PNG figures for the analyses. Each function draws one figure from an analysis result and
-writes it to ``path`` (parents created), returning the path.
+writes it whole to ``path`` (``seltrain.atomic.atomic_write``; parents created), returning
+the path.
 
 Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure`` rather than
 pyplot, so nothing touches global backend state and plotting works on headless machines.
@@ -14,6 +15,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from seltrain.atomic import atomic_write
 
 
 def _figure(n_panels: int = 1, *, cols: int = 4, size: tuple[float, float] = (3.2, 2.6)
@@ -32,8 +35,10 @@ def _save(fig: Figure, path, title: str | None) -> Path:
     if title:
         fig.suptitle(title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    # Into a file object, so the format comes from the name the figure will have, not from
+    # the temporary's.
+    with atomic_write(str(path), "wb") as f:
+        fig.savefig(f, format=path.suffix[1:] or None, dpi=120)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Write analysis results: numpy-aware JSON, and CSV tables.
+"""Write analysis results: numpy-aware JSON, and CSV tables, each file whole
+(``seltrain.atomic.atomic_write``).
 
 Results are dicts of numpy arrays and scalars; ``to_jsonable`` turns them into plain lists,
 floats and ints (NaN and infinities become null, so the files are strict JSON).
@@ -12,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from seltrain.atomic import atomic_write
 # Strict JSON of numpy/torch results (NaN and infinities as null): the one converter, which
 # metrics.jsonl uses too.
 from seltrain.metrics import strict_json as to_jsonable
@@ -19,8 +21,8 @@ from seltrain.metrics import strict_json as to_jsonable
 
 def write_json(path, obj) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
+    with atomic_write(str(path)) as f:
+        f.write(json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
     return path
 
 
@@ -33,8 +35,7 @@ def write_csv(path, columns: Mapping[str, Sequence]) -> Path:
     if len(lengths) > 1:
         raise ValueError(f"columns differ in length: { {k: len(v) for k, v in cols.items()} }")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_write(str(path), newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for row in zip(*cols.values()):

@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import re
+import time
 
 import pytest
 
@@ -59,7 +60,14 @@ def test_ray_up_runs_quickstart_search_on_two_nodes_then_down_leaves_nothing():
         # `ray status` on the head: 2 nodes of 1 CPU, idle, none pending or failed. (Its node
         # list names only the worker: the autoscaler knows the head as 127.0.0.1, Ray as
         # this machine's address.)
-        status = lc.ray_exec("ray status")
+        # The autoscaler's view trails the GCS by one or two update periods (its monitor polls
+        # every few seconds, slower on a loaded machine): read it until it shows the worker.
+        deadline = time.monotonic() + 120
+        while True:
+            status = lc.ray_exec("ray status")
+            if re.search(r"\b0\.0/2\.0 CPU", status) or time.monotonic() > deadline:
+                break
+            time.sleep(5)
         assert re.search(r"\b0\.0/2\.0 CPU", status), status[-3000:]
         assert "(no pending nodes)" in status and "(no failures)" in status, status[-3000:]
 

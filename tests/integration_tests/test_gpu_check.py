@@ -101,7 +101,7 @@ def test_run_sh_cpu_smoke_runs_every_section_and_says_not_run_for_a_missing_pack
     for alpha in ("alpha0", "alpha-1"):
         h = d["host_syncs"][alpha]
         assert h["steps"] == 25 and h["total"] == 4 and h["per_step"] == 4 / 25, h
-        assert h["by_site"]["seltrain/trainer.py:read"] == 3, h
+        assert h["by_site"]["seltrain/metrics.py:read"] == 3, h
     assert d["profile"]["alpha-1"]["per_step"] > d["profile"]["alpha0"]["per_step"] > 0
     assert d["memory"]["peak_mb_train_epoch"] == {"alpha0": None, "alpha-1": None}
 

@@ -178,7 +178,7 @@ def test_dry_run_finds_recipe_by_name_and_applies_set():
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "75 trials x 30 epochs = 2250 trial-epochs" in out
-    assert "1 worker(s) x 4 CPU, 1 GPU" in out
+    assert "1 worker(s) x 2 CPU, 0.25 GPU" in out and "at most 32 concurrent = 64 CPU, 8 GPU" in out
     # Both signs of alpha, log-spaced, with 0, from -100 to 100.
     for a in ("-100.0", "-0.1", " 0.0", "0.316", "100.0"):
         assert a in out, a

@@ -10,44 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import randomise_bn
-
+from fixtures_models import (K, OneClassNet, TinyCifarResNet,
+                            chain_net, one_class_data, randomise_bn_02)
 from seltrain.analysis.ablation import (UnsupportedModelError, ablate, cumulative_ablation,
                                         single_unit_ablation, split_at)
-from seltrain.analysis.attributes import correlations, folding_batchnorm, unit_attributes
 from seltrain.models import build_model
-
-K = 4
-
-
-class OneClassNet(nn.Module):
-    """Input: class code e_k times a scale. Hidden unit u = relu(x_u) fires for class u only and
-    drives logit u; the output bias (0.1 on class 1) decides when every unit is silent. So
-    ablating unit u sends class u to class 1: classes 0, 2 and 3 lose all their accuracy,
-    class 1 none, and no other class is touched."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(K, K, bias=False)
-        self.relu = nn.ReLU()
-        self.out = nn.Linear(K, K)
-        with torch.no_grad():
-            self.hidden.weight.copy_(torch.eye(K))
-            self.out.weight.copy_(torch.eye(K))
-            self.out.bias.copy_(torch.tensor([0.0, 0.1, 0.0, 0.0]))
-
-    def probe_points(self):
-        return {"hidden": self.relu}
-
-    def forward(self, x):
-        return self.out(self.relu(self.hidden(x)))
-
-
-def one_class_data(per_class: int = 10):
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(K).repeat_interleave(per_class)
-    x = F.one_hot(y, K).float() * (0.5 + torch.rand(len(y), 1, generator=g))
-    return x, y
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -72,21 +39,6 @@ def test_ablating_a_one_class_unit_kills_that_class_only(fast):
     np.testing.assert_allclose(r["class_balanced_drops"], [[0.5, s, 0, 0], [0, 0, 0, 0],
                                                            [0, s, 0.5, 0], [0, s, 0, 0.5]],
                                atol=1e-12)
-
-
-def test_one_class_unit_has_si_one_and_its_class_preferred():
-    model, (x, y) = OneClassNet(), one_class_data()
-    attrs = unit_attributes(model, "hidden", x, y, num_classes=K)
-    means = attrs["class_means"]  # [U, K]
-    np.testing.assert_array_equal(means[0, 1:], 0)
-    mu_max = means.max(1)
-    mu_rest = (means.sum(1) - mu_max) / (K - 1)
-    si = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7)  # docs/METHODS.md sec. 1, by hand
-    np.testing.assert_allclose(si, 1.0, atol=1e-6)
-    np.testing.assert_array_equal(attrs["preferred_class"], np.arange(K))
-    assert attrs["weight_module"] == "hidden"
-    np.testing.assert_array_equal(attrs["l1_norm"], np.ones(K))
-    np.testing.assert_allclose(attrs["mean_activation"], x.mean(0).numpy(), rtol=1e-6)
 
 
 def test_ablate_zeroes_whole_channels_and_cleans_up():
@@ -116,80 +68,7 @@ def test_cumulative_ablation_orders_by_si():
         np.testing.assert_array_equal(r[k], naive[k])
 
 
-def test_correlations_known_ranks():
-    drops = {"overall_drop": np.array([0.0, 0.1, 0.2, 0.3]),
-             "max_class_drop": np.array([0.4, 0.3, 0.2, 0.1]),
-             "class_drop_std": np.array([0.1, 0.1, 0.1, 0.1]),
-             "class_drops": np.array([[0.5, 0.0], [0.0, 0.6], [0.7, 0.0], [0.0, 0.8]])}
-    attrs = {"si": np.array([1.0, 2.0, 3.0, 4.0]), "l1_norm": np.array([4.0, 3.0, 2.0, 1.0])}
-    c = correlations(drops, attrs, preferred_class=np.array([0, 1, 0, 1]))
-    assert c["overall_drop"]["si"]["rho"] == pytest.approx(1.0)
-    assert c["overall_drop"]["l1_norm"]["rho"] == pytest.approx(-1.0)
-    assert c["max_class_drop"]["si"]["rho"] == pytest.approx(-1.0)
-    assert np.isnan(c["class_drop_std"]["si"]["rho"])  # a constant variable
-    assert c["preferred_class_drop"]["si"]["rho"] == pytest.approx(1.0)  # 0.5, 0.6, 0.7, 0.8
-    assert c["overall_drop"]["si"]["n"] == 4 and 0 <= c["overall_drop"]["si"]["p"] < 0.01
-
-
 # --- fast == naive ---------------------------------------------------------------------------
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    # Running means drawn with std 0.2 here (the others use 0.5): these tests' models and
-    # tolerances were set with it.
-    return randomise_bn(model, seed, mean_std=0.2)
-
-
-def chain_net() -> nn.Module:
-    torch.manual_seed(0)
-    return _randomise_bn(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
-        nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 10)))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = out + self.shortcut(x)
-        return F.relu(out)
-
-
-class TinyCifarResNet(nn.Module):
-    """The CIFAR ResNet layout (conv1, bn1, relu, layer1, layer2, avgpool, fc), two stages."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU()
-        self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 8))
-        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2), BasicBlock(16, 16))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def probe_points(self):
-        return {"stem": self.relu, **{f"block{s}_{i}": getattr(self, f"layer{s}")[i]
-                                      for s in (1, 2) for i in (0, 1)}}
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.layer2(self.layer1(out))
-        out = self.avgpool(out)
-        return self.fc(out.view(out.size(0), -1))
 
 
 def labelled_data(model: nn.Module, n: int, size: int = 8, seed: int = 0):
@@ -252,7 +131,7 @@ def test_fast_equals_naive_on_a_conv_chain(layer, per_pass):
 @pytest.mark.parametrize("layer", ["stem", "block1_1", "block2_0", "block2_1"])
 def test_fast_equals_naive_on_a_cifar_resnet(layer):
     torch.manual_seed(1)
-    model = _randomise_bn(TinyCifarResNet(), seed=1)
+    model = randomise_bn_02(TinyCifarResNet(), seed=1)
     x, y = labelled_data(model, 34, seed=1)
     r = _assert_fast_equals_naive(model, layer, x, y, batch_size=16, units_per_pass=3)
     assert r["layer"] in ("relu", "layer1.1", "layer2.0", "layer2.1")
@@ -264,7 +143,7 @@ def test_split_torchvision_resnet_gives_the_same_logits(layer):
     from torchvision.models.resnet import BasicBlock as TvBlock, ResNet
 
     torch.manual_seed(2)
-    model = _randomise_bn(ResNet(TvBlock, [1, 1, 1, 1], num_classes=10), seed=2)
+    model = randomise_bn_02(ResNet(TvBlock, [1, 1, 1, 1], num_classes=10), seed=2)
     x = torch.randn(16, 3, 8, 8)
     head, tail = split_at(model, layer)
     with torch.no_grad():
@@ -272,94 +151,9 @@ def test_split_torchvision_resnet_gives_the_same_logits(layer):
     assert _max_logit_diff(model, layer, x, [0, 1, 2, 5]) == 0
 
 
-def test_l1_norm_of_incoming_weights_picks_the_producing_conv():
-    model = _randomise_bn(TinyCifarResNet())
-    x = torch.randn(4, 3, 8, 8)
-    for probe, conv, bn in (("block2_0", "layer2.0.conv2", "layer2.0.bn2"),
-                            ("stem", "conv1", "bn1")):
-        a = unit_attributes(model, probe, x)
-        assert a["weight_module"] == conv  # layer2.0's shortcut conv is skipped
-        assert a["l1_batchnorm"] == bn  # ... and so is its shortcut BN
-        w = model.get_submodule(conv).weight.detach().double()
-        np.testing.assert_allclose(a["l1_norm_raw"], w.abs().sum((1, 2, 3)).numpy())
-        b = model.get_submodule(bn)
-        scale = b.weight.detach().double().abs() / torch.sqrt(b.running_var.double() + b.eps)
-        np.testing.assert_allclose(a["l1_norm"], (w.abs().sum((1, 2, 3)) * scale).numpy())
-    chain = chain_net()
-    a = unit_attributes(chain, "5", x)  # ReLU after conv "3" and BN "4"
-    assert a["weight_module"] == "3" and a["l1_batchnorm"] == "4"
-    with torch.no_grad():
-        acts = chain[:6](x).mean((2, 3)).double()
-    np.testing.assert_allclose(a["mean_activation"], acts.mean(0).numpy(), rtol=1e-6)
-    a = unit_attributes(chain, "7", x)  # conv "6" -> ReLU "7", no BN: the raw L1
-    assert a["l1_weights"] == "raw" and a["l1_batchnorm"] is None
-    np.testing.assert_array_equal(a["l1_norm"], a["l1_norm_raw"])
-
-
-def _l1(model, probe, x, **kw):
-    return unit_attributes(model, probe, x, **kw)
-
-
-@pytest.mark.parametrize("arch,probe,conv,bn,bias", [
-    ("resnet20", "layer2.0", "layer2.0.conv2", "layer2.0.bn2", False),  # conv -> BN
-    ("cnn7", "conv2", "conv2", "bn2", True),  # conv -> ReLU -> BN (Keras)
-])
-def test_bn_folded_l1_ignores_the_scale_that_batchnorm_cancels(arch, probe, conv, bn, bias):
-    """Scale a conv by c and its BN's running statistics (mean by c, variance and eps by c^2):
-    the network computes the same function, the raw L1 grows by c, the folded L1 stays."""
-    torch.manual_seed(0)
-    model = _randomise_bn(build_model(arch, 10, image_size=32))
-    x = torch.randn(4, 3, 32, 32)
-    before = _l1(model, probe, x)
-    assert before["l1_weights"] == "bn_folded"
-    assert before["weight_module"] == conv and before["l1_batchnorm"] == bn
-    w, b = model.get_submodule(conv), model.get_submodule(bn)
-    by_hand = (w.weight.detach().double().abs().sum((1, 2, 3)) * b.weight.detach().double().abs()
-               / torch.sqrt(b.running_var.double() + b.eps)).numpy()
-    np.testing.assert_allclose(before["l1_norm"], by_hand, rtol=1e-12)
-    np.testing.assert_allclose(before["l1_norm_raw"],
-                               w.weight.detach().double().abs().sum((1, 2, 3)).numpy())
-    with torch.no_grad():
-        logits = model(x)
-        c = 3.0
-        w.weight.mul_(c)
-        if bias:
-            w.bias.mul_(c)
-        b.running_mean.mul_(c)
-        b.running_var.mul_(c * c)
-        b.eps *= c * c
-        torch.testing.assert_close(model(x), logits, rtol=1e-4, atol=1e-5)
-    after = _l1(model, probe, x)
-    np.testing.assert_allclose(after["l1_norm_raw"], c * before["l1_norm_raw"], rtol=1e-6)
-    np.testing.assert_allclose(after["l1_norm"], before["l1_norm"], rtol=1e-6)
-    raw = _l1(model, probe, x, l1_weights="raw")
-    assert raw["l1_weights"] == "raw" and raw["l1_batchnorm"] is None
-    np.testing.assert_array_equal(raw["l1_norm"], after["l1_norm_raw"])
-
-
-def test_which_batchnorm_is_folded_per_architecture():
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 16, 16)
-    expect = {("resnet18", "layer2.0"): ("layer2.0.conv2", "layer2.0.bn2"),  # not downsample.1
-              ("resnet50", "layer2.0"): ("layer2.0.conv3", "layer2.0.bn3"),
-              ("resnet20", "stem"): ("conv1", "bn1"),
-              ("vgg16_bn", "conv2_1"): ("features.conv2_1", "features.bn2_1"),
-              ("cnn7", "fc1"): ("fc1", "bn_fc1"),
-              ("vgg16", "conv2_1"): ("features.conv2_1", None),  # no BN: the raw L1
-              ("vgg16", "fc1"): ("classifier.fc1", None)}
-    for (arch, probe), (conv, bn) in expect.items():
-        model = build_model(arch, 10, image_size=32 if arch == "cnn7" else 16).eval()
-        a = _l1(model, probe, torch.randn(2, 3, 32, 32) if arch == "cnn7" else x)
-        assert (a["weight_module"], a["l1_batchnorm"]) == (conv, bn), (arch, probe)
-        assert a["l1_weights"] == ("raw" if bn is None else "bn_folded")
-        found = folding_batchnorm(model, model.get_submodule(conv),
-                                  torch.randn(1, 3, 32, 32) if arch == "cnn7" else x[:1])
-        assert (found[0] if found else None) == bn
-
-
 def test_cnn7_single_unit_ablation_zeroes_the_batchnorm():
     torch.manual_seed(0)
-    model = _randomise_bn(build_model("cnn7", 10))
+    model = randomise_bn_02(build_model("cnn7", 10))
     x = torch.randn(20, 3, 32, 32)
     y = model(x).argmax(1)
     r = single_unit_ablation(model, "conv6", x, y, 10, batch_size=20)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from seltrain.analysis import plots
 from seltrain.analysis.dimensionality import (early_layers, explained_variance_ratio, increase,
                                               layer_dimensionality, layer_features,
                                               mean_reading, n_components,
@@ -153,12 +152,3 @@ def test_probe_names_key_the_features():
     model = build_model("cnn7", 10, 3, 32)
     feats = layer_features(model, ["conv1", "relu2"], torch.randn(6, 3, 32, 32), spatial="mean")
     assert list(feats) == ["conv1", "relu2"] and feats["conv1"].shape == (6, 32)
-
-
-def test_readings_figure(tmp_path):
-    layer = {"n_components": 3}
-    result = {"representation": {"clean": {"a": layer, "b": layer},
-                                 "adversarial": {"a": layer, "b": {"n_components": 7}}},
-              "change": {"adversarial": {"a": layer, "b": layer}}}
-    p = plots.dimensionality_readings(result, tmp_path / "d.png", title="t")
-    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from seltrain.analysis import plots
 from seltrain.probes import LayerError
 from seltrain.analysis.gradients import (gradient_variability, unit_input_gradients,
                                          unit_input_gradients_naive)
@@ -180,16 +179,3 @@ def test_layer_that_runs_twice_is_refused():
     model = nn.Sequential(nn.Linear(3, 3), relu, nn.Linear(3, 3), relu)
     with pytest.raises(LayerError, match="runs 2 times"):
         gradient_variability(model, "1", torch.randn(4, 3))
-
-
-def test_gradient_and_sweep_figures(tmp_path):
-    means = {f"layer{i}": {f"{a}_{s}": 0.1 * i + 0.2 for a in ("across_samples", "across_units")
-                           for s in ("direction", "norm_cv", "zero_fraction")}
-             for i in range(3)}
-    p1 = plots.gradient_variability(means, tmp_path / "g.png")
-    p2 = plots.panels_against([0.0, -1.0, 1.0], {"layer1": {"adversarial": [3, 4, 5],
-                                                            "corrupted": [1, 2, np.nan]},
-                                                 "layer2": {"adversarial": [1, 1, 1]}},
-                              tmp_path / "p.png", xlabel="alpha", ylabel="increase")
-    for p in (p1, p2):
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000

@@ -1,11 +1,10 @@
 """The analyses' typed options (each analysis' own, on seltrain/analysis/options.py's
-``AnalysisOptions``), the registry that names them, and the strict reading of
-`seltrain report --analysis-args` into them (commands.sweep_options)."""
+``AnalysisOptions`` and ``option()``): defaults, text parsed into typed values, and a bad
+value as one line naming the option."""
 from __future__ import annotations
 
 import pytest
 
-from seltrain.analysis.commands import sweep_options
 from seltrain.analysis.ablation import AblationOptions
 from seltrain.analysis.dimensionality import DimensionalityOptions
 from seltrain.analysis.gradients import GradientsOptions
@@ -57,104 +56,3 @@ def test_a_bad_value_is_one_line_naming_the_option(make, names):
     text = _one_line(e)
     for name in names:
         assert name in text, text
-
-
-def test_sweep_gives_each_analysis_the_options_it_has():
-    argv = ["--max-images", "64", "--corruptions", "gaussian_noise", "--severities", "5",
-            "--eps", "0,0.03", "--attack", "fgsm", "--layers", "layer1.0", "layer3.2"]
-    got = sweep_options(["selectivity", "robustness"], argv)
-    sel, rob = got["selectivity"], got["robustness"]
-    assert isinstance(sel, SelectivityOptions) and isinstance(rob, RobustnessOptions)
-    assert (sel.max_images, sel.layers) == (64, ("layer1.0", "layer3.2"))
-    assert (rob.max_images, rob.corruptions, rob.severities) == (64, ("gaussian_noise",), (5,))
-    assert (rob.eps, rob.attack, rob.layers) == ((0.0, 0.03), ("fgsm",), ("layer1.0", "layer3.2"))
-    # --eps is taken by both robustness (a list) and dimensionality (one value)
-    got = sweep_options(["robustness", "dimensionality"], ["--eps=8/255", "--steps", "1"])
-    assert got["robustness"].eps == (8 / 255,) and got["dimensionality"].eps == 8 / 255
-    assert got["robustness"].steps == got["dimensionality"].steps == 1
-    assert sweep_options(["gradients"], []) == {"gradients": GradientsOptions()}
-
-
-def test_the_old_threshold_spelling_where_it_is_unambiguous():
-    assert sweep_options(["dimensionality"], ["--threshold", "0.9"])[
-        "dimensionality"].variance_share == 0.9
-    assert sweep_options(["orientation", "selectivity"], ["--threshold", "0.5"])[
-        "orientation"].gosi_threshold == 0.5
-    got = sweep_options(["orientation", "dimensionality"],
-                        ["--gosi-threshold", "0.4", "--variance-share", "0.8"])
-    assert (got["orientation"].gosi_threshold, got["dimensionality"].variance_share) == (0.4, 0.8)
-    with pytest.raises(ConfigError) as e:
-        sweep_options(["orientation", "dimensionality"], ["--threshold", "0.9"])
-    text = _one_line(e)
-    assert "--threshold is ambiguous" in text and "--gosi-threshold or --variance-share" in text
-
-
-@pytest.mark.parametrize("names,argv,message", [
-    (["selectivity", "robustness"], ["--max-imgaes", "64"],
-     "no chosen analysis (selectivity, robustness) takes --max-imgaes (did you mean "
-     "'--max-images'?)"),
-    (["selectivity"], ["--corruptions", "fog"], "no chosen analysis (selectivity) takes "
-     "--corruptions"),
-    (["robustness"], ["--max-images", "-1"], "--analysis-args (robustness): --max-images -1"),
-    (["dimensionality"], ["--threshold", "1.5"], "--variance-share/--threshold 1.5"),
-    (["selectivity"], ["64"], "'64' is not an option"),
-    (["selectivity"], ["--out", "x"], "--out does not apply to a sweep"),
-    (["ablation"], ["--cumulative", "yes"], "unrecognized arguments: yes"),
-    (["selectivity"], ["--layers"], "expected at least one argument"),
-])
-def test_sweep_mistakes_are_one_line_naming_the_option(names, argv, message):
-    with pytest.raises(ConfigError) as e:
-        sweep_options(names, argv)
-    text = _one_line(e)
-    assert text.startswith("--analysis-args") and message in text, text
-
-
-# --------------------------------------------------------------------------- the registry
-
-def test_every_registered_analysis_is_one_module_holding_all_of_it():
-    """Each name maps to the module that holds its Options, compute, write and sweep headline,
-    and `seltrain analyze` offers exactly those names, in the registry's order."""
-    import inspect
-
-    from seltrain.analysis.options import AnalysisOptions
-    from seltrain.analysis.registry import ANALYSES
-    from seltrain.cli import build_parser
-
-    assert list(ANALYSES) == ["selectivity", "ablation", "orientation", "robustness",
-                              "dimensionality", "gradients"]
-    for name, module in ANALYSES.items():
-        assert module.__name__.startswith("seltrain.analysis.")
-        cls = module.Options
-        assert issubclass(cls, AnalysisOptions) and cls.__module__ == module.__name__, name
-        assert cls.__doc__.strip(), name  # the subcommand's help line
-        assert list(inspect.signature(module.compute).parameters) == ["target", "opts"]
-        assert list(inspect.signature(module.write).parameters) == ["r", "target", "opts", "out"]
-        assert module.SWEEP_HEADLINE and all(isinstance(k, str) for k in module.SWEEP_HEADLINE)
-        assert callable(getattr(module, "sweep_panels", len)), name
-    # the command `selectivity` is the module named unit_selectivity
-    assert ANALYSES["selectivity"].__name__ == "seltrain.analysis.unit_selectivity"
-    analyze = build_parser()._subparsers._group_actions[0].choices["analyze"]
-    assert list(analyze._subparsers._group_actions[0].choices) == list(ANALYSES)
-
-
-def test_an_unknown_analysis_or_foreign_options_are_refused():
-    from seltrain.analysis.commands import run_analysis
-    from seltrain.analysis.registry import analysis
-
-    with pytest.raises(ConfigError, match=r"^unknown analysis 'ablaton' \(did you mean "
-                                          r"'ablation'\?\); choose from selectivity, "):
-        analysis("ablaton")
-    with pytest.raises(TypeError, match="ablation takes AblationOptions, not GradientsOptions"):
-        run_analysis("ablation", "/nonexistent", GradientsOptions())
-
-
-def test_no_analysis_file_is_over_600_lines_but_the_corruption_catalogue():
-    import glob
-    import os
-
-    from helpers import REPO
-
-    long = {os.path.basename(p): n for p in glob.glob(os.path.join(REPO, "seltrain", "analysis",
-                                                                  "*.py"))
-            if (n := sum(1 for _ in open(p))) > 600}
-    assert set(long) <= {"corruptions.py"}, long

@@ -1,7 +1,7 @@
 """Orientation selectivity (seltrain/analysis/orientation.py): Ukita's gratings (periods,
 range, centre), OSI/gOSI of hand-made filters, the permuted-grating null and the orientation
 range on constructed responses, the gOSI split (ties at the median, SEM, clipped
-cross-entropy, where cnn7 is zeroed) and shift invariance, with known answers."""
+cross-entropy, where cnn7 is zeroed), with known answers."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +15,6 @@ from torch import nn
 
 from helpers import randomise_bn
 
-from seltrain.analysis import plots
 from seltrain.analysis.orientation import (clipped_cross_entropy, fraction_selective, gosi,
                                            gosi_split_ablation, grating_parameters,
                                            grating_periods, grating_responses, gratings,
@@ -23,7 +22,6 @@ from seltrain.analysis.orientation import (clipped_cross_entropy, fraction_selec
                                            osi, permute_responses, preferred_orientation,
                                            split_by_gosi, stimulus_permutations, stimuli,
                                            tuning_curves)
-from seltrain.analysis.shift_invariance import shift_images, shift_invariance
 from seltrain.models import build_model
 
 
@@ -406,42 +404,3 @@ def test_orientation_range_agrees_with_his_case_analysis():
     his = np.array([_his_range(u.max(1)) for u in resp])
     np.testing.assert_array_equal(ours, his)
     assert len(np.unique(ours)) > 5
-
-
-def test_orientation_plots_write_pngs(tmp_path):
-    resp = _tuned_population(20)
-    R = tuning_curves(resp)[0]
-    null = null_indices(resp, 2)
-    o, g = {"a": osi(R), "b": osi(R)}, {"a": gosi(R), "b": gosi(R)}
-    split = {n: {k: {"ce_increase_mean": 0.1 * i, "ce_increase_sem": 0.01}
-                 for i, k in enumerate(("top", "bottom"))} for n in ("a", "b")}
-    for path in (plots.null_distributions(o, g, {"a": null["osi"], "b": null["osi"]},
-                                          {"a": null["gosi"], "b": null["gosi"]},
-                                          tmp_path / "null.png"),
-                 plots.orientation_ranges({"a": orientation_range(resp)}, {"a": g["a"]},
-                                          tmp_path / "range.png"),
-                 plots.gosi_split_ablation(split, tmp_path / "split.png")):
-        assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_shift_images():
-    x = torch.arange(10.0).reshape(1, 1, 1, 10)
-    assert shift_images(x, 2)[0, 0, 0].tolist() == [8, 9, 0, 1, 2, 3, 4, 5, 6, 7]
-    assert shift_images(x, 2, mode="edge")[0, 0, 0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
-
-
-def test_shift_invariance_known_answers():
-    torch.manual_seed(0)
-    x = torch.randn(20, 3, 12, 12)
-    # Circular conv + global average pool: exactly invariant to circular shifts.
-    pooled = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular"), nn.ReLU(),
-                           nn.AdaptiveAvgPool2d(1))
-    r = shift_invariance(pooled, "2", x, shift=2)
-    assert r["n"] == 20 and r["mean"] > 1 - 1e-6
-    # The raw pixels of white noise: a shifted copy is uncorrelated.
-    raw = nn.Sequential(nn.Identity(), nn.Conv2d(3, 2, 1))
-    r = shift_invariance(raw, "0", x, shift=2)
-    assert abs(r["mean"]) < 0.1 and r["sem"] < 0.05
-    # Ablating every unit of the first layer leaves a constant representation downstream.
-    r = shift_invariance(pooled, "2", x, shift=2, ablation=("1", list(range(6))))
-    assert r["n"] == 0 and r["n_constant"] == 20

@@ -1,6 +1,6 @@
-"""seltrain.atomic: a file is replaced whole or not at all, every temporary carries one name
-(``.<name>.tmp-<pid>-<random>``), and the cleanup removes what killed writers left, and only
-that."""
+"""seltrain.atomic: a file or a folder is replaced whole or not at all, every temporary carries
+one name (``.<name>.tmp-<pid>-<random>``), and the cleanup removes what killed writers left,
+and only that."""
 import os
 import re
 import subprocess
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from seltrain.atomic import atomic_path, atomic_write, remove_stale_temporaries
+from seltrain.atomic import atomic_folder, atomic_path, atomic_write, remove_stale_temporaries
 
 
 def _dead_pid() -> int:
@@ -74,6 +74,40 @@ def test_atomic_path_hands_a_writer_the_one_temporary_name(tmp_path):
     assert out.read_bytes() == b"beton" and os.listdir(tmp_path) == ["train.beton"]
 
 
+def test_atomic_folder_replaces_the_folder_whole(tmp_path):
+    out = tmp_path / "ablation"
+    with atomic_folder(str(out)) as staging:
+        assert re.fullmatch(rf"\.ablation\.tmp-{os.getpid()}-[0-9a-f]{{8}}",
+                            os.path.basename(staging)), staging
+        assert os.path.dirname(staging) == str(tmp_path) and os.listdir(staging) == []
+        assert not out.exists()  # nothing at the name until the block ends
+        (tmp_path / os.path.basename(staging) / "summary.json").write_text("first")
+    assert os.listdir(tmp_path) == ["ablation"] and os.listdir(out) == ["summary.json"]
+    with atomic_folder(str(out)) as staging:
+        with open(os.path.join(staging, "units.csv"), "w") as f:
+            f.write("second")
+        assert (out / "summary.json").read_text() == "first"  # the old folder, whole
+    # The new folder replaces the old one: nothing of the old is left, nor any temporary.
+    assert os.listdir(tmp_path) == ["ablation"] and os.listdir(out) == ["units.csv"]
+
+
+def test_a_failed_folder_keeps_the_old_one_and_removes_its_temporary(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("earlier")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(str(out)) as staging:
+            with open(os.path.join(staging, "summary.json"), "w") as f:
+                f.write("half")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == ["out"] and (out / "summary.json").read_text() == "earlier"
+    # A file where the folder goes is replaced too (the caller decides whether it may be).
+    (tmp_path / "f").write_text("a file")
+    with atomic_folder(str(tmp_path / "f")) as staging:
+        pass
+    assert (tmp_path / "f").is_dir() and sorted(os.listdir(tmp_path)) == ["f", "out"]
+
+
 def test_cleanup_removes_dead_writers_temporaries_only(tmp_path, capsys):
     dead, live = _dead_pid(), os.getppid()  # our parent runs for as long as we do
     names = {
@@ -85,11 +119,16 @@ def test_cleanup_removes_dead_writers_temporaries_only(tmp_path, capsys):
     }
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    (tmp_path / f".analysis.tmp-{dead}-abcdef01").mkdir()  # a folder: not a file write's
+    # A killed atomic_folder's staging folder, files in it, goes too; a live one's stays.
+    names[f".ablation.tmp-{dead}-abcdef01"] = "removed"
+    names[f".ablation.tmp-{live}-abcdef01"] = "kept"
+    for name in (f".ablation.tmp-{dead}-abcdef01", f".ablation.tmp-{live}-abcdef01"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{")
     removed = remove_stale_temporaries(str(tmp_path))
     assert removed == sorted(n for n, what in names.items() if what == "removed")
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        [n for n, what in names.items() if what == "kept"] + [f".analysis.tmp-{dead}-abcdef01"])
+    assert sorted(os.listdir(tmp_path)) == sorted(n for n, what in names.items()
+                                                  if what == "kept")
     err = capsys.readouterr().err
     assert err == (f"seltrain: removed {', '.join(removed)}, left in {tmp_path} by an "
                    "interrupted write\n")

@@ -1,17 +1,223 @@
-"""checkpoint.Checkpointer, on a real DDPEngine (one process): save writes last.pt and copies
-it to best.pt on a new best; resume compares the recipe before any weights load, then restores
-weights, optimizer, schedule and RNG; repair rewrites a best.pt a crash left behind."""
+"""seltrain/checkpoint.py: checkpoint files written whole (atomic_save / atomic_copy: a crash or
+a full disk mid-write leaves the previous file as it was, no temporary is left behind, and the
+file gets the umask-derived mode), their SHA-256 checked on load with NaN/inf refused, the one
+best-else-last lookup for a checkpoint file, a run folder and an experiment folder, and the
+Checkpointer on a real DDPEngine (one process): save writes last.pt and copies it to best.pt
+on a new best; resume compares the recipe before any weights load, then restores weights,
+optimizer, schedule and RNG; repair rewrites a best.pt a crash left behind."""
+from __future__ import annotations
+
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from seltrain.checkpoint import Checkpointer, TrainState
+from helpers import REPO
+from seltrain import checkpoint
+from seltrain.atomic import remove_stale_temporaries
+from seltrain.checkpoint import (Checkpointer, TrainState, atomic_save, find_checkpoints,
+                                 load_trained_model, run_checkpoint)
 from seltrain.config import load_config
 from seltrain.distributed import DistContext
 from seltrain.engine import DDPEngine
 from seltrain.errors import CheckpointError
+from seltrain.models import build_model
+
+
+# -------------------------------------------------------------------------- writing a checkpoint
+
+def _state(epoch: int, n: int = 1000) -> dict:
+    return {"model": {"w": torch.full((n,), float(epoch))}, "epoch": epoch}
+
+
+def test_atomic_save_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = str(tmp_path / "ckpt" / "last.pt")  # the folder is made on the way
+    checkpoint.atomic_save(_state(1), path)
+    checkpoint.atomic_save(_state(2), path)
+    got = checkpoint.load(path)
+    assert got["epoch"] == 2 and torch.equal(got["model"]["w"], torch.full((1000,), 2.0))
+    checkpoint.atomic_copy(path, str(tmp_path / "ckpt" / "best.pt"))
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["best.pt", "last.pt"]
+    assert (tmp_path / "ckpt" / "best.pt").read_bytes() == (tmp_path / "ckpt" / "last.pt") \
+        .read_bytes()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_checkpoints_get_the_umask_derived_mode_not_0600(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        checkpoint.atomic_save(_state(1), str(tmp_path / "last.pt"))
+        checkpoint.atomic_copy(str(tmp_path / "last.pt"), str(tmp_path / "best.pt"))
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask  # 0644, 0640, 0664
+    assert oct(os.stat(tmp_path / "last.pt").st_mode & 0o777) == oct(want)
+    assert oct(os.stat(tmp_path / "best.pt").st_mode & 0o777) == oct(want)
+
+
+@pytest.mark.faults
+def test_sigkill_mid_write_leaves_the_old_checkpoint_and_a_temporary_the_next_run_removes(
+        tmp_path):
+    path = str(tmp_path / "last.pt")
+    checkpoint.atomic_save(_state(1), path)
+    before = (tmp_path / "last.pt").read_bytes()
+    # A real SIGKILL after 4 kB of the new checkpoint's bytes have reached the disk.
+    code = ("import os, signal, sys\n"
+            "from seltrain import checkpoint\n"
+            "def write(f):\n"
+            "    f.write(b'x' * 4096); f.flush(); os.fsync(f.fileno())\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "checkpoint._write_replace(sys.argv[1], write)\n")
+    r = subprocess.run([sys.executable, "-c", code, path], cwd=REPO, capture_output=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert checkpoint.load(path)["epoch"] == 1
+    left = sorted(f for f in os.listdir(tmp_path) if f != "last.pt")
+    assert len(left) == 1 and re.fullmatch(r"\.last\.pt\.tmp-\d+-[0-9a-f]{8}", left[0]), left
+    assert os.path.getsize(tmp_path / left[0]) == 4096
+    assert remove_stale_temporaries(str(tmp_path)) == left
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs of our own: a real full disk (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+@pytest.mark.faults
+def test_a_full_disk_mid_write_keeps_the_old_file_and_removes_the_temporary(small_disk):
+    path = str(small_disk / "last.pt")
+    checkpoint.atomic_save(_state(1, n=50_000), path)  # 200 kB
+    before = (small_disk / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"no space left on .* while writing last.pt; "
+                                              r"the previous checkpoints are kept"):
+        checkpoint.atomic_save(_state(2, n=500_000), path)  # 2 MB: the disk fills mid-write
+    assert os.listdir(small_disk) == ["last.pt"]  # no temporary left
+    assert (small_disk / "last.pt").read_bytes() == before
+    assert checkpoint.load(path)["epoch"] == 1
+
+
+# ------------------------------------------------------------------------------------- checksums
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+
+def test_digest_written_and_checked(tmp_path):
+    path = str(tmp_path / "last.pt")
+    weights = _model().state_dict()
+    checkpoint.atomic_save({"model": weights, "epoch": 3}, path)
+    ckpt = checkpoint.load(path)
+    assert ckpt["model_sha256"] == checkpoint.weights_digest(weights)
+    assert len(ckpt["model_sha256"]) == 64
+
+
+def test_digest_sees_one_changed_value_and_dtype():
+    weights = _model().state_dict()
+    base = checkpoint.weights_digest(weights)
+    changed = {k: v.clone() for k, v in weights.items()}
+    changed["0.weight"][0, 0, 0, 0] += 1e-6
+    assert checkpoint.weights_digest(changed) != base
+    assert checkpoint.weights_digest({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                                      for k, v in weights.items()}) != base
+
+
+def test_a_tampered_value_is_refused_naming_the_file(tmp_path):
+    path = str(tmp_path / "last.pt")
+    weights = _model().state_dict()
+    digest = checkpoint.weights_digest(weights)
+    weights["0.bias"][0] = 7.0  # written with the digest of the original weights
+    torch.save({"model": weights, "model_sha256": digest}, path)
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged \(its weights do not match "
+                                              r"the checksum .*use checkpoints/best.pt"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_with_or_without_digest(tmp_path, value):
+    weights = _model().state_dict()
+    weights["1.weight"][2] = value
+    path = str(tmp_path / "best.pt")
+    torch.save({"model": weights}, path)  # an older checkpoint: no digest
+    with pytest.raises(CheckpointError, match=r"best.pt is damaged \(non-finite values in "
+                                              r"1.weight\); analyse checkpoints/last.pt"):
+        checkpoint.load(path)
+
+
+def test_checkpoints_without_a_digest_still_load(tmp_path):
+    path = str(tmp_path / "old.pt")
+    torch.save({"model": _model().state_dict(), "epoch": 1}, path)
+    assert checkpoint.load(path)["epoch"] == 1
+
+
+# ----------------------------------------------------------- finding and loading a trained model
+
+def _touch(path) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()
+    return os.path.abspath(path)
+
+
+def test_best_else_last_in_a_run_and_in_every_trial(tmp_path):
+    run = tmp_path / "run"
+    last = _touch(run / "checkpoints" / "last.pt")
+    assert run_checkpoint(str(run)) == last
+    best = _touch(run / "checkpoints" / "best.pt")
+    assert run_checkpoint(str(run)) == best
+    assert run_checkpoint(str(run), ("last.pt",)) == last
+    assert find_checkpoints(str(run)) == [(str(run), best)]
+    assert find_checkpoints(last) == [(str(run), last)]  # a file: its run folder
+
+    exp = tmp_path / "exp"
+    b = _touch(exp / "trials" / "b" / "checkpoints" / "last.pt")
+    a = _touch(exp / "trials" / "a" / "checkpoints" / "best.pt")
+    os.makedirs(exp / "trials" / "c")  # a trial that wrote no checkpoint yet: skipped
+    assert find_checkpoints(str(exp)) == [(str(exp / "trials" / "a"), a),
+                                          (str(exp / "trials" / "b"), b)]
+    with pytest.raises(CheckpointError, match="no checkpoint, run folder or experiment"):
+        find_checkpoints(str(tmp_path / "nope"))
+    with pytest.raises(CheckpointError, match="holds no checkpoints/best.pt"):
+        find_checkpoints(str(exp / "trials" / "c"))
+
+
+def test_load_trained_model_builds_the_recipe_model_or_says_it_does_not_fit(tmp_path):
+    cfg = load_config(None, ["model.arch=resnet20", "data.dataset=synthetic"])
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, 3, 16)
+    ckpt = {"config": cfg.to_dict(), "arch": "resnet20", "num_classes": 10, "in_channels": 3,
+            "image_size": 16, "model": model.state_dict()}
+    atomic_save(ckpt, str(tmp_path / "run" / "checkpoints" / "best.pt"))
+    loaded, got, got_cfg = load_trained_model(str(tmp_path / "run"))
+    assert not loaded.training and got_cfg.model.arch == "resnet20" and got["image_size"] == 16
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    atomic_save(dict(ckpt, num_classes=100), str(tmp_path / "bad.pt"))
+    with pytest.raises(CheckpointError, match="does not match a seltrain model") as e:
+        load_trained_model(str(tmp_path / "bad.pt"))
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------- Checkpointer
 
 META = {"layer_names": ["0"], "arch": "none", "num_classes": 3, "in_channels": 4,
         "image_size": 1}

@@ -10,9 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import REPO
 from seltrain.fault_injection import KILL_AT_STEP_ENV, step_hooks_from_env
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_no_variable_no_hook(monkeypatch):

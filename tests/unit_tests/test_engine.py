@@ -1,5 +1,6 @@
-"""deepspeed_config: seltrain owns the precision keys. bf16 is torch.autocast over float32
-weights (DeepSpeed's torch_autocast section); DeepSpeed's own bf16 mode is always off."""
+"""seltrain/engine.py's deepspeed_config: seltrain owns the precision keys. bf16 is
+torch.autocast over float32 weights (DeepSpeed's torch_autocast section); DeepSpeed's own bf16
+mode is always off."""
 from __future__ import annotations
 
 import json

@@ -2,8 +2,8 @@
 shrunken payloads, exact sharded evaluation, and a rank that cannot join.
 
 The multi-rank half runs this file as a torchrun worker (``python -m torch.distributed.run
---standalone --nproc_per_node 2 test_distributed.py equivalence OUT``); each rank writes what it
-saw to OUT/rank{r}.pt and the tests compare those numbers with one process.
+--standalone --nproc_per_node 2 test_distributed_ranks.py equivalence OUT``); each rank writes
+what it saw to OUT/rank{r}.pt and the tests compare those numbers with one process.
 
 BatchNorm: the equivalence is exact only when BN does not normalise by per-rank batch
 statistics. torch's SyncBatchNorm is GPU-only, so on CPU the equivalence runs with BN in eval
@@ -21,10 +21,7 @@ import time
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-
-from helpers import (TINY, evaluate_checkpoint, free_port, subprocess_env,  # noqa: E402
+from helpers import (REPO, TINY, evaluate_checkpoint, free_port, subprocess_env,
                      torch_extensions_dir)
 
 ALPHA = 1.0

@@ -1,0 +1,187 @@
+"""``seltrain report`` (seltrain/report.py) on an experiment folder written as ``seltrain tune``
+writes one (trials/<name>/config.yaml, metrics.jsonl, summary.json; seltrain_experiment.json;
+interrupted.json): one row per trial with its best epoch, which trials ASHA stopped, the
+per-alpha means and spreads over the completed trials, the best alpha by each metric, the
+printed table and lines, results.csv, and the figures' plotted points."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from seltrain import report
+from seltrain.config import Config
+from seltrain.errors import ConfigError, DataError
+
+# name: (alpha, seed, lr, per-epoch (val_acc, test_acc, test_si), finished)
+TRIALS = {
+    "alpha-1_seed0_a": (-1.0, 0, 0.1, [(0.5, 0.45, 0.3), (0.7, 0.65, 0.2), (0.6, 0.62, 0.25)],
+                        True),
+    "alpha-1_seed1_b": (-1.0, 1, 0.1, [(0.6, 0.55, 0.3), (0.8, 0.78, 0.1), (0.75, 0.7, 0.15)],
+                        True),
+    "alpha0_seed0_c": (0.0, 0, 0.2, [(0.7, 0.6, 0.5), (0.72, 0.7, 0.45), (0.9, 0.88, 0.4)], True),
+    "alpha10_seed0_d": (10.0, 0, 0.1, [(0.4, 0.35, 0.6)], False),  # ASHA stopped it
+    "alpha10_seed1_e": (10.0, 1, 0.1, [(0.3, 0.3, 0.7), (0.35, 0.33, 0.72)], False),  # Ctrl-C
+}
+
+
+def _run(folder, alpha, seed, lr, epochs, finished, planned=3):
+    os.makedirs(folder)
+    cfg = Config().to_dict()
+    cfg["selectivity"]["alpha"], cfg["train"]["seed"] = alpha, seed
+    cfg["train"]["lr"], cfg["train"]["epochs"] = lr, planned
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        for e, (val, test, si) in enumerate(epochs):
+            f.write(json.dumps({"epoch": e, "train_loss": 1.0, "val_acc": val, "test_acc": test,
+                                "test_si": si}) + "\n")
+    if finished:
+        with open(os.path.join(folder, "summary.json"), "w") as f:
+            json.dump({"best_epoch": 0}, f)
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    exp = tmp_path / "exp"
+    for name, (alpha, seed, lr, epochs, finished) in TRIALS.items():
+        _run(str(exp / "trials" / name), alpha, seed, lr, epochs, finished)
+    (exp / "seltrain_experiment.json").write_text(json.dumps(
+        {"scheduler": {"type": "asha"}, "space": {"selectivity.alpha": "grid", "train.lr": "grid"}}))
+    (exp / "interrupted.json").write_text(json.dumps({"cut_trials": ["alpha10_seed1_e"]}))
+    return str(exp)
+
+
+def test_one_row_per_trial_with_its_best_epoch(experiment):
+    rows = {r["trial"]: r for r in report.collect_trials(experiment)}
+    assert list(rows) == sorted(TRIALS)
+    assert rows["alpha-1_seed0_a"] == {
+        "trial": "alpha-1_seed0_a", "alpha": -1.0, "seed": 0, "epochs_run": 3,
+        "epochs_planned": 3, "stopped_early": False, "complete": True, "best_epoch": 2,
+        "best_val_acc": 0.7, "test_acc": 0.65, "test_si": 0.2, "train.lr": 0.1}
+    assert (rows["alpha0_seed0_c"]["best_epoch"], rows["alpha0_seed0_c"]["train.lr"]) == (3, 0.2)
+    # stopped early: by the scheduler, not by a Ctrl-C (interrupted.json) nor when none runs
+    assert rows["alpha10_seed0_d"]["stopped_early"] and not rows["alpha10_seed0_d"]["complete"]
+    assert not rows["alpha10_seed1_e"]["stopped_early"]
+    assert rows["alpha10_seed1_e"]["epochs_run"] == 2
+
+
+def test_no_scheduler_means_nothing_was_stopped_early(experiment):
+    with open(os.path.join(experiment, "seltrain_experiment.json"), "w") as f:
+        json.dump({"scheduler": {"type": "none"}}, f)
+    rows = report.collect_trials(experiment)
+    assert not any(r["stopped_early"] for r in rows) and "train.lr" not in rows[0]
+
+
+def test_without_validation_the_best_epoch_is_by_test_accuracy(tmp_path):
+    _run(str(tmp_path / "r"), 1.0, 0, 0.1, [(None, 0.3, 0.1), (None, 0.6, 0.2), (None, 0.5, 0.3)],
+         True)
+    # a torn last line (a crash mid-append) is skipped, not an error
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "val_ac')
+    (row,) = report.collect_trials(str(tmp_path))  # run folders collected by hand
+    assert (row["best_epoch"], row["test_acc"], row["test_si"], row["epochs_run"]) == (
+        2, 0.6, 0.2, 3)
+    assert row["best_val_acc"] is None
+
+
+@pytest.mark.parametrize("records,message", [
+    ([{"epoch": -1}], "record 1 has epoch -1, not a whole number >= 0"),
+    ([{"epoch": 0, "val_acc": 0.5}, {"epoch": 1.5}], "record 2 has epoch 1.5, not a whole "
+                                                       "number >= 0"),
+    ([{"epoch": 0, "val_acc": 1.2}], "epoch 1 has val_acc 1.2, not a number in [0, 1]"),
+    ([{"epoch": 2, "test_si": "high"}], "epoch 3 has test_si 'high', not a number in [0, 1]"),
+    ([{"epoch": 0, "test_acc": float("inf")}], "epoch 1 has test_acc inf, not a number in "
+                                               "[0, 1]"),
+    ([{"epoch": 0, "test_acc": True}], "epoch 1 has test_acc True, not a number in [0, 1]"),
+])
+def test_a_record_the_report_cannot_use_is_one_line_naming_it(records, message):
+    with pytest.raises(DataError) as e:
+        report.check_records("runs/r/metrics.jsonl", records)
+    assert str(e.value) == (f"runs/r/metrics.jsonl: {message}; restore the file or remove that "
+                            "record")
+
+
+def test_the_report_aggregates_completed_trials_and_names_the_best_alpha(experiment):
+    printed = io.StringIO()
+    r = report.report_experiment(experiment, out=printed, tensorboard=False)
+    agg = r["by_alpha"].set_index("alpha")
+    assert list(agg.index) == [-1.0, 0.0]  # alpha 10 has no completed trial
+    assert agg.loc[-1.0, "n"] == 2 and agg.loc[0.0, "n"] == 1
+    assert agg.loc[-1.0, "best_val_acc_mean"] == pytest.approx(0.75)
+    assert agg.loc[-1.0, "best_val_acc_std"] == pytest.approx(math.sqrt(0.005))  # ddof 1
+    assert agg.loc[-1.0, "test_acc_mean"] == pytest.approx(0.715)
+    assert agg.loc[-1.0, "test_acc_std"] == pytest.approx(0.065 * math.sqrt(2))
+    assert agg.loc[-1.0, "test_si_mean"] == pytest.approx(0.15)
+    assert math.isnan(agg.loc[0.0, "best_val_acc_std"])  # one seed: no spread
+    assert r["best"]["alpha"] == 0.0
+    lines = printed.getvalue().splitlines()
+    assert lines[1] == f"5 trials in {experiment} (3 complete, 1 stopped early)"
+    assert "best alpha by best_val_acc_mean: 0 (best_val_acc_mean 0.9000, test_acc 0.8800, " \
+           "test_si 0.4000; one seed)" in lines
+    assert lines[-1] == (f"wrote {experiment}/results.csv, results_by_alpha.csv and 3 plots in "
+                         f"{experiment}/plots")
+    assert "per alpha (completed trials, mean and std over seeds):" in lines
+    with open(os.path.join(experiment, "results.csv"), newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [t["trial"] for t in table] == ["alpha-1_seed0_a", "alpha-1_seed1_b",
+                                           "alpha0_seed0_c", "alpha10_seed0_d",
+                                           "alpha10_seed1_e"]  # by alpha, then seed
+    assert (table[3]["stopped_early"], table[3]["best_val_acc"], table[2]["train.lr"]) == (
+        "True", "0.4", "0.2")
+    with open(os.path.join(experiment, "results_by_alpha.csv"), newline="") as f:
+        by_alpha = list(csv.DictReader(f))
+    assert [(b["alpha"], b["n"], float(b["test_acc_mean"])) for b in by_alpha] == [
+        ("-1.0", "2", pytest.approx(0.715)), ("0.0", "1", pytest.approx(0.88))]
+    assert sorted(os.listdir(os.path.join(experiment, "plots"))) == [
+        "acc_vs_si.png", "si_vs_alpha.png", "test_acc_vs_alpha.png"]
+    assert not [f for f in os.listdir(experiment) if f.startswith(".")]  # no temporaries
+
+
+def test_the_best_alpha_by_another_metric_shows_the_spread(experiment):
+    printed = io.StringIO()
+    r = report.report_experiment(experiment, metric="test_si", mode="min", out=printed,
+                                 tensorboard=False)
+    assert r["best"]["alpha"] == -1.0
+    assert ("best alpha by test_si_mean: -1 (test_si_mean 0.1500 +- 0.0707, test_acc 0.7150 "
+            "+- 0.0919, test_si 0.1500 +- 0.0707)") in printed.getvalue().splitlines()
+
+
+def test_the_figures_plot_the_per_alpha_means_and_every_trial(experiment, monkeypatch):
+    figures = {}
+    save = report._save
+
+    def keep(plt, fig, path):
+        figures[os.path.basename(path)] = fig
+        return save(plt, fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    report.report_experiment(experiment, out=io.StringIO(), tensorboard=False)
+    ax = figures["test_acc_vs_alpha.png"].axes[0]
+    (means,) = ax.containers
+    np.testing.assert_allclose(np.asarray(means.lines[0].get_xdata(), float), [-1.0, 0.0])
+    np.testing.assert_allclose(np.asarray(means.lines[0].get_ydata(), float), [0.715, 0.88])
+    assert means.get_label() == "mean +- std over seeds"
+    done, stopped = (c.get_offsets().data for c in ax.collections[:2])
+    np.testing.assert_allclose(sorted(map(tuple, done)), [(-1, 0.65), (-1, 0.78), (0, 0.88)])
+    np.testing.assert_allclose(sorted(map(tuple, stopped)), [(10, 0.33), (10, 0.35)])
+    assert ax.get_xscale() == "symlog"
+    ax = figures["acc_vs_si.png"].axes[0]
+    np.testing.assert_allclose(sorted(map(tuple, ax.collections[0].get_offsets().data)),
+                               [(0.1, 0.78), (0.2, 0.65), (0.4, 0.88), (0.6, 0.35),
+                                (0.72, 0.33)])
+    assert sorted(t.get_text() for t in ax.texts) == ["-1", "0"]  # each mean, named by alpha
+
+
+def test_an_empty_or_missing_experiment_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^experiment folder not found: .*/none$"):
+        report.report_experiment(str(tmp_path / "none"), out=io.StringIO())
+    with pytest.raises(ConfigError, match=r"holds no trial run folders \(trials/\*/config.yaml\) "
+                                          r"yet$"):
+        report.report_experiment(str(tmp_path), out=io.StringIO())
