@@ -1165,6 +1165,9 @@ ROWS = [
         r"give either PATH \(.*\) or --model, not both"),
     Row("weights_without_model", ["analyze", "ablation", "{done}", "--weights", "x.pth"], 2,
         r"--weights goes with --model \(a network seltrain did not train\)"),
+    Row("analysis_without_target", ["analyze", "ablation"], 2,
+        r"give PATH \(a checkpoint, run folder, experiment or target folder\) or --model NAME "
+        r"with --data"),
     Row("abbreviated_flag", ["train", SYN, "--resum"], 2,
         r"unrecognized arguments: --resum \(did you mean '--resume'\?\)"),
 ]

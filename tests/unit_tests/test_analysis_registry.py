@@ -32,7 +32,8 @@ def test_every_registered_analysis_is_one_module_holding_all_of_it():
     # the command `selectivity` is the module named unit_selectivity
     assert ANALYSES["selectivity"].__name__ == "seltrain.analysis.unit_selectivity"
     analyze = build_parser()._subparsers._group_actions[0].choices["analyze"]
-    assert list(analyze._subparsers._group_actions[0].choices) == list(ANALYSES)
+    # every analysis is a subcommand, and `layers` (what a network offers to probe) beside them
+    assert list(analyze._subparsers._group_actions[0].choices) == [*ANALYSES, "layers"]
 
 
 def test_an_unknown_analysis_or_foreign_options_are_refused():

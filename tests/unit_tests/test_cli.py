@@ -86,7 +86,8 @@ def test_each_command_reaches_its_area(capsys, tmp_path):
                                     "'--resume'?)"),  # no abbreviations
     (["config"], "the following arguments are required: config_command (see 'seltrain "
                  "config --help')"),
-    (["analyze", "ablation"], "the following arguments are required: path"),
+    (["analyze", "ablation", "runs/r", "--layers"], "argument --layers: expected at least one "
+                                                    "argument"),
     (["analyze", "ablaton", "runs/r"], "invalid choice: 'ablaton'"),
     (["--local_rank=x", "train", "c.yaml"], "argument --local_rank/--local-rank: invalid int "
                                             "value: 'x'"),
