@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from seltrain import distributed
+from seltrain.alpha_schedule import alpha_at, describe
 from seltrain.atomic import atomic_write
 from seltrain.checkpoint import Checkpointer, TrainState
 from seltrain.config import Config, flat_keys
@@ -80,7 +81,8 @@ class Trainer:
         self.run_dir = run_dir or cfg.run_dir()
         self.resume = resume
         self.report = report
-        self.alpha = cfg.selectivity.alpha
+        # The alpha of the epoch being trained (selectivity.alpha_schedule); set_alpha(epoch).
+        self.alpha = alpha_at(cfg.selectivity.alpha_schedule, cfg.selectivity.alpha, 0)
         t = cfg.train
         try:
             if t.batch_size % self.ctx.world_size:
@@ -148,14 +150,25 @@ class Trainer:
             # the dense payload ignores it.
             self.reduce = partial(distributed.all_reduce_stats, present_only=s.sync_present_only,
                                   bf16=s.sync_bf16, max_rows=self.cfg.train.batch_size)
-        # Probes stay attached only when the regularizer needs them: alpha = 0 is bare training.
-        if self.alpha != 0:
-            self.probe.attach()
+        self.set_alpha(0)
         self.checkpointer = Checkpointer(
             self.run_dir, self.engine, self.ctx, self.cfg,
             {"layer_names": list(self.layer_names), "arch": self.cfg.model.arch,
              "num_classes": self.info.num_classes, "in_channels": self.info.channels,
              "image_size": self.data.image_size})
+
+    def set_alpha(self, epoch: int) -> float:
+        """Make ``epoch``'s alpha (``selectivity.alpha_schedule``) the one ``train_step``
+        uses. A function of the epoch number alone, so a resumed run continues the schedule.
+        Probes stay attached only while the regularizer needs them: alpha = 0 is bare
+        training."""
+        self.alpha = alpha_at(self.cfg.selectivity.alpha_schedule, self.cfg.selectivity.alpha,
+                              epoch)
+        if self.alpha != 0:
+            self.probe.attach()
+        else:
+            self.probe.detach()
+        return self.alpha
 
     def autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16,
@@ -192,6 +205,9 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
+        self.set_alpha(epoch)
+        # One point per epoch, at the step the epoch starts (the step axis of train/*).
+        sink.scalar("train/alpha", self.alpha, global_step)
         self.forward_model.train()
         self.data.train.set_epoch(epoch)
         sums = LossSums(self.ctx.device, epoch, global_step, self.checkpointer.folder)
@@ -223,7 +239,7 @@ class Trainer:
                                           *([last_si] if last_si is not None else []))
         elapsed = time.perf_counter() - t0  # after the read: the device has caught up
         n = max(1, sums.steps)
-        return {"train_loss": loss_sum / n, "train_ce": ce_sum / n,
+        return {"alpha": self.alpha, "train_loss": loss_sum / n, "train_ce": ce_sum / n,
                 "train_batch_si": si[0] if si else float("nan"), "lr": self.engine.lr(),
                 "images_per_s": n_images / max(1e-9, elapsed),
                 "train_time_s": elapsed}, global_step
@@ -359,7 +375,9 @@ class Trainer:
         cfg, best = self.cfg, state.best
         # The first epoch carries one-off costs (JIT, caches); report the rest when there is one.
         steady = state.throughput[1:] or state.throughput
-        return {"alpha": self.alpha, "seed": cfg.train.seed, "arch": cfg.model.arch,
+        return {"alpha": cfg.selectivity.alpha,
+                "alpha_schedule": describe(cfg.selectivity.alpha_schedule, cfg.selectivity.alpha),
+                "seed": cfg.train.seed, "arch": cfg.model.arch,
                 "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
                 "best_epoch": best.get("epoch"), "val_acc": best.get("val_acc"),
                 "test_acc": best.get("test_acc"), "test_si": best.get("test_si"),
