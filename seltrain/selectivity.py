@@ -228,16 +228,29 @@ class SelectivityAccumulator:
     def read(self, eps: float = 1e-7, *also: Tensor):
         """The dataset SI on the host, read from the device in one transfer together with the
         float64 tensors ``also`` (returned flat, as a numpy array): ({"si_per_layer": {name:
-        mean SI over its units}, "si": the mean over layers, "si_units": {name: per-unit SI}},
+        mean SI over its units}, "si": the mean over layers, "si_units": {name: per-unit SI},
+        "dead_per_layer": {name: the fraction of its units that never fired (``dead``)}},
         also's values)."""
         import numpy as np
 
         si = self.si(eps)
         means = torch.stack([v.mean() for v in si.values()])
+        dead = torch.stack([d.to(torch.float64).mean() for d in self._split(self.dead())])
         head = [t.reshape(-1) for t in also]
         k = sum(t.numel() for t in head)
-        host = torch.cat([*head, means, *si.values()]).cpu().numpy()
-        per_layer = {n: float(v) for n, v in zip(si, host[k:k + len(si)])}
-        units = np.split(host[k + len(si):], np.cumsum(self.widths)[:-1])
+        host = torch.cat([*head, means, dead, *si.values()]).cpu().numpy()
+        n = len(si)
+        per_layer = {name: float(v) for name, v in zip(si, host[k:k + n])}
+        dead_per_layer = {name: float(v) for name, v in zip(si, host[k + n:k + 2 * n])}
+        units = np.split(host[k + 2 * n:], np.cumsum(self.widths)[:-1])
         return ({"si_per_layer": per_layer, "si": float(np.mean(list(per_layer.values()))),
-                 "si_units": dict(zip(si, units))}, host[:k])
+                 "si_units": dict(zip(si, units)), "dead_per_layer": dead_per_layer},
+                host[:k])
+
+    def dead(self) -> Tensor:
+        """[sum U] bool: the units that never fired on any image seen. A probe reads a
+        post-ReLU unit's spatial mean, >= 0 and 0 only where every position is 0, so a unit
+        is dead exactly when all its class sums are 0 (sums of non-negative numbers). SI
+        counts such a unit as 0 (``si_from_stats``), which lowers mean SI without any unit
+        becoming less selective: docs/training.md, "Dead units"."""
+        return (self.flat.abs().sum(0) == 0)

@@ -42,7 +42,8 @@ LOG_EVERY = 20
 HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", "train.lr",
                "train.batch_size", "train.epochs")
 # What the run keeps of its best epoch's record (summary.json, the checkpoints' "best").
-BEST_KEYS = ("epoch", "val_acc", "test_acc", "test_si", "test_si_per_layer")
+BEST_KEYS = ("epoch", "val_acc", "test_acc", "test_si", "test_si_per_layer",
+             "test_dead_per_layer")
 
 
 class StepLosses(NamedTuple):
@@ -361,6 +362,7 @@ class Trainer:
             if "si" in ev:
                 record[f"{split}_si"] = ev["si"]
                 record[f"{split}_si_per_layer"] = ev["si_per_layer"]
+                record[f"{split}_dead_per_layer"] = ev["dead_per_layer"]
             sink.evaluation(split, ev, epoch)
         for hook in self.epoch_hooks:
             record[hook.record_key] = values = hook(self, epoch)
@@ -382,6 +384,7 @@ class Trainer:
                 "best_epoch": best.get("epoch"), "val_acc": best.get("val_acc"),
                 "test_acc": best.get("test_acc"), "test_si": best.get("test_si"),
                 "test_si_per_layer": best.get("test_si_per_layer"),
+                "test_dead_per_layer": best.get("test_dead_per_layer"),
                 "images_per_s": float(np.mean(steady)) if steady else None,
                 "world_size": self.ctx.world_size, "engine": cfg.train.engine,
                 "run_dir": os.path.abspath(self.run_dir)}

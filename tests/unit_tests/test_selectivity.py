@@ -235,7 +235,8 @@ def test_accumulator_read_is_si_on_the_host_with_the_extra_values():
     out, got = acc.read(1e-7, extra)
     assert list(got) == [41.0, 96.0]
     si = acc.si(1e-7)
-    assert list(out) == ["si_per_layer", "si", "si_units"] and list(out["si_units"]) == names
+    assert list(out) == ["si_per_layer", "si", "si_units", "dead_per_layer"]
+    assert list(out["si_units"]) == names
     for n in names:
         assert out["si_per_layer"][n] == si[n].mean().item()
         assert np.array_equal(out["si_units"][n], si[n].numpy())
@@ -260,3 +261,21 @@ def test_probe_mean_is_float32_under_bf16_autocast():
     # What a bf16 mean would have given differs by far more: the test can tell them apart.
     assert (fmap.mean(dim=(2, 3)).float() - want).abs().max() > 1e-4
     assert unit_activation(fmap.double()).dtype == torch.float64
+
+
+def test_dead_units_are_those_that_never_fired():
+    """Two layers of 4 and 2 units over 6 images of 3 classes: layer a's units 1 and 3 are 0
+    on every image, unit 2 only on some; layer b's unit 0 fires once, on one image."""
+    acts_a = torch.tensor([[1., 0., 0., 0.], [2., 0., 3., 0.], [0.5, 0., 0., 0.],
+                           [1., 0., 0., 0.], [4., 0., 1., 0.], [1., 0., 0., 0.]])
+    acts_b = torch.zeros(6, 2)
+    acts_b[4, 0] = 1e-30
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    acc = SelectivityAccumulator({"a": 4, "b": 2}, 3)
+    acc.update({"a": acts_a[:3], "b": acts_b[:3]}, labels[:3])
+    acc.update({"a": acts_a[3:], "b": acts_b[3:]}, labels[3:])
+    assert acc.dead().tolist() == [False, True, False, True, False, True]
+    out, _ = acc.read()
+    assert out["dead_per_layer"] == {"a": 0.5, "b": 0.5}
+    # A dead unit's SI is 0 (it pulls the layer's mean SI down without being unselective).
+    assert out["si_units"]["a"][1] == 0.0 and out["si_units"]["a"][3] == 0.0
