@@ -90,6 +90,9 @@ class SelectivityConfig:
     # alpha per epoch (Ranadive et al. 2023's "regularizing late"): seltrain/alpha_schedule.py.
     alpha_schedule: AlphaScheduleConfig = field(default_factory=AlphaScheduleConfig)
     layers: Union[str, list[str]] = "blocks"
+    # mu_SI over layers: block = every probed layer alike; stage = the co-authors' (pool a
+    # stage's units, average the stages). seltrain.selectivity.layer_weights says why.
+    layer_mean: str = choice("block", ("block", "stage"))
     eps: float = 1e-7
     # Batch SI from the global batch (statistics all-reduced) or from each rank's slice.
     sync: str = choice("global", ("global", "local"))

@@ -33,7 +33,7 @@ from seltrain.models import build_model
 from seltrain.probes import Probe, eval_mode, resolve_layers
 from seltrain.rng import seed_everything
 from seltrain.runlock import RunFolder
-from seltrain.selectivity import SelectivityAccumulator, selectivity_penalty
+from seltrain.selectivity import SelectivityAccumulator, layer_weights, selectivity_penalty
 
 # Steps between progress-bar / TensorBoard step scalars (and batch-SI readings at alpha = 0).
 LOG_EVERY = 20
@@ -137,6 +137,8 @@ class Trainer:
         example = torch.zeros(2, self.info.channels, self.data.image_size, self.data.image_size,
                               device=self.ctx.device)
         self.layer_units = self.probe.unit_counts(example)
+        # How mu_SI weighs the layers (selectivity.layer_mean): None is a plain mean.
+        self.layer_weights = layer_weights(self.layer_units, cfg.selectivity.layer_mean)
 
     def create_engine(self) -> None:
         self.engine = build_engine(self.network, self.cfg, self.ctx, self.steps_per_epoch)
@@ -194,7 +196,8 @@ class Trainer:
             with torch.autocast(self.ctx.device.type, enabled=False), \
                     (torch.no_grad() if self.alpha == 0 else contextlib.nullcontext()):
                 si, _ = selectivity_penalty(acts, y, self.info.num_classes,
-                                            eps=self.cfg.selectivity.eps, reduce=self.reduce)
+                                            eps=self.cfg.selectivity.eps, reduce=self.reduce,
+                                            weights=self.layer_weights)
             if self.alpha != 0:
                 loss = ce - self.alpha * si
         self.engine.backward(loss)
@@ -291,7 +294,8 @@ class Trainer:
             c = correct.tolist()
             return {"acc": c[0] / max(c[1], 1.0), "n": int(c[1])}
         distributed.all_reduce_sum(correct, acc.flat, acc.counts)
-        si, c = acc.read(self.cfg.selectivity.eps, correct)  # one transfer
+        si, c = acc.read(self.cfg.selectivity.eps, correct,  # one transfer
+                         weights=self.layer_weights)
         return {"acc": float(c[0] / max(c[1], 1.0)), "n": int(c[1]), **si}
 
     # ------------------------------------------------------------------ the job

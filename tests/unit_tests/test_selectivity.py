@@ -279,3 +279,45 @@ def test_dead_units_are_those_that_never_fired():
     assert out["dead_per_layer"] == {"a": 0.5, "b": 0.5}
     # A dead unit's SI is 0 (it pulls the layer's mean SI down without being unselective).
     assert out["si_units"]["a"][1] == 0.0 and out["si_units"]["a"][3] == 0.0
+
+
+RESNET50_BLOCKS = {f"layer{s}.{i}": w for s, (n, w) in
+                   enumerate(((3, 256), (4, 512), (6, 1024), (3, 2048)), 1) for i in range(n)}
+
+
+def test_stage_mean_weighs_resnet50s_stages_a_quarter_each():
+    from seltrain.selectivity import layer_weights
+
+    assert layer_weights(RESNET50_BLOCKS, "block") is None  # a plain mean: 1/16 a block
+    w = dict(zip(RESNET50_BLOCKS, layer_weights(RESNET50_BLOCKS, "stage")))
+    for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)):
+        stage = [v for k, v in w.items() if k.startswith(f"layer{s}.")]
+        assert len(stage) == n and sum(stage) == pytest.approx(0.25)
+        assert stage == [pytest.approx(1 / (4 * n))] * n
+    # Blocks: layer3 holds 6 of the 16 blocks, 37.5% of mu_SI; stages: 25%.
+    assert 6 / 16 == 0.375 and sum(v for k, v in w.items() if k.startswith("layer3")) == \
+        pytest.approx(0.25)
+    # The stem is a stage of its own, and blocks of unequal width pool by units.
+    assert layer_weights({"stem": 4, "a.0": 2, "a.1": 6}, "stage") == [0.5, 2 / 16, 6 / 16]
+
+
+def test_stage_mean_is_the_co_authors_pooled_stage_mean():
+    """The regularizer and the accumulator with stage weights equal SI pooled over each
+    stage's units, then averaged over stages, computed here directly."""
+    from seltrain.selectivity import layer_weights
+
+    widths = (5, 5, 8, 8, 8, 3)
+    names = ["l1.0", "l1.1", "l2.0", "l2.1", "l2.2", "l3.0"]
+    acts, y = _layers(torch.float64, seed=3, widths=widths)
+    w = layer_weights(dict(zip(names, widths)), "stage")
+    mu, per_layer = selectivity_penalty(acts, y, 12, weights=w)
+    units = [class_selectivity(a, y, 12) for a in acts]
+    pooled = [torch.cat(units[:2]).mean(), torch.cat(units[2:5]).mean(), units[5].mean()]
+    assert mu.item() == pytest.approx(torch.stack(pooled).mean().item(), rel=1e-12)
+    plain, _ = selectivity_penalty(acts, y, 12)
+    assert plain.item() == pytest.approx(per_layer.mean().item(), rel=1e-12)
+    assert abs(plain.item() - mu.item()) > 1e-3  # the stage mean is a different number
+    acc = SelectivityAccumulator(dict(zip(names, widths)), 12)
+    acc.update({n: a.detach() for n, a in zip(names, acts)}, y)
+    out, _ = acc.read(weights=w)
+    assert out["si"] == pytest.approx(mu.item(), rel=1e-12)
