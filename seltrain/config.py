@@ -81,6 +81,9 @@ class DataConfig:
 class ModelConfig:
     arch: str = choice("resnet20", ("resnet20", "resnet56", "resnet18", "resnet50", "cnn7",
                                     "vgg16_bn", "vgg16"))
+    # Dropout probability after the hidden fully connected layers of vgg16, vgg16_bn and cnn7
+    # (seltrain/models/__init__.py, DROPOUT_ARCHS); null: the architecture's own.
+    dropout: Optional[float] = None
 
 
 @dataclass
@@ -232,6 +235,7 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.synthetic.seed": (">= 0", _at_least(0)),
     "selectivity.alpha": ("a finite number", lambda v: True),
     "selectivity.eps": ("> 0", lambda v: v > 0),
+    "model.dropout": ("in [0, 1) or null (the architecture's own)", lambda v: 0 <= v < 1),
     **alpha_schedule.RANGES,
     "train.epochs": (">= 1", _at_least(1)),
     "train.batch_size": (">= 1", _at_least(1)),

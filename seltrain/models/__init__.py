@@ -27,16 +27,26 @@ _BUILDERS = {
     "vgg16": vgg16,  # Ukita's VGG16: no batch norm, pools probed too
 }
 ARCHS: tuple[str, ...] = tuple(_BUILDERS)
+# The networks with fully connected hidden layers, where ``dropout`` goes (Zhou et al. 2018's
+# BatchNorm x dropout comparison; seltrain/models/vgg.py, cnn7.py).
+DROPOUT_ARCHS = ("vgg16", "vgg16_bn", "cnn7")
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3,
-                image_size: int = 32) -> nn.Module:
+                image_size: int = 32, *, dropout: float | None = None) -> nn.Module:
     """``image_size`` is the input side in pixels; it picks the stem/head of resnet18/50 and
-    the VGGs and sizes cnn7's first dense layer."""
+    the VGGs and sizes cnn7's first dense layer. ``dropout`` (``DROPOUT_ARCHS`` only): the
+    probability of the dropout after each hidden fully connected layer; None keeps the
+    architecture's own."""
     if arch not in _BUILDERS:
         raise ModelConfigError(f"unknown model '{arch}'{did_you_mean(arch, ARCHS)}; choose one "
                                f"of: {', '.join(ARCHS)}")
+    if dropout is not None:
+        if arch not in DROPOUT_ARCHS:
+            raise ModelConfigError(f"dropout applies to {', '.join(DROPOUT_ARCHS)}, not {arch}; "
+                                   "leave model.dropout out (null)")
+        return _BUILDERS[arch](num_classes, in_channels, image_size, dropout=dropout)
     return _BUILDERS[arch](num_classes, in_channels, image_size)
 
 
-__all__ = ["ARCHS", "ModelConfigError", "Probed", "build_model"]
+__all__ = ["ARCHS", "DROPOUT_ARCHS", "ModelConfigError", "Probed", "build_model"]

@@ -752,6 +752,11 @@ ROWS = [
         r"start_epoch below train.epochs=10"),
     Row("alpha_schedule_start_negative", SHOW + ["selectivity.alpha_schedule.start_epoch=-1"],
         2, r"selectivity.alpha_schedule.start_epoch must be >= 0, got -1"),
+    Row("dropout_on_a_resnet", train("drop", "model.dropout=0.5"), 2,
+        r"model.arch=resnet20: dropout applies to vgg16, vgg16_bn, cnn7, not resnet20; leave "
+        r"model.dropout out \(null\)"),
+    Row("dropout_one", SHOW + ["model.dropout=1"], 2,
+        r"model.dropout must be in \[0, 1\) or null \(the architecture's own\), got 1.0"),
     Row("empty_yaml", ["config", "show", "{tmp}/empty.yaml"], 2, r"empty.yaml is empty",
         setup=write_text("empty.yaml", "# nothing here\n")),
     Row("empty_section_override", SHOW + ["data="], 2,

@@ -356,3 +356,64 @@ def test_cnn7_refuses_fashion_mnist_size():
     with pytest.raises(ValueError, match="at least 29 px.*32 px"):
         build_model("cnn7", 10, in_channels=1, image_size=28)
     assert build_model("cnn7", 10, image_size=29)(torch.randn(2, 3, 29, 29)).shape == (2, 10)
+
+
+def _dropouts(model):
+    return [m for m in model.modules() if isinstance(m, nn.Dropout)]
+
+
+@pytest.mark.parametrize("arch,px,own,places", [
+    ("vgg16", 32, 0, ["classifier.drop1", "classifier.drop2"]),
+    ("vgg16_bn", 32, 0, ["classifier.drop1", "classifier.drop2"]),
+    ("cnn7", 32, 0, ["drop_fc1"]),
+])
+def test_dropout_goes_after_the_hidden_fc_layers_and_is_off_in_eval(arch, px, own, places):
+    assert len(_dropouts(build_model(arch, 10, image_size=px))) == own  # the small heads: none
+    model = build_model(arch, 10, image_size=px, dropout=0.5)
+    found = [n for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
+    assert found == places and {m.p for m in _dropouts(model)} == {0.5}
+    assert len(_dropouts(build_model(arch, 10, image_size=px, dropout=0.0))) == 0
+    # Train: dropout on (two passes differ; a zeroed fraction near p of fc1's output);
+    # eval: off (two passes equal bit for bit).
+    x = torch.randn(8, 3, px, px)
+    torch.manual_seed(0)
+    model.train()
+    a, b = model(x), model(x)
+    assert not torch.equal(a, b)
+    drop = model.get_submodule(places[0])
+    seen = {}
+    h = drop.register_forward_hook(lambda m, i, o: seen.update(i=i[0], o=o))
+    model(x)
+    h.remove()
+    live = seen["i"] != 0
+    zeroed = ((seen["o"] == 0) & live).sum().item() / live.sum().item()
+    assert 0.4 < zeroed < 0.6, zeroed
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_dropout_keeps_the_large_vgg_head_as_torchvision_unless_set():
+    assert [m.p for m in _dropouts(build_model("vgg16_bn", 10, image_size=224))] == [0.5, 0.5]
+    assert [m.p for m in _dropouts(build_model("vgg16_bn", 10, image_size=224,
+                                               dropout=0.2))] == [0.2, 0.2]
+    assert _dropouts(build_model("vgg16_bn", 10, image_size=224, dropout=0.0)) == []
+    with pytest.raises(ConfigError, match="dropout applies to vgg16, vgg16_bn, cnn7, not resnet20"):
+        build_model("resnet20", 10, dropout=0.5)
+
+
+def test_the_bn_dropout_search_is_the_2x2_comparison():
+    import os
+
+    from helpers import REPO
+    from seltrain.tuning.recipe import enumerate_trials, load_search, trial_config
+
+    recipe, base = load_search(os.path.join(REPO, "tune/bn_dropout.yaml"))
+    points = {(t["model.arch"], t["model.dropout"]) for t in enumerate_trials(recipe)}
+    assert points == {("vgg16", 0.0), ("vgg16", 0.5), ("vgg16_bn", 0.0), ("vgg16_bn", 0.5)}
+    for arch, p in sorted(points):
+        cfg = trial_config(base, {"model.arch": arch, "model.dropout": p, "train.seed": 0})
+        model = build_model(cfg.model.arch, 10, image_size=32, dropout=cfg.model.dropout)
+        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert (n_bn, len(_dropouts(model))) == (13 if arch == "vgg16_bn" else 0,
+                                                 2 if p else 0)
+        assert cfg.selectivity.alpha == 0.0
