@@ -84,6 +84,9 @@ class ModelConfig:
     # Dropout probability after the hidden fully connected layers of vgg16, vgg16_bn and cnn7
     # (seltrain/models/__init__.py, DROPOUT_ARCHS); null: the architecture's own.
     dropout: Optional[float] = None
+    # resnet18/50's stem: auto (cifar up to 96 px, imagenet above), cifar (3x3 stride 1, no
+    # max-pool), nomaxpool (7x7 stride 2), imagenet (torchvision's; seltrain/models/resnet_tv.py).
+    stem: str = choice("auto", ("auto", "cifar", "nomaxpool", "imagenet"))
 
 
 @dataclass

@@ -125,7 +125,8 @@ class Trainer:
         cfg = self.cfg
         try:
             network = build_model(cfg.model.arch, self.info.num_classes, self.info.channels,
-                                  self.data.image_size, dropout=cfg.model.dropout)
+                                  self.data.image_size, dropout=cfg.model.dropout,
+                                  stem=cfg.model.stem)
         except ValueError as e:
             raise ConfigError(f"model.arch={cfg.model.arch}: {e}") from None
         self.layer_names = resolve_layers(network, cfg.selectivity.layers)

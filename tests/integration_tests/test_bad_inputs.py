@@ -755,6 +755,11 @@ ROWS = [
     Row("dropout_on_a_resnet", train("drop", "model.dropout=0.5"), 2,
         r"model.arch=resnet20: dropout applies to vgg16, vgg16_bn, cnn7, not resnet20; leave "
         r"model.dropout out \(null\)"),
+    Row("stem_on_resnet20", train("stem", "model.stem=imagenet"), 2,
+        r"model.arch=resnet20: the stem applies to resnet18, resnet50, not resnet20; leave "
+        r"model.stem at auto"),
+    Row("stem_unknown", SHOW + ["model.stem=tiny"], 2,
+        r"unknown value 'tiny' for model.stem .*choose one of: auto, cifar, nomaxpool, imagenet"),
     Row("dropout_one", SHOW + ["model.dropout=1"], 2,
         r"model.dropout must be in \[0, 1\) or null \(the architecture's own\), got 1.0"),
     Row("empty_yaml", ["config", "show", "{tmp}/empty.yaml"], 2, r"empty.yaml is empty",

@@ -297,3 +297,22 @@ def test_stage_mean_weighs_the_stem_as_one_stage_of_four(tmp_path):
         assert load_config(os.path.join(REPO, f"configs/{recipe}.yaml")) \
             .selectivity.layer_mean == "stage", recipe
     assert load_config(None).selectivity.layer_mean == "block"
+
+
+@pytest.mark.slow
+def test_a_trained_model_loads_with_its_stem(tmp_path):
+    """~4 s idle (a ResNet18 run). model.stem is in the recipe a checkpoint carries: a run trained with the nomaxpool stem
+    (which has the same parameters as the imagenet one) loads without the max-pool."""
+    from torch import nn
+
+    from seltrain.checkpoint import load_trained_model
+
+    cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                      [*TINY, "train.epochs=1", "train.max_steps_per_epoch=1",
+                       "data.num_workers=0", "model.arch=resnet18", "model.stem=nomaxpool",
+                       "selectivity.eval_si=false", "run.tensorboard=false",
+                       f"run.out_dir={tmp_path}", "run.name=stem"])
+    Trainer(cfg).fit()
+    model, _, loaded = load_trained_model(str(tmp_path / "stem"))
+    assert loaded.model.stem == "nomaxpool" and isinstance(model.maxpool, nn.Identity)
+    assert model.conv1.kernel_size == (7, 7)

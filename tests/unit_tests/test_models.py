@@ -417,3 +417,47 @@ def test_the_bn_dropout_search_is_the_2x2_comparison():
         assert (n_bn, len(_dropouts(model))) == (13 if arch == "vgg16_bn" else 0,
                                                  2 if p else 0)
         assert cfg.selectivity.alpha == 0.0
+
+
+# Side of each stage's maps at Tiny ImageNet's 64 px: stem (its ReLU), layer1 ... layer4.
+STEM_SIDES = {"cifar": (64, 64, 32, 16, 8), "nomaxpool": (32, 32, 16, 8, 4),
+              "imagenet": (32, 16, 8, 4, 2)}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("stem", list(STEM_SIDES) + ["auto"])
+def test_each_stem_gives_its_spatial_size_per_stage(arch, stem):
+    with torch.device("meta"):
+        model = build_model(arch, 200, image_size=64, stem=stem)
+        shapes = probe_shapes(model, torch.empty(2, 3, 64, 64))
+    last = {"resnet18": ("layer1.1", "layer2.1", "layer3.1", "layer4.1"),
+            "resnet50": ("layer1.2", "layer2.3", "layer3.5", "layer4.2")}[arch]
+    sides = tuple(shapes[k][1] for k in ("stem", *last))
+    assert sides == STEM_SIDES["cifar" if stem == "auto" else stem]  # auto at 64 px: cifar
+    assert all(shapes[k][1] == shapes[k][2] for k in shapes)
+    conv = model.conv1
+    assert (conv.kernel_size, conv.stride) == (((3, 3), (1, 1)) if stem in ("cifar", "auto")
+                                               else ((7, 7), (2, 2)))
+    assert isinstance(model.maxpool, nn.MaxPool2d) == (stem == "imagenet")
+
+
+def test_the_imagenet_stem_is_torchvisions_and_auto_picks_it_above_96_px():
+    ours = build_model("resnet18", 1000, image_size=64, stem="imagenet")
+    ref = torchvision.models.resnet18()
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in ref.parameters()]
+    assert isinstance(build_model("resnet50", 10, image_size=97).maxpool, nn.MaxPool2d)
+    assert isinstance(build_model("resnet50", 10, image_size=96).maxpool, nn.Identity)
+    with pytest.raises(ConfigError, match="the stem applies to resnet18, resnet50, not cnn7"):
+        build_model("cnn7", 10, stem="cifar")
+
+
+def test_the_tiny_imagenet_recipes_keep_the_7x7_conv_and_drop_the_max_pool():
+    import os
+
+    from helpers import REPO
+    from seltrain.config import load_config
+
+    for arch in ("resnet18", "resnet50"):
+        cfg = load_config(os.path.join(REPO, f"configs/tinyimagenet_{arch}.yaml"))
+        assert (cfg.model.arch, cfg.model.stem) == (arch, "nomaxpool")
+    assert load_config(None).model.stem == "auto"
