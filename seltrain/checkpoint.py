@@ -215,7 +215,8 @@ def load_trained_model(path: str, device="cpu"):
     try:
         cfg = config_from_dict(ckpt["config"])
         model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"],
-                            ckpt["image_size"])
+                            ckpt["image_size"], dropout=cfg.model.dropout,
+                            stem=cfg.model.stem)
         model.load_state_dict(ckpt["model"])
     except ConfigError:
         raise

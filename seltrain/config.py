@@ -17,7 +17,10 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
+from seltrain import alpha_schedule
+from seltrain.alpha_schedule import AlphaScheduleConfig
 from seltrain.errors import ConfigError, did_you_mean, excerpt
+from seltrain.recipe_yaml import _DuplicateKey, _TooLarge, safe_yaml
 
 
 def choice(default, choices: tuple, **kw):
@@ -78,13 +81,24 @@ class DataConfig:
 class ModelConfig:
     arch: str = choice("resnet20", ("resnet20", "resnet56", "resnet18", "resnet50", "cnn7",
                                     "vgg16_bn", "vgg16"))
+    # Dropout probability after the hidden fully connected layers of vgg16, vgg16_bn and cnn7
+    # (seltrain/models/__init__.py, DROPOUT_ARCHS); null: the architecture's own.
+    dropout: Optional[float] = None
+    # resnet18/50's stem: auto (cifar up to 96 px, imagenet above), cifar (3x3 stride 1, no
+    # max-pool), nomaxpool (7x7 stride 2), imagenet (torchvision's; seltrain/models/resnet_tv.py).
+    stem: str = choice("auto", ("auto", "cifar", "nomaxpool", "imagenet"))
 
 
 @dataclass
 class SelectivityConfig:
     # loss = CE - alpha * mean SI (Leavitt & Morcos 2021, eq. 2): < 0 lowers SI, > 0 raises it.
     alpha: float = 0.0
+    # alpha per epoch (Ranadive et al. 2023's "regularizing late"): seltrain/alpha_schedule.py.
+    alpha_schedule: AlphaScheduleConfig = field(default_factory=AlphaScheduleConfig)
     layers: Union[str, list[str]] = "blocks"
+    # mu_SI over layers: block = every probed layer alike; stage = the co-authors' (pool a
+    # stage's units, average the stages). seltrain.selectivity.layer_weights says why.
+    layer_mean: str = choice("block", ("block", "stage"))
     eps: float = 1e-7
     # Batch SI from the global batch (statistics all-reduced) or from each rank's slice.
     sync: str = choice("global", ("global", "local"))
@@ -160,6 +174,7 @@ class Config:
         if self.run.name != "auto":
             return self.run.name
         return (f"{self.model.arch}_{self.data.dataset}_alpha{self.selectivity.alpha:g}"
+                f"{alpha_schedule.name_suffix(self.selectivity.alpha_schedule)}"
                 f"_seed{self.train.seed}")
 
     def run_dir(self) -> str:
@@ -223,6 +238,8 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.synthetic.seed": (">= 0", _at_least(0)),
     "selectivity.alpha": ("a finite number", lambda v: True),
     "selectivity.eps": ("> 0", lambda v: v > 0),
+    "model.dropout": ("in [0, 1) or null (the architecture's own)", lambda v: 0 <= v < 1),
+    **alpha_schedule.RANGES,
     "train.epochs": (">= 1", _at_least(1)),
     "train.batch_size": (">= 1", _at_least(1)),
     "train.lr": ("> 0", lambda v: v > 0),
@@ -430,87 +447,6 @@ def apply_overrides(data: dict, overrides: list[str], where: dict[str, str]) -> 
     return data
 
 
-# The most nodes (scalars, lists, mappings) a recipe may hold once its aliases are expanded.
-# The largest shipped recipe has about 100; a recipe of 10^4 is already hard to read. Aliases
-# (&anchor / *anchor) stay allowed, but a nest of them (the "billion laughs") would expand to
-# gigabytes and take minutes before any check: it is measured on the parsed node graph, each
-# shared node counted once per use without expanding it, and refused before anything is built.
-MAX_RECIPE_NODES = 10_000
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (no Python objects) that also refuses a key given twice in one
-    mapping (YAML says keys are unique; PyYAML keeps the last, so a second ``train:`` would
-    silently drop the first) and a document that expands past ``MAX_RECIPE_NODES``."""
-
-    source = "the recipe"
-
-    def construct_document(self, node):
-        size = _expanded_size(node, {}, 0)
-        if size > MAX_RECIPE_NODES:
-            raise _TooLarge(f"{self.source} holds more than {MAX_RECIPE_NODES} values once its "
-                            f"aliases are expanded (nested aliases?), the most a recipe may "
-                            "hold; write the values out, or nest fewer aliases")
-        return super().construct_document(node)
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            # The keys written in this mapping; those a `<<: *base` merge brings in may be
-            # overridden here, as YAML's merge key intends.
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) \
-                        and key_node.tag != "tag:yaml.org,2002:merge":
-                    key = self.construct_object(key_node)
-                    if key in seen:
-                        raise _DuplicateKey(
-                            f"{self.source} gives key {excerpt(key)} twice in one mapping "
-                            f"(lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                            "YAML keeps only one of them: merge the two into one")
-                    seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-class _TooLarge(yaml.YAMLError):
-    pass
-
-
-class _DuplicateKey(yaml.YAMLError):
-    pass
-
-
-def _expanded_size(node, memo: dict, depth: int) -> int:
-    """How many nodes ``node`` stands for with every alias expanded, in time proportional to
-    the distinct nodes (a shared node's size is computed once and reused)."""
-    known = memo.get(id(node))
-    if known is not None:
-        return known
-    if depth > 200:  # deeper than any recipe; also keeps the recursion bounded
-        return MAX_RECIPE_NODES + 1
-    memo[id(node)] = MAX_RECIPE_NODES + 1  # a node that contains itself (a cycle): too large
-    if isinstance(node, yaml.SequenceNode):
-        total = 1 + sum(_expanded_size(n, memo, depth + 1) for n in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        total = 1 + sum(_expanded_size(k, memo, depth + 1) + _expanded_size(v, memo, depth + 1)
-                        for k, v in node.value)
-    else:
-        total = 1
-    total = min(total, MAX_RECIPE_NODES + 1)  # nothing above the bound needs exact counting
-    memo[id(node)] = total
-    return total
-
-
-def safe_yaml(text, source: str = "the recipe"):
-    """``yaml.safe_load`` of ``text`` (a string or an open file) with ``RecipeLoader``'s
-    checks: unique keys, bounded size."""
-    loader = RecipeLoader(text)
-    loader.source = source
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def read_yaml(path: str) -> dict:
     if os.path.isdir(path):
         raise ConfigError(f"{path} is a folder, not a recipe file; give a YAML such as "
@@ -575,6 +511,7 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.milestones and sorted(t.milestones) != t.milestones:
         raise ConfigError(f"train.milestones must be increasing, got {t.milestones}")
+    alpha_schedule.check(cfg.selectivity.alpha_schedule, t.epochs)
     name = cfg.run.name
     if has_control_character(name):
         raise ConfigError(f"run.name must not hold control characters (tabs, newlines, escapes), "

@@ -141,7 +141,8 @@ class NullSink:
 
     def evaluation(self, split: str, ev: dict, epoch: int) -> None:
         """An evaluation's numbers (``Trainer.evaluate``): ``<split>/acc``; with SI
-        ``<split>/si_mean`` and ``<split>/si/<layer>``, and for test the per-unit SI
+        ``<split>/si_mean``, ``<split>/si/<layer>`` and the fraction of dead units
+        ``<split>/dead/<layer>``, and for test the per-unit SI
         histograms ``test/si_hist/<layer>``."""
         self.scalar(f"{split}/acc", ev["acc"], epoch)
         if "si" not in ev:
@@ -149,6 +150,8 @@ class NullSink:
         self.scalar(f"{split}/si_mean", ev["si"], epoch)
         for layer, v in ev["si_per_layer"].items():
             self.scalar(f"{split}/si/{layer}", v, epoch)
+        for layer, v in ev.get("dead_per_layer", {}).items():
+            self.scalar(f"{split}/dead/{layer}", v, epoch)
         if split == "test":
             for layer, units in ev["si_units"].items():
                 self.histogram(f"test/si_hist/{layer}", units, epoch)

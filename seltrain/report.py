@@ -97,6 +97,12 @@ def collect_trials(exp_dir: str) -> list[dict]:
                "best_epoch": best.get("epoch", -1) + 1 if best else None,
                "best_val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
                "test_si": best.get("test_si")}
+        # Dead units (never fired on a test image) at the best epoch: their layer mean, and
+        # each layer's fraction. A negative alpha can lower mean SI by silencing units.
+        dead = best.get("test_dead_per_layer")
+        if dead:
+            row["test_dead"] = float(np.mean(list(dead.values())))
+            row.update({f"dead/{layer}": v for layer, v in dead.items()})
         for k in info.get("space", {}):
             if k != "selectivity.alpha":
                 row[k] = get_dotted(cfg, k)
@@ -138,11 +144,13 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
         df.to_csv(f, index=False)
     done = df[df["complete"]]
     use = done if len(done) else df
+    dead = {f"test_dead_{s}": ("test_dead", s) for s in ("mean", "std")} \
+        if "test_dead" in use and use["test_dead"].notna().any() else {}
     agg = (use.groupby("alpha")
            .agg(n=("seed", "size"), best_val_acc_mean=("best_val_acc", "mean"),
                 best_val_acc_std=("best_val_acc", "std"), test_acc_mean=("test_acc", "mean"),
                 test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
-                test_si_std=("test_si", "std"))
+                test_si_std=("test_si", "std"), **dead)
            .reset_index())
     with atomic_write(os.path.join(exp_dir, "results_by_alpha.csv"), newline="") as f:
         agg.to_csv(f, index=False)
@@ -152,7 +160,8 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     best = agg.loc[pick].to_dict()
     with pd.option_context("display.max_rows", 500, "display.width", 200,
                            "display.float_format", "{:.4f}".format):
-        show = df.drop(columns=["trial", "complete", "epochs_planned"])
+        show = df.drop(columns=["trial", "complete", "epochs_planned",
+                                *[c for c in df if c.startswith("dead/")]])
         print(f"\n{len(df)} trials in {exp_dir} ({len(done)} complete, "
               f"{int(df['stopped_early'].sum())} stopped early)", file=out)
         print(show.to_string(index=False), file=out)
@@ -229,11 +238,14 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     label = "mean +- std over seeds" if (by_alpha["n"] > 1).any() else "one seed per alpha"
     paths = []
 
-    for metric, colour, ylabel, title, name in (
-            ("test_acc", "C0", "test accuracy", "Test accuracy against alpha",
-             "test_acc_vs_alpha.png"),
-            ("test_si", "C1", "mean class selectivity (test)", "Mean SI against alpha",
-             "si_vs_alpha.png")):
+    figures = [("test_acc", "C0", "test accuracy", "Test accuracy against alpha",
+                "test_acc_vs_alpha.png"),
+               ("test_si", "C1", "mean class selectivity (test)", "Mean SI against alpha",
+                "si_vs_alpha.png")]
+    if "test_dead_mean" in by_alpha:
+        figures.append(("test_dead", "C3", "dead units (fraction, mean over layers)",
+                        "Dead units against alpha", "dead_vs_alpha.png"))
+    for metric, colour, ylabel, title, name in figures:
         plt, fig, ax = _axes()
         _trial_points(ax, trials, metric)
         ax.errorbar(a, by_alpha[f"{metric}_mean"], yerr=std(f"{metric}_std"), fmt="o-",

@@ -124,10 +124,35 @@ def _segment_mean_matrix(widths: tuple[int, ...], dtype: torch.dtype, device) ->
     return m
 
 
+def stage_of(layer: str) -> str:
+    """The stage a probed layer belongs to: its name up to the first dot (``layer3.2`` ->
+    ``layer3``; ``stem``, cnn7's and the VGGs' layers are each a stage of their own)."""
+    return layer.split(".", 1)[0]
+
+
+def layer_weights(widths: dict[str, int], layer_mean: str = "block") -> list[float] | None:
+    """The weight of each layer's mean SI in mu_SI (``selectivity.layer_mean``), in the order
+    of ``widths`` ({layer: units}); None for ``block`` (every layer alike: a plain mean).
+
+    ``stage``, as the co-authors' code (Omkar-Ranadive/Class-Selective-Neurons,
+    ``trainer_reg_v2.py``) computes it: the units of a stage's blocks are pooled into one mean,
+    then the stages are averaged. A layer's weight is therefore its share of its stage's units
+    over the number of stages: ResNet50's four stages weigh 25% each, where ``block`` weighs
+    layer3's 6 of 16 blocks 37.5%. Stages of equal-width blocks (every ResNet) make the
+    pooled mean the mean of the block means."""
+    if layer_mean == "block":
+        return None
+    stages: dict[str, int] = {}
+    for name, units in widths.items():
+        stages[stage_of(name)] = stages.get(stage_of(name), 0) + int(units)
+    return [int(u) / (len(stages) * stages[stage_of(n)]) for n, u in widths.items()]
+
+
 def selectivity_penalty(layer_acts: Sequence[Tensor], labels: Tensor, num_classes: int, *,
-                        eps: float = 1e-7, reduce: StatsReducer | None = None
-                        ) -> tuple[Tensor, Tensor]:
-    """mu_SI = mean over layers of (mean over units of SI), and the per-layer means [L].
+                        eps: float = 1e-7, reduce: StatsReducer | None = None,
+                        weights: Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
+    """mu_SI = mean over layers of (mean over units of SI), and the per-layer means [L];
+    with ``weights`` (``layer_weights``, one per layer) mu_SI is their weighted sum instead.
 
     Fused across layers (module docstring): the layers' units are concatenated into one
     [N, sum U] matrix, so the class statistics are one GEMM with one shared one-hot (the counts
@@ -146,7 +171,19 @@ def selectivity_penalty(layer_acts: Sequence[Tensor], labels: Tensor, num_classe
         (sums,), counts = reduce([sums], counts)
     si = _si_in_column_blocks(sums, counts, eps)  # [sum U]
     per_layer = si @ _segment_mean_matrix(widths, si.dtype, si.device)
+    if weights is not None:
+        return per_layer @ _weight_vector(tuple(weights), per_layer.dtype, per_layer.device), \
+            per_layer
     return per_layer.mean(), per_layer
+
+
+def _weight_vector(weights: tuple[float, ...], dtype: torch.dtype, device) -> Tensor:
+    # Cached as the segment matrices are: a fresh host-to-device copy each step is a sync.
+    key = ("weights", weights, dtype, str(device))
+    w = _SEGMENT_MEANS.get(key)
+    if w is None:
+        w = _SEGMENT_MEANS[key] = torch.tensor(weights, dtype=dtype).to(device)
+    return w
 
 
 # The CPU form. A GPU is launch-bound on the regularizer and takes the fused form as it is.
@@ -225,19 +262,34 @@ class SelectivityAccumulator:
         c = self.counts.clamp(min=1).unsqueeze(1)
         return dict(zip(self.names, self._split(self.flat / c)))
 
-    def read(self, eps: float = 1e-7, *also: Tensor):
+    def read(self, eps: float = 1e-7, *also: Tensor, weights: Sequence[float] | None = None):
         """The dataset SI on the host, read from the device in one transfer together with the
         float64 tensors ``also`` (returned flat, as a numpy array): ({"si_per_layer": {name:
-        mean SI over its units}, "si": the mean over layers, "si_units": {name: per-unit SI}},
-        also's values)."""
+        mean SI over its units}, "si": the mean over layers, "si_units": {name: per-unit SI},
+        "dead_per_layer": {name: the fraction of its units that never fired (``dead``)}},
+        also's values). ``weights`` (``layer_weights``) weigh the layers in "si"."""
         import numpy as np
 
         si = self.si(eps)
         means = torch.stack([v.mean() for v in si.values()])
+        dead = torch.stack([d.to(torch.float64).mean() for d in self._split(self.dead())])
         head = [t.reshape(-1) for t in also]
         k = sum(t.numel() for t in head)
-        host = torch.cat([*head, means, *si.values()]).cpu().numpy()
-        per_layer = {n: float(v) for n, v in zip(si, host[k:k + len(si)])}
-        units = np.split(host[k + len(si):], np.cumsum(self.widths)[:-1])
-        return ({"si_per_layer": per_layer, "si": float(np.mean(list(per_layer.values()))),
-                 "si_units": dict(zip(si, units))}, host[:k])
+        host = torch.cat([*head, means, dead, *si.values()]).cpu().numpy()
+        n = len(si)
+        per_layer = {name: float(v) for name, v in zip(si, host[k:k + n])}
+        dead_per_layer = {name: float(v) for name, v in zip(si, host[k + n:k + 2 * n])}
+        units = np.split(host[k + 2 * n:], np.cumsum(self.widths)[:-1])
+        mean = float(np.mean(list(per_layer.values()))) if weights is None else \
+            float(np.dot(list(per_layer.values()), weights))
+        return ({"si_per_layer": per_layer, "si": mean,
+                 "si_units": dict(zip(si, units)), "dead_per_layer": dead_per_layer},
+                host[:k])
+
+    def dead(self) -> Tensor:
+        """[sum U] bool: the units that never fired on any image seen. A probe reads a
+        post-ReLU unit's spatial mean, >= 0 and 0 only where every position is 0, so a unit
+        is dead exactly when all its class sums are 0 (sums of non-negative numbers). SI
+        counts such a unit as 0 (``si_from_stats``), which lowers mean SI without any unit
+        becoming less selective: docs/training.md, "Dead units"."""
+        return (self.flat.abs().sum(0) == 0)

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from seltrain import distributed
+from seltrain.alpha_schedule import alpha_at, describe
 from seltrain.atomic import atomic_write
 from seltrain.checkpoint import Checkpointer, TrainState
 from seltrain.config import Config, flat_keys
@@ -32,7 +33,7 @@ from seltrain.models import build_model
 from seltrain.probes import Probe, eval_mode, resolve_layers
 from seltrain.rng import seed_everything
 from seltrain.runlock import RunFolder
-from seltrain.selectivity import SelectivityAccumulator, selectivity_penalty
+from seltrain.selectivity import SelectivityAccumulator, layer_weights, selectivity_penalty
 
 # Steps between progress-bar / TensorBoard step scalars (and batch-SI readings at alpha = 0).
 LOG_EVERY = 20
@@ -41,7 +42,8 @@ LOG_EVERY = 20
 HPARAM_KEYS = ("selectivity.alpha", "train.seed", "model.arch", "data.dataset", "train.lr",
                "train.batch_size", "train.epochs")
 # What the run keeps of its best epoch's record (summary.json, the checkpoints' "best").
-BEST_KEYS = ("epoch", "val_acc", "test_acc", "test_si", "test_si_per_layer")
+BEST_KEYS = ("epoch", "val_acc", "test_acc", "test_si", "test_si_per_layer",
+             "test_dead_per_layer")
 
 
 class StepLosses(NamedTuple):
@@ -80,7 +82,8 @@ class Trainer:
         self.run_dir = run_dir or cfg.run_dir()
         self.resume = resume
         self.report = report
-        self.alpha = cfg.selectivity.alpha
+        # The alpha of the epoch being trained (selectivity.alpha_schedule); set_alpha(epoch).
+        self.alpha = alpha_at(cfg.selectivity.alpha_schedule, cfg.selectivity.alpha, 0)
         t = cfg.train
         try:
             if t.batch_size % self.ctx.world_size:
@@ -122,7 +125,8 @@ class Trainer:
         cfg = self.cfg
         try:
             network = build_model(cfg.model.arch, self.info.num_classes, self.info.channels,
-                                  self.data.image_size)
+                                  self.data.image_size, dropout=cfg.model.dropout,
+                                  stem=cfg.model.stem)
         except ValueError as e:
             raise ConfigError(f"model.arch={cfg.model.arch}: {e}") from None
         self.layer_names = resolve_layers(network, cfg.selectivity.layers)
@@ -134,6 +138,8 @@ class Trainer:
         example = torch.zeros(2, self.info.channels, self.data.image_size, self.data.image_size,
                               device=self.ctx.device)
         self.layer_units = self.probe.unit_counts(example)
+        # How mu_SI weighs the layers (selectivity.layer_mean): None is a plain mean.
+        self.layer_weights = layer_weights(self.layer_units, cfg.selectivity.layer_mean)
 
     def create_engine(self) -> None:
         self.engine = build_engine(self.network, self.cfg, self.ctx, self.steps_per_epoch)
@@ -148,14 +154,25 @@ class Trainer:
             # the dense payload ignores it.
             self.reduce = partial(distributed.all_reduce_stats, present_only=s.sync_present_only,
                                   bf16=s.sync_bf16, max_rows=self.cfg.train.batch_size)
-        # Probes stay attached only when the regularizer needs them: alpha = 0 is bare training.
-        if self.alpha != 0:
-            self.probe.attach()
+        self.set_alpha(0)
         self.checkpointer = Checkpointer(
             self.run_dir, self.engine, self.ctx, self.cfg,
             {"layer_names": list(self.layer_names), "arch": self.cfg.model.arch,
              "num_classes": self.info.num_classes, "in_channels": self.info.channels,
              "image_size": self.data.image_size})
+
+    def set_alpha(self, epoch: int) -> float:
+        """Make ``epoch``'s alpha (``selectivity.alpha_schedule``) the one ``train_step``
+        uses. A function of the epoch number alone, so a resumed run continues the schedule.
+        Probes stay attached only while the regularizer needs them: alpha = 0 is bare
+        training."""
+        self.alpha = alpha_at(self.cfg.selectivity.alpha_schedule, self.cfg.selectivity.alpha,
+                              epoch)
+        if self.alpha != 0:
+            self.probe.attach()
+        else:
+            self.probe.detach()
+        return self.alpha
 
     def autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16,
@@ -180,7 +197,8 @@ class Trainer:
             with torch.autocast(self.ctx.device.type, enabled=False), \
                     (torch.no_grad() if self.alpha == 0 else contextlib.nullcontext()):
                 si, _ = selectivity_penalty(acts, y, self.info.num_classes,
-                                            eps=self.cfg.selectivity.eps, reduce=self.reduce)
+                                            eps=self.cfg.selectivity.eps, reduce=self.reduce,
+                                            weights=self.layer_weights)
             if self.alpha != 0:
                 loss = ce - self.alpha * si
         self.engine.backward(loss)
@@ -192,6 +210,9 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
+        self.set_alpha(epoch)
+        # One point per epoch, at the step the epoch starts (the step axis of train/*).
+        sink.scalar("train/alpha", self.alpha, global_step)
         self.forward_model.train()
         self.data.train.set_epoch(epoch)
         sums = LossSums(self.ctx.device, epoch, global_step, self.checkpointer.folder)
@@ -223,7 +244,7 @@ class Trainer:
                                           *([last_si] if last_si is not None else []))
         elapsed = time.perf_counter() - t0  # after the read: the device has caught up
         n = max(1, sums.steps)
-        return {"train_loss": loss_sum / n, "train_ce": ce_sum / n,
+        return {"alpha": self.alpha, "train_loss": loss_sum / n, "train_ce": ce_sum / n,
                 "train_batch_si": si[0] if si else float("nan"), "lr": self.engine.lr(),
                 "images_per_s": n_images / max(1e-9, elapsed),
                 "train_time_s": elapsed}, global_step
@@ -274,7 +295,8 @@ class Trainer:
             c = correct.tolist()
             return {"acc": c[0] / max(c[1], 1.0), "n": int(c[1])}
         distributed.all_reduce_sum(correct, acc.flat, acc.counts)
-        si, c = acc.read(self.cfg.selectivity.eps, correct)  # one transfer
+        si, c = acc.read(self.cfg.selectivity.eps, correct,  # one transfer
+                         weights=self.layer_weights)
         return {"acc": float(c[0] / max(c[1], 1.0)), "n": int(c[1]), **si}
 
     # ------------------------------------------------------------------ the job
@@ -345,6 +367,7 @@ class Trainer:
             if "si" in ev:
                 record[f"{split}_si"] = ev["si"]
                 record[f"{split}_si_per_layer"] = ev["si_per_layer"]
+                record[f"{split}_dead_per_layer"] = ev["dead_per_layer"]
             sink.evaluation(split, ev, epoch)
         for hook in self.epoch_hooks:
             record[hook.record_key] = values = hook(self, epoch)
@@ -359,11 +382,14 @@ class Trainer:
         cfg, best = self.cfg, state.best
         # The first epoch carries one-off costs (JIT, caches); report the rest when there is one.
         steady = state.throughput[1:] or state.throughput
-        return {"alpha": self.alpha, "seed": cfg.train.seed, "arch": cfg.model.arch,
+        return {"alpha": cfg.selectivity.alpha,
+                "alpha_schedule": describe(cfg.selectivity.alpha_schedule, cfg.selectivity.alpha),
+                "seed": cfg.train.seed, "arch": cfg.model.arch,
                 "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
                 "best_epoch": best.get("epoch"), "val_acc": best.get("val_acc"),
                 "test_acc": best.get("test_acc"), "test_si": best.get("test_si"),
                 "test_si_per_layer": best.get("test_si_per_layer"),
+                "test_dead_per_layer": best.get("test_dead_per_layer"),
                 "images_per_s": float(np.mean(steady)) if steady else None,
                 "world_size": self.ctx.world_size, "engine": cfg.train.engine,
                 "run_dir": os.path.abspath(self.run_dir)}

@@ -38,7 +38,8 @@ def _min_size() -> int:
 
 
 class CNN7(Probed, nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                 dropout: float | None = None):
         super().__init__()
         side = _out_size(image_size)
         if side < 1:
@@ -55,6 +56,11 @@ class CNN7(Probed, nn.Module):
         self.fc1 = nn.Linear(c_in * side * side, 512)
         self.relu_fc1 = nn.ReLU()
         self.bn_fc1 = nn.BatchNorm1d(512)
+        # Ukita's network has no dropout (None, 0). A probability puts one after the hidden
+        # dense layer, before the classifier: where VGG has its own (Zhou et al. 2018's
+        # BatchNorm x dropout comparison). It follows fc1's BN, so the probe (relu_fc1) and
+        # the ablation point (bn_fc1) read what they read without it.
+        self.drop_fc1 = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc2 = nn.Linear(512, num_classes)
 
         for m in self.modules():
@@ -74,8 +80,9 @@ class CNN7(Probed, nn.Module):
         # Keras flattens NHWC, we flatten NCHW: same features in another order, which only
         # matters when porting trained Keras weights (and not at all at 32 px, where it is 1x1).
         x = self.bn_fc1(self.relu_fc1(self.fc1(x.flatten(1))))
-        return self.fc2(x)
+        return self.fc2(self.drop_fc1(x))
 
 
-def cnn7(num_classes: int, in_channels: int = 3, image_size: int = 32) -> CNN7:
-    return CNN7(num_classes, in_channels, image_size)
+def cnn7(num_classes: int, in_channels: int = 3, image_size: int = 32,
+         dropout: float | None = None) -> CNN7:
+    return CNN7(num_classes, in_channels, image_size, dropout)

@@ -42,7 +42,7 @@ class VGG16BN(Probed, nn.Module):
     """VGG16, config D; ``batch_norm=False`` is Ukita's (Keras) VGG16, ``True`` vgg16_bn."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 224,
-                 batch_norm: bool = True):
+                 batch_norm: bool = True, dropout: float | None = None):
         super().__init__()
         small = image_size <= SMALL_MAX_PX
         feats, c_in, points = OrderedDict(), in_channels, {}
@@ -61,7 +61,10 @@ class VGG16BN(Probed, nn.Module):
         self.features = nn.Sequential(feats)
 
         pool, width = (1, 512) if small else (7, 4096)
-        drop = nn.Identity if small else (lambda: nn.Dropout(0.5))
+        # dropout None: torchvision's 0.5 for the large head, none for the small one; a number
+        # sets it for either, in torchvision's places (after fc1's and fc2's ReLU).
+        p = (0.0 if small else 0.5) if dropout is None else dropout
+        drop = (lambda: nn.Dropout(p)) if p > 0 else nn.Identity
         self.avgpool = nn.AdaptiveAvgPool2d(pool)
         self.classifier = nn.Sequential(OrderedDict(
             fc1=nn.Linear(512 * pool * pool, width), relu_fc1=nn.ReLU(), drop1=drop(),
@@ -88,9 +91,11 @@ class VGG16BN(Probed, nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-def vgg16_bn(num_classes: int, in_channels: int = 3, image_size: int = 224) -> VGG16BN:
-    return VGG16BN(num_classes, in_channels, image_size, batch_norm=True)
+def vgg16_bn(num_classes: int, in_channels: int = 3, image_size: int = 224,
+             dropout: float | None = None) -> VGG16BN:
+    return VGG16BN(num_classes, in_channels, image_size, batch_norm=True, dropout=dropout)
 
 
-def vgg16(num_classes: int, in_channels: int = 3, image_size: int = 224) -> VGG16BN:
-    return VGG16BN(num_classes, in_channels, image_size, batch_norm=False)
+def vgg16(num_classes: int, in_channels: int = 3, image_size: int = 224,
+          dropout: float | None = None) -> VGG16BN:
+    return VGG16BN(num_classes, in_channels, image_size, batch_norm=False, dropout=dropout)

@@ -309,7 +309,8 @@ def print_plan(recipe: SearchRecipe, base: Config, out=sys.stdout) -> None:
 def register(subparsers) -> None:
     t = subparsers.add_parser("tune", help="search alpha (or any recipe key) with Ray Tune")
     t.add_argument("--search", required=True,
-                   help="a search recipe name in tune/ (alpha, alpha_asha, quickstart) or a path")
+                   help="a search recipe name in tune/ (alpha, alpha_asha, alpha_late, "
+                        "bn_dropout, quickstart) or a path")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the base training recipe, e.g. --set train.epochs=30 "
                         "(repeatable)")

@@ -740,6 +740,28 @@ ROWS = [
         r"selectivity.alpha must be a finite number"),
     Row("alpha_inf", SHOW + ["selectivity.alpha=inf"], 2,
         r"selectivity.alpha must be a finite number, got 'inf'"),
+    Row("alpha_schedule_out_of_order", SHOW + [
+        "selectivity.alpha_schedule.kind=ramp", "selectivity.alpha_schedule.start_epoch=30",
+        "selectivity.alpha_schedule.end_epoch=10", "train.epochs=40"], 2,
+        r"selectivity.alpha_schedule: epochs out of order, start_epoch 30 is not before "
+        r"end_epoch 10; give start_epoch < end_epoch"),
+    Row("alpha_schedule_past_the_run", SHOW + [
+        "selectivity.alpha_schedule.kind=step", "selectivity.alpha_schedule.start_epoch=30",
+        "train.epochs=10"], 2,
+        r"selectivity.alpha_schedule.start_epoch=30 is past the run's last epoch \(9; .*give a "
+        r"start_epoch below train.epochs=10"),
+    Row("alpha_schedule_start_negative", SHOW + ["selectivity.alpha_schedule.start_epoch=-1"],
+        2, r"selectivity.alpha_schedule.start_epoch must be >= 0, got -1"),
+    Row("dropout_on_a_resnet", train("drop", "model.dropout=0.5"), 2,
+        r"model.arch=resnet20: dropout applies to vgg16, vgg16_bn, cnn7, not resnet20; leave "
+        r"model.dropout out \(null\)"),
+    Row("stem_on_resnet20", train("stem", "model.stem=imagenet"), 2,
+        r"model.arch=resnet20: the stem applies to resnet18, resnet50, not resnet20; leave "
+        r"model.stem at auto"),
+    Row("stem_unknown", SHOW + ["model.stem=tiny"], 2,
+        r"unknown value 'tiny' for model.stem .*choose one of: auto, cifar, nomaxpool, imagenet"),
+    Row("dropout_one", SHOW + ["model.dropout=1"], 2,
+        r"model.dropout must be in \[0, 1\) or null \(the architecture's own\), got 1.0"),
     Row("empty_yaml", ["config", "show", "{tmp}/empty.yaml"], 2, r"empty.yaml is empty",
         setup=write_text("empty.yaml", "# nothing here\n")),
     Row("empty_section_override", SHOW + ["data="], 2,

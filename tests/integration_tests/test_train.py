@@ -276,3 +276,43 @@ def test_epoch_hooks_reach_the_record_and_tensorboard(tmp_path):
     osi = acc.Scalars("orientation/osi_mean/layer1.0")
     assert [e.step for e in osi] == [0, 1]
     assert osi[1].value == pytest.approx(records[1]["osi_per_layer"]["layer1.0"], rel=1e-6)
+
+
+def test_stage_mean_weighs_the_stem_as_one_stage_of_four(tmp_path):
+    """selectivity.layer_mean=stage with layers=all on ResNet20: the stem is a stage of its
+    own, so the reported mean SI weighs it 1/4 and each of the 9 blocks 1/12; the paper's
+    recipes choose it."""
+    cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                      [*TINY, "train.epochs=1", "train.max_steps_per_epoch=1",
+                       "data.num_workers=0", "selectivity.layers=all",
+                       "selectivity.layer_mean=stage", "run.tensorboard=false",
+                       f"run.out_dir={tmp_path}", "run.name=stage"])
+    s = Trainer(cfg).fit()
+    per = s["test_si_per_layer"]
+    assert len(per) == 10
+    expected = per["stem"] / 4 + sum(v for k, v in per.items() if k != "stem") / 12
+    assert s["test_si"] == pytest.approx(expected, rel=1e-12)
+    assert abs(s["test_si"] - sum(per.values()) / 10) > 1e-6
+    for recipe in ("cifar10_resnet20", "tinyimagenet_resnet18", "tinyimagenet_resnet50"):
+        assert load_config(os.path.join(REPO, f"configs/{recipe}.yaml")) \
+            .selectivity.layer_mean == "stage", recipe
+    assert load_config(None).selectivity.layer_mean == "block"
+
+
+@pytest.mark.slow
+def test_a_trained_model_loads_with_its_stem(tmp_path):
+    """~4 s idle (a ResNet18 run). model.stem is in the recipe a checkpoint carries: a run trained with the nomaxpool stem
+    (which has the same parameters as the imagenet one) loads without the max-pool."""
+    from torch import nn
+
+    from seltrain.checkpoint import load_trained_model
+
+    cfg = load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                      [*TINY, "train.epochs=1", "train.max_steps_per_epoch=1",
+                       "data.num_workers=0", "model.arch=resnet18", "model.stem=nomaxpool",
+                       "selectivity.eval_si=false", "run.tensorboard=false",
+                       f"run.out_dir={tmp_path}", "run.name=stem"])
+    Trainer(cfg).fit()
+    model, _, loaded = load_trained_model(str(tmp_path / "stem"))
+    assert loaded.model.stem == "nomaxpool" and isinstance(model.maxpool, nn.Identity)
+    assert model.conv1.kernel_size == (7, 7)

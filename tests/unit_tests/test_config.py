@@ -162,6 +162,11 @@ EDGES = [
     ("selectivity.alpha", "inf", -1e6, "a finite number"),
     ("selectivity.alpha", "-inf", 1e6, "a finite number"),
     ("selectivity.eps", 0, 1e-12, "> 0"),
+    ("model.dropout", -0.1, 0.0, "in [0, 1) or null (the architecture's own)"),
+    ("model.dropout", 1.0, 0.99, "in [0, 1) or null (the architecture's own)"),
+    ("selectivity.alpha_schedule.start_epoch", -1, 0, ">= 0"),
+    ("selectivity.alpha_schedule.end_epoch", -1, 0, ">= 0"),
+    ("selectivity.alpha_schedule.initial", "inf", 0.0, "a finite number"),
     ("train.epochs", 0, 1, ">= 1"),
     ("train.batch_size", 0, 1, ">= 1"),
     ("train.lr", 0, 1e-9, "> 0"),
@@ -178,7 +183,7 @@ EDGES = [
     ("train.eval_batch_size", 0, 1, ">= 1"),
     ("train.max_steps_per_epoch", 0, 1, ">= 1 or null (whole epochs)"),
 ]
-NULLABLE = ["data.limit_train", "data.image_size", "train.grad_clip",
+NULLABLE = ["model.dropout", "data.limit_train", "data.image_size", "train.grad_clip",
             "train.max_steps_per_epoch"]
 
 

@@ -23,9 +23,11 @@ PACKAGE = os.path.join(REPO, "seltrain")
 # level the imports must not form a cycle.
 LEVELS = [
     # 0. The vocabulary every module may use: the errors (one line and an exit code each), the
-    #    typed recipe, the one way to write a file, RNG state, the plain-data unpickler, the
-    #    tests' fault hook, the package's version (seltrain/__init__.py).
-    {"seltrain", "errors", "config", "atomic", "rng", "pickles", "fault_injection"},
+    #    typed recipe (its YAML reader, its alpha schedule), the one way to write a file, RNG
+    #    state, the plain-data unpickler, the tests' fault hook, the package's version
+    #    (seltrain/__init__.py).
+    {"seltrain", "errors", "config", "atomic", "rng", "pickles", "fault_injection",
+     "recipe_yaml", "alpha_schedule"},
     # 1. The process: its place among the ranks (process groups, collectives), the metrics sink
     #    it writes, its hold on a run folder (the lock reads the metrics it guards).
     {"distributed", "metrics", "runlock"},

@@ -356,3 +356,108 @@ def test_cnn7_refuses_fashion_mnist_size():
     with pytest.raises(ValueError, match="at least 29 px.*32 px"):
         build_model("cnn7", 10, in_channels=1, image_size=28)
     assert build_model("cnn7", 10, image_size=29)(torch.randn(2, 3, 29, 29)).shape == (2, 10)
+
+
+def _dropouts(model):
+    return [m for m in model.modules() if isinstance(m, nn.Dropout)]
+
+
+@pytest.mark.parametrize("arch,px,own,places", [
+    ("vgg16", 32, 0, ["classifier.drop1", "classifier.drop2"]),
+    ("vgg16_bn", 32, 0, ["classifier.drop1", "classifier.drop2"]),
+    ("cnn7", 32, 0, ["drop_fc1"]),
+])
+def test_dropout_goes_after_the_hidden_fc_layers_and_is_off_in_eval(arch, px, own, places):
+    assert len(_dropouts(build_model(arch, 10, image_size=px))) == own  # the small heads: none
+    model = build_model(arch, 10, image_size=px, dropout=0.5)
+    found = [n for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
+    assert found == places and {m.p for m in _dropouts(model)} == {0.5}
+    assert len(_dropouts(build_model(arch, 10, image_size=px, dropout=0.0))) == 0
+    # Train: dropout on (two passes differ; a zeroed fraction near p of fc1's output);
+    # eval: off (two passes equal bit for bit).
+    x = torch.randn(8, 3, px, px)
+    torch.manual_seed(0)
+    model.train()
+    a, b = model(x), model(x)
+    assert not torch.equal(a, b)
+    drop = model.get_submodule(places[0])
+    seen = {}
+    h = drop.register_forward_hook(lambda m, i, o: seen.update(i=i[0], o=o))
+    model(x)
+    h.remove()
+    live = seen["i"] != 0
+    zeroed = ((seen["o"] == 0) & live).sum().item() / live.sum().item()
+    assert 0.4 < zeroed < 0.6, zeroed
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_dropout_keeps_the_large_vgg_head_as_torchvision_unless_set():
+    assert [m.p for m in _dropouts(build_model("vgg16_bn", 10, image_size=224))] == [0.5, 0.5]
+    assert [m.p for m in _dropouts(build_model("vgg16_bn", 10, image_size=224,
+                                               dropout=0.2))] == [0.2, 0.2]
+    assert _dropouts(build_model("vgg16_bn", 10, image_size=224, dropout=0.0)) == []
+    with pytest.raises(ConfigError, match="dropout applies to vgg16, vgg16_bn, cnn7, not resnet20"):
+        build_model("resnet20", 10, dropout=0.5)
+
+
+def test_the_bn_dropout_search_is_the_2x2_comparison():
+    import os
+
+    from helpers import REPO
+    from seltrain.tuning.recipe import enumerate_trials, load_search, trial_config
+
+    recipe, base = load_search(os.path.join(REPO, "tune/bn_dropout.yaml"))
+    points = {(t["model.arch"], t["model.dropout"]) for t in enumerate_trials(recipe)}
+    assert points == {("vgg16", 0.0), ("vgg16", 0.5), ("vgg16_bn", 0.0), ("vgg16_bn", 0.5)}
+    for arch, p in sorted(points):
+        cfg = trial_config(base, {"model.arch": arch, "model.dropout": p, "train.seed": 0})
+        model = build_model(cfg.model.arch, 10, image_size=32, dropout=cfg.model.dropout)
+        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert (n_bn, len(_dropouts(model))) == (13 if arch == "vgg16_bn" else 0,
+                                                 2 if p else 0)
+        assert cfg.selectivity.alpha == 0.0
+
+
+# Side of each stage's maps at Tiny ImageNet's 64 px: stem (its ReLU), layer1 ... layer4.
+STEM_SIDES = {"cifar": (64, 64, 32, 16, 8), "nomaxpool": (32, 32, 16, 8, 4),
+              "imagenet": (32, 16, 8, 4, 2)}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("stem", list(STEM_SIDES) + ["auto"])
+def test_each_stem_gives_its_spatial_size_per_stage(arch, stem):
+    with torch.device("meta"):
+        model = build_model(arch, 200, image_size=64, stem=stem)
+        shapes = probe_shapes(model, torch.empty(2, 3, 64, 64))
+    last = {"resnet18": ("layer1.1", "layer2.1", "layer3.1", "layer4.1"),
+            "resnet50": ("layer1.2", "layer2.3", "layer3.5", "layer4.2")}[arch]
+    sides = tuple(shapes[k][1] for k in ("stem", *last))
+    assert sides == STEM_SIDES["cifar" if stem == "auto" else stem]  # auto at 64 px: cifar
+    assert all(shapes[k][1] == shapes[k][2] for k in shapes)
+    conv = model.conv1
+    assert (conv.kernel_size, conv.stride) == (((3, 3), (1, 1)) if stem in ("cifar", "auto")
+                                               else ((7, 7), (2, 2)))
+    assert isinstance(model.maxpool, nn.MaxPool2d) == (stem == "imagenet")
+
+
+def test_the_imagenet_stem_is_torchvisions_and_auto_picks_it_above_96_px():
+    ours = build_model("resnet18", 1000, image_size=64, stem="imagenet")
+    ref = torchvision.models.resnet18()
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in ref.parameters()]
+    assert isinstance(build_model("resnet50", 10, image_size=97).maxpool, nn.MaxPool2d)
+    assert isinstance(build_model("resnet50", 10, image_size=96).maxpool, nn.Identity)
+    with pytest.raises(ConfigError, match="the stem applies to resnet18, resnet50, not cnn7"):
+        build_model("cnn7", 10, stem="cifar")
+
+
+def test_the_tiny_imagenet_recipes_keep_the_7x7_conv_and_drop_the_max_pool():
+    import os
+
+    from helpers import REPO
+    from seltrain.config import load_config
+
+    for arch in ("resnet18", "resnet50"):
+        cfg = load_config(os.path.join(REPO, f"configs/tinyimagenet_{arch}.yaml"))
+        assert (cfg.model.arch, cfg.model.stem) == (arch, "nomaxpool")
+    assert load_config(None).model.stem == "auto"

@@ -185,3 +185,34 @@ def test_an_empty_or_missing_experiment_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"holds no trial run folders \(trials/\*/config.yaml\) "
                                           r"yet$"):
         report.report_experiment(str(tmp_path), out=io.StringIO())
+
+
+def test_dead_units_at_the_best_epoch_are_tabulated_and_plotted_against_alpha(tmp_path,
+                                                                              monkeypatch):
+    """test_dead_per_layer of each trial's best epoch: results.csv gets its layer mean
+    (test_dead) and each layer (dead/<layer>), results_by_alpha.csv the mean and spread over
+    seeds, and dead_vs_alpha.png plots those means."""
+    exp = tmp_path / "exp"
+    for name, alpha, seed, dead in (("a", -10.0, 0, {"l1": 0.5, "l2": 0.25}),
+                                    ("b", -10.0, 1, {"l1": 0.25, "l2": 0.0}),
+                                    ("c", 0.0, 0, {"l1": 0.0, "l2": 0.0})):
+        folder = exp / "trials" / name
+        _run(str(folder), alpha, seed, 0.1, [(0.5, 0.5, 0.3)], True, planned=1)
+        rec = json.loads((folder / "metrics.jsonl").read_text())
+        rec["test_dead_per_layer"] = dead
+        (folder / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    figures = {}
+    save = report._save
+    monkeypatch.setattr(report, "_save",
+                        lambda plt, fig, path: figures.setdefault(os.path.basename(path), fig)
+                        and save(plt, fig, path))
+    r = report.report_experiment(str(exp), out=io.StringIO(), tensorboard=False)
+    rows = {row["trial"]: row for row in csv.DictReader(open(exp / "results.csv"))}
+    assert float(rows["a"]["test_dead"]) == 0.375 and float(rows["a"]["dead/l1"]) == 0.5
+    assert float(rows["c"]["test_dead"]) == 0.0
+    by = {row["alpha"]: row for row in csv.DictReader(open(exp / "results_by_alpha.csv"))}
+    assert float(by["-10.0"]["test_dead_mean"]) == pytest.approx(0.25)
+    assert float(by["-10.0"]["test_dead_std"]) == pytest.approx(math.sqrt(2 * 0.125 ** 2))
+    (means,) = figures["dead_vs_alpha.png"].axes[0].containers
+    np.testing.assert_allclose(np.asarray(means.lines[0].get_ydata(), float), [0.25, 0.0])
+    assert any(p.endswith("dead_vs_alpha.png") for p in r["plots"])

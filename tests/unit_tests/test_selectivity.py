@@ -235,7 +235,8 @@ def test_accumulator_read_is_si_on_the_host_with_the_extra_values():
     out, got = acc.read(1e-7, extra)
     assert list(got) == [41.0, 96.0]
     si = acc.si(1e-7)
-    assert list(out) == ["si_per_layer", "si", "si_units"] and list(out["si_units"]) == names
+    assert list(out) == ["si_per_layer", "si", "si_units", "dead_per_layer"]
+    assert list(out["si_units"]) == names
     for n in names:
         assert out["si_per_layer"][n] == si[n].mean().item()
         assert np.array_equal(out["si_units"][n], si[n].numpy())
@@ -260,3 +261,63 @@ def test_probe_mean_is_float32_under_bf16_autocast():
     # What a bf16 mean would have given differs by far more: the test can tell them apart.
     assert (fmap.mean(dim=(2, 3)).float() - want).abs().max() > 1e-4
     assert unit_activation(fmap.double()).dtype == torch.float64
+
+
+def test_dead_units_are_those_that_never_fired():
+    """Two layers of 4 and 2 units over 6 images of 3 classes: layer a's units 1 and 3 are 0
+    on every image, unit 2 only on some; layer b's unit 0 fires once, on one image."""
+    acts_a = torch.tensor([[1., 0., 0., 0.], [2., 0., 3., 0.], [0.5, 0., 0., 0.],
+                           [1., 0., 0., 0.], [4., 0., 1., 0.], [1., 0., 0., 0.]])
+    acts_b = torch.zeros(6, 2)
+    acts_b[4, 0] = 1e-30
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    acc = SelectivityAccumulator({"a": 4, "b": 2}, 3)
+    acc.update({"a": acts_a[:3], "b": acts_b[:3]}, labels[:3])
+    acc.update({"a": acts_a[3:], "b": acts_b[3:]}, labels[3:])
+    assert acc.dead().tolist() == [False, True, False, True, False, True]
+    out, _ = acc.read()
+    assert out["dead_per_layer"] == {"a": 0.5, "b": 0.5}
+    # A dead unit's SI is 0 (it pulls the layer's mean SI down without being unselective).
+    assert out["si_units"]["a"][1] == 0.0 and out["si_units"]["a"][3] == 0.0
+
+
+RESNET50_BLOCKS = {f"layer{s}.{i}": w for s, (n, w) in
+                   enumerate(((3, 256), (4, 512), (6, 1024), (3, 2048)), 1) for i in range(n)}
+
+
+def test_stage_mean_weighs_resnet50s_stages_a_quarter_each():
+    from seltrain.selectivity import layer_weights
+
+    assert layer_weights(RESNET50_BLOCKS, "block") is None  # a plain mean: 1/16 a block
+    w = dict(zip(RESNET50_BLOCKS, layer_weights(RESNET50_BLOCKS, "stage")))
+    for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)):
+        stage = [v for k, v in w.items() if k.startswith(f"layer{s}.")]
+        assert len(stage) == n and sum(stage) == pytest.approx(0.25)
+        assert stage == [pytest.approx(1 / (4 * n))] * n
+    # Blocks: layer3 holds 6 of the 16 blocks, 37.5% of mu_SI; stages: 25%.
+    assert 6 / 16 == 0.375 and sum(v for k, v in w.items() if k.startswith("layer3")) == \
+        pytest.approx(0.25)
+    # The stem is a stage of its own, and blocks of unequal width pool by units.
+    assert layer_weights({"stem": 4, "a.0": 2, "a.1": 6}, "stage") == [0.5, 2 / 16, 6 / 16]
+
+
+def test_stage_mean_is_the_co_authors_pooled_stage_mean():
+    """The regularizer and the accumulator with stage weights equal SI pooled over each
+    stage's units, then averaged over stages, computed here directly."""
+    from seltrain.selectivity import layer_weights
+
+    widths = (5, 5, 8, 8, 8, 3)
+    names = ["l1.0", "l1.1", "l2.0", "l2.1", "l2.2", "l3.0"]
+    acts, y = _layers(torch.float64, seed=3, widths=widths)
+    w = layer_weights(dict(zip(names, widths)), "stage")
+    mu, per_layer = selectivity_penalty(acts, y, 12, weights=w)
+    units = [class_selectivity(a, y, 12) for a in acts]
+    pooled = [torch.cat(units[:2]).mean(), torch.cat(units[2:5]).mean(), units[5].mean()]
+    assert mu.item() == pytest.approx(torch.stack(pooled).mean().item(), rel=1e-12)
+    plain, _ = selectivity_penalty(acts, y, 12)
+    assert plain.item() == pytest.approx(per_layer.mean().item(), rel=1e-12)
+    assert abs(plain.item() - mu.item()) > 1e-3  # the stage mean is a different number
+    acc = SelectivityAccumulator(dict(zip(names, widths)), 12)
+    acc.update({n: a.detach() for n, a in zip(names, acts)}, y)
+    out, _ = acc.read(weights=w)
+    assert out["si"] == pytest.approx(mu.item(), rel=1e-12)

@@ -1,0 +1,87 @@
+"""selectivity.alpha_schedule end to end: the alpha each epoch trained with, in metrics.jsonl
+and TensorBoard, and a run interrupted mid-schedule and resumed equal, bit for bit, to one
+that ran through."""
+import json
+import os
+
+import pytest
+import torch
+
+from helpers import REPO
+from seltrain.config import load_config
+from seltrain.trainer import Trainer
+
+# 4 steps of 32 an epoch at 8 px: an epoch takes about a second on 2 cores.
+TINIEST = ["data.dataset=synthetic", "data.synthetic.train_size=160", "data.val_size=32",
+           "data.synthetic.test_size=64", "data.synthetic.image_size=8", "data.num_workers=0",
+           "train.batch_size=32", "train.epochs=4", "train.lr=0.05", "run.progress=false"]
+# Alpha 0 for epochs 0-1, then -2 (Ranadive et al. 2023's "regularized from epoch 2 onward").
+LATE = ["selectivity.alpha=-2", "selectivity.alpha_schedule.kind=step",
+        "selectivity.alpha_schedule.start_epoch=2"]
+
+
+class Stop(Exception):
+    pass
+
+
+def _cfg(out, name, *extra):
+    return load_config(os.path.join(REPO, "configs/synthetic.yaml"),
+                       [*TINIEST, *LATE, f"run.out_dir={out}", f"run.name={name}", *extra])
+
+
+def _records(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_mid_schedule_equals_one_that_ran_through(tmp_path):
+    """~8 s: two runs of 4 tiny epochs. The interrupted run stops inside epoch 2, the first
+    regularized epoch (after epoch 1's checkpoint, the last at alpha 0), so the resumed run
+    must pick the schedule up at alpha -2, not start it over at 0."""
+    ref = Trainer(_cfg(tmp_path, "ref")).fit()
+    trainer = Trainer(_cfg(tmp_path, "cut"))
+    steps = trainer.steps_per_epoch
+
+    def stop(global_step):
+        if global_step == 2 * steps + 1:  # the second step of epoch 2
+            raise Stop
+
+    trainer.step_hooks.append(stop)
+    with pytest.raises(Stop):
+        trainer.fit()
+    cut = tmp_path / "cut"
+    assert [r["epoch"] for r in _records(cut)] == [0, 1]
+    resumed = Trainer(_cfg(tmp_path, "cut"), resume=True).fit()
+
+    a = torch.load(tmp_path / "ref/checkpoints/last.pt", weights_only=True)
+    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ra, rb = _records(tmp_path / "ref"), _records(cut)
+    assert [r["alpha"] for r in ra] == [r["alpha"] for r in rb] == [0.0, 0.0, -2.0, -2.0]
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "train_ce", "val_acc", "test_acc", "test_si"):
+            assert x[key] == y[key], (key, x[key], y[key])
+    # At alpha 0 the loss is the cross-entropy; regularized, it is CE + 2 * mean batch SI.
+    assert ra[0]["train_loss"] == ra[0]["train_ce"]
+    assert ra[2]["train_loss"] > ra[2]["train_ce"]
+    assert ref["alpha"] == resumed["alpha"] == -2.0
+    assert ref["alpha_schedule"] == "0 until epoch 2, then -2"
+
+
+def test_alpha_per_epoch_in_tensorboard(tmp_path):
+    """A ramp from 0 at epoch 0 to -2 at epoch 2 (3 epochs): train/alpha holds 0, -1, -2,
+    one point per epoch at the step each epoch starts."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(tmp_path, "ramp", "train.epochs=3", "selectivity.alpha_schedule.kind=ramp",
+               "selectivity.alpha_schedule.start_epoch=0",
+               "selectivity.alpha_schedule.end_epoch=2", "train.max_steps_per_epoch=2",
+               "selectivity.eval_si=false")
+    Trainer(cfg).fit()
+    acc = EventAccumulator(str(tmp_path / "ramp/tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    points = [(e.step, e.value) for e in acc.Scalars("train/alpha")]
+    assert points == [(0, 0.0), (2, -1.0), (4, -2.0)]
+    assert [r["alpha"] for r in _records(tmp_path / "ramp")] == [0.0, -1.0, -2.0]

@@ -1,0 +1,76 @@
+"""seltrain/alpha_schedule.py: alpha per epoch, its checks, and a search that varies it."""
+import os
+
+import pytest
+
+from helpers import REPO
+from seltrain.alpha_schedule import AlphaScheduleConfig, alpha_at, describe, name_suffix
+from seltrain.config import load_config
+from seltrain.errors import ConfigError
+
+
+def test_step_is_the_reference_two_level_schedule():
+    # The reference's "0*5 -20*15": alpha 0 for epochs 0-4, -20 for epochs 5-19.
+    s = AlphaScheduleConfig(kind="step", start_epoch=5)
+    assert [alpha_at(s, -20, e) for e in range(20)] == [0.0] * 5 + [-20.0] * 15
+    assert describe(s, -20) == "0 until epoch 5, then -20"
+
+
+def test_ramp_is_linear_between_its_epochs_and_flat_outside():
+    s = AlphaScheduleConfig(kind="ramp", start_epoch=2, end_epoch=6, initial=1.0)
+    assert [alpha_at(s, -7, e) for e in range(9)] == [1.0, 1.0, 1.0, -1.0, -3.0, -5.0, -7.0,
+                                                      -7.0, -7.0]
+
+
+def test_constant_is_alpha_every_epoch():
+    assert {alpha_at(AlphaScheduleConfig(), -3, e) for e in range(50)} == {-3.0}
+
+
+def test_run_names_tell_schedules_apart():
+    base = ["selectivity.alpha=-10", "train.epochs=40"]
+    names = {load_config(None, base + extra).run_name() for extra in (
+        [], ["selectivity.alpha_schedule.kind=step", "selectivity.alpha_schedule.start_epoch=30"],
+        ["selectivity.alpha_schedule.kind=ramp", "selectivity.alpha_schedule.start_epoch=10",
+         "selectivity.alpha_schedule.end_epoch=30"])}
+    assert names == {"resnet20_synthetic_alpha-10_seed0",
+                     "resnet20_synthetic_alpha-10_from30_seed0",
+                     "resnet20_synthetic_alpha-10_ramp10-30_seed0"}
+    assert name_suffix(AlphaScheduleConfig(kind="step", start_epoch=3, initial=-1)) == \
+        "_from3i-1"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["kind=ramp", "start_epoch=30", "end_epoch=10"],
+     r"^selectivity.alpha_schedule: epochs out of order, start_epoch 30 is not before "
+     r"end_epoch 10; give start_epoch < end_epoch$"),
+    (["kind=step", "start_epoch=40"],
+     r"^selectivity.alpha_schedule.start_epoch=40 is past the run's last epoch \(39;"),
+    (["kind=ramp", "start_epoch=0", "end_epoch=40"],
+     r"^selectivity.alpha_schedule.end_epoch=40 is past the run's last epoch \(39;"),
+    (["start_epoch=30"], r"^selectivity.alpha_schedule.kind is constant, which ignores"),
+    (["kind=step", "start_epoch=3", "end_epoch=9"],
+     r"^selectivity.alpha_schedule.kind is step, which ignores end_epoch \(9\)"),
+    (["kind=steps"], r"^unknown value 'steps' for selectivity.alpha_schedule.kind .*did you "
+                     r"mean 'step'"),
+])
+def test_bad_schedules_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, ["train.epochs=40"] +
+                    [f"selectivity.alpha_schedule.{o}" for o in overrides])
+    assert "\n" not in str(e.value)
+
+
+def test_the_late_search_recipe_varies_the_schedule():
+    """tune/alpha_late.yaml: alpha on the paper's grid times three start epochs; every trial's
+    config carries its own schedule."""
+    from seltrain.tuning.recipe import enumerate_trials, load_search, trial_config
+
+    recipe, base = load_search(os.path.join(REPO, "tune/alpha_late.yaml"))
+    trials = enumerate_trials(recipe)
+    starts = sorted({t["selectivity.alpha_schedule.start_epoch"] for t in trials})
+    assert starts == [0, 5, 30]
+    assert base.selectivity.alpha_schedule.kind == "step"
+    one = trial_config(base, {"selectivity.alpha": -10.0,
+                              "selectivity.alpha_schedule.start_epoch": 30, "train.seed": 1})
+    assert alpha_at(one.selectivity.alpha_schedule, one.selectivity.alpha, 29) == 0.0
+    assert alpha_at(one.selectivity.alpha_schedule, one.selectivity.alpha, 30) == -10.0
