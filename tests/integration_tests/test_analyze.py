@@ -100,6 +100,43 @@ def test_ablation_outputs_and_baseline(runs, tmp_path):
         == "bn_folded"
 
 
+def test_ablation_ranks_on_val_and_scores_on_test(runs, tmp_path):
+    from scipy import stats
+
+    from seltrain.analysis.ablation import AblationOptions
+    from seltrain.analysis.target import TargetRef
+    from seltrain.analysis.unit_selectivity import unit_selectivity
+
+    run, ckpt = runs["a0"], os.path.join(runs["a0"], "checkpoints", "best.pt")
+    out = tmp_path / "held_out"
+    r = _ok(run_cli("analyze", "ablation", ckpt, "--layers", "layer3.2", "--rank-split", "val",
+                    "--max-images", "128", "--device", "cpu", "--out", out))
+    assert "drops on 128 test images, units ranked by SI on val" in r.stdout
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["rank_split"], summary["score_split"]) == ("val", "test")
+    res = json.load(open(out / "ablation_layer3.2.json"))
+    # the SI that ranks is the whole val split's (128 images), not the scored test images'
+    val = TargetRef(run, ckpt).load(AblationOptions(split="val", layers=("layer3.2",),
+                                                    device="cpu"))
+    assert val.data.num_images == 128
+    si_val = unit_selectivity(val)["si"]["layer3.2"]
+    np.testing.assert_allclose(res["si"], si_val, rtol=0, atol=1e-12)
+    test = TargetRef(run, ckpt).load(AblationOptions(layers=("layer3.2",), device="cpu",
+                                                     max_images=128))
+    assert np.abs(unit_selectivity(test)["si"]["layer3.2"] - si_val).max() > 1e-3
+    rho = stats.spearmanr(si_val, res["single_unit"]["max_class_drop"])[0]
+    assert res["correlations"]["max_class_drop"]["si"]["rho"] == pytest.approx(rho, abs=1e-12)
+    # the drops are the test split's: the baseline is the first 128 test images' accuracy
+    base = json.load(open(out / "summary.json"))["layers"]["layer3.2"]["baseline_acc"]
+    assert base * 128 == pytest.approx(round(base * 128), abs=1e-9)
+    # by default the same split ranks and scores, and the output says so
+    r = _ok(run_cli("analyze", "ablation", ckpt, "--layers", "layer3.2", "--max-images", "64",
+                    "--device", "cpu", "--out", tmp_path / "same"))
+    assert "units ranked by SI on test" in r.stdout
+    s = json.load(open(tmp_path / "same" / "summary.json"))
+    assert (s["rank_split"], s["score_split"]) == ("test", "test")
+
+
 def test_orientation(runs):
     run = runs["a0"]
     _ok(run_cli("analyze", "orientation", run, "--layers", "layer1.0", "layer3.2",

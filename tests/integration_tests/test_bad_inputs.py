@@ -920,6 +920,13 @@ ROWS = [
         setup=lambda tmp, done: main(fill_all(train("noval", "data.val_size=0",
                                                     "train.epochs=1"), tmp, done)),
         keep=("runs/noval",)),
+    Row("ablation_rank_split_of_a_run_without_val",
+        ["analyze", "ablation", "{tmp}/runs/noval", "--rank-split", "val", "--device", "cpu"],
+        2, r"--rank-split val: this run has no validation split \(data.val_size=0\); leave "
+        r"--rank-split out to use the test split for both",
+        setup=lambda tmp, done: main(fill_all(train("noval", "data.val_size=0",
+                                                    "train.epochs=1"), tmp, done)),
+        keep=("runs/noval",)),
     Row("report_missing_folder", ["report", "{tmp}/nothing"], 2,
         r"experiment folder not found"),
     Row("write_negative_workers", WRITE + ["--num-workers", "-1", "--out", "{tmp}/b.beton"],
