@@ -234,6 +234,15 @@ def test_dimensionality(runs):
     assert summary["early_change_components_corrupted"] == pytest.approx(
         res["change"]["corrupted"]["layer1.0"]["n_components"])
     assert os.path.isfile(os.path.join(out, "dimensionality.png"))
+    # every reading at min(N - 1, D) = 63 components is listed, and only those
+    listed = {(s["reading"], s["condition"], s["layer"]) for s in res["saturated"]}
+    assert all(s["n_components"] >= s["ceiling"] == 63 for s in res["saturated"])
+    for reading in ("representation", "change"):
+        for cond in ("adversarial", *(["clean"] if reading == "representation" else [])):
+            for layer in layers:
+                full = res[reading][cond][layer]["n_components"] == 63
+                assert ((reading, cond, layer) in listed) == full
+    assert (summary["warning"] is None) == (not listed) and res["warning"] == summary["warning"]
 
     r = run_cli("analyze", "dimensionality", run, "--threshold", "1.5", "--max-images", "8")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--threshold" in r.stderr, r.stderr
