@@ -137,6 +137,25 @@ def test_ablation_ranks_on_val_and_scores_on_test(runs, tmp_path):
     assert (s["rank_split"], s["score_split"]) == ("test", "test")
 
 
+def test_rotation_of_the_last_block(runs, tmp_path):
+    run, out = runs["a0"], tmp_path / "rot"
+    r = _ok(run_cli("analyze", "rotation", run, "--layers", "layer3.2", "--max-images", "128",
+                    "--device", "cpu", "--seed", "3", "--out", out))
+    assert "unit axes vs a random rotation's axes (seed 3), 128 test images" in r.stdout
+    s = json.load(open(out / "summary.json"))["layers"]["layer3.2"]
+    # the rotated network is the same function: the same predictions, so the same accuracy
+    assert s["rotated_baseline_acc"] == s["baseline_acc"] and s["units"] == 64
+    table = pd.read_csv(out / "drops_layer3.2.csv")
+    assert len(table) == 64
+    assert s["mean_max_class_drop_axes"] == pytest.approx(table["max_class_drop_axes"].mean())
+    assert s["mean_max_class_drop_rotated"] == pytest.approx(
+        table["max_class_drop_rotated"].mean())
+    q = np.array(json.load(open(out / "rotation_layer3.2.json"))["rotation"])
+    np.testing.assert_allclose(q.T @ q, np.eye(64), atol=1e-6)
+    assert 0 <= s["ks_max_class_drop"] <= 1
+    assert os.path.getsize(out / "max_class_drop_layer3.2.png") > 1000
+
+
 def test_orientation(runs):
     run = runs["a0"]
     _ok(run_cli("analyze", "orientation", run, "--layers", "layer1.0", "layer3.2",

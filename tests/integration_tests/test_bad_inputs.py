@@ -927,6 +927,10 @@ ROWS = [
         setup=lambda tmp, done: main(fill_all(train("noval", "data.val_size=0",
                                                     "train.epochs=1"), tmp, done)),
         keep=("runs/noval",)),
+    Row("rotation_of_a_block_feeding_a_residual_addition",
+        ["analyze", "rotation", "{done}", "--layers", "layer1.0", "--device", "cpu"], 2,
+        r"cannot rotate 'layer1.0': its output feeds 2 operations \('layer1.1.conv1' "
+        r"\(Conv2d\), 'layer1.1.shortcut' \(Identity\); a residual addition\?\)"),
     Row("report_missing_folder", ["report", "{tmp}/nothing"], 2,
         r"experiment folder not found"),
     Row("write_negative_workers", WRITE + ["--num-workers", "-1", "--out", "{tmp}/b.beton"],
