@@ -156,6 +156,28 @@ def test_rotation_of_the_last_block(runs, tmp_path):
     assert os.path.getsize(out / "max_class_drop_layer3.2.png") > 1000
 
 
+def test_pwcca_of_a_regularized_run_against_the_unregularized_one(runs, tmp_path):
+    out = tmp_path / "pwcca"
+    r = _ok(run_cli("analyze", "pwcca", runs["am1"], "--reference", runs["a0"], "--layers",
+                    "layer1.0", "layer3.2", "--device", "cpu", "--out", out))
+    s = json.load(open(out / "summary.json"))
+    assert s["reference"] == os.path.join(runs["a0"], "checkpoints", "best.pt")
+    assert s["n_images"] == 256 and s["warning"] is None  # 256 images, at most 64 units
+    for layer, units in (("layer1.0", 16), ("layer3.2", 64)):
+        v = s["layers"][layer]
+        assert v["directions"] == units and 0 < v["mean_cca"] <= v["pwcca"] + 0.2
+        assert 0.2 < v["pwcca"] < 0.999  # other weights: related, not the same
+    assert s["mean_pwcca"] == pytest.approx(np.mean([v["pwcca"] for v in s["layers"].values()]))
+    table = pd.read_csv(out / "pwcca.csv")
+    assert list(table["layer"]) == ["layer1.0", "layer3.2"]
+    assert "PWCCA against" in r.stdout
+    # a network against itself: 1 in every layer
+    _ok(run_cli("analyze", "pwcca", runs["a0"], "--reference", runs["a0"], "--layers",
+                "layer3.2", "--device", "cpu", "--out", tmp_path / "self"))
+    same = json.load(open(tmp_path / "self" / "summary.json"))
+    assert same["layers"]["layer3.2"]["pwcca"] == pytest.approx(1.0, abs=1e-9)
+
+
 def test_orientation(runs):
     run = runs["a0"]
     _ok(run_cli("analyze", "orientation", run, "--layers", "layer1.0", "layer3.2",

@@ -931,6 +931,8 @@ ROWS = [
         ["analyze", "rotation", "{done}", "--layers", "layer1.0", "--device", "cpu"], 2,
         r"cannot rotate 'layer1.0': its output feeds 2 operations \('layer1.1.conv1' "
         r"\(Conv2d\), 'layer1.1.shortcut' \(Identity\); a residual addition\?\)"),
+    Row("pwcca_without_a_reference", ["analyze", "pwcca", "{done}", "--device", "cpu"], 2,
+        r"pwcca needs --reference PATH: the network to compare with"),
     Row("report_missing_folder", ["report", "{tmp}/nothing"], 2,
         r"experiment folder not found"),
     Row("write_negative_workers", WRITE + ["--num-workers", "-1", "--out", "{tmp}/b.beton"],
