@@ -41,6 +41,11 @@ Anything else is one line naming what comes after the layer, exit 2:
   is no single next layer to undo the rotation in. The last block of a stage before the
   pooled classifier (resnet20's layer3.2, torchvision resnet18's layer4) can be rotated.
 
+``undo="inverse"`` (``--undo inverse``) instead inserts a second module, h = Q z, right after
+the rotation: any layer can then be rotated (VGG's and AlexNet's conv5, which feed max
+pooling; every ResNet block), and ablating z_j removes the direction q_j from h at every
+position, h - q_j q_j^T h, which is what the fold computes where it applies.
+
 Outputs
 -------
 Per layer, single-unit ablation along the unit axes and along the rotated axes: the
@@ -166,25 +171,29 @@ def fold(layer: nn.Module, q: Tensor, units: int) -> None:
 
 
 def rotate_layer(model: nn.Module, layer: str, sample: Tensor, q: Tensor | None = None, *,
-                 seed: int | torch.Generator = 0) -> RotatedNetwork:
+                 seed: int | torch.Generator = 0, undo: str = "fold") -> RotatedNetwork:
     """A copy of ``model`` with ``layer``'s units (at its ablation point) rotated by ``q``
-    (default: ``random_orthogonal`` from ``seed``) and the rotation undone in the next layer
-    (module docstring). ``sample``: an input batch, which reads the layer's unit count."""
+    (default: ``random_orthogonal`` from ``seed``) and the rotation undone (module docstring):
+    ``undo="fold"`` in the next layer's weights, ``"inverse"`` by a second module right
+    after it (any layer). ``sample``: an input batch, which reads the layer's units."""
     name, _ = ablation_layer(model, layer)
     model = copy.deepcopy(model)  # the fold rewrites a weight: never the caller's network
     try:
         head, tail = split_at(model, name)
     except UnsupportedModelError as e:
         raise RotationError(f"cannot rotate '{layer}': {e}") from None
-    nxt = next_linear_layer(tail, name)
+    nxt = next_linear_layer(tail, name) if undo == "fold" else None
     with eval_mode(head), torch.no_grad():
-        units = head(sample).shape[1]
+        h = head(sample)
+    units = h.shape[1]
     q = random_orthogonal(units, seed) if q is None else q.double()
     if q.shape != (units, units):
         raise ValueError(f"q is {tuple(q.shape)}, the layer has {units} units")
-    fold(nxt, q, units)
-    w = nxt.weight
-    return RotatedNetwork(head, Rotation(q.to(w.device, w.dtype)), tail).eval()
+    if nxt is None:  # h = Q z, as a module: the next layer reads h itself
+        tail = nn.Sequential(Rotation(q.T.contiguous().to(h.device, h.dtype)), tail)
+    else:
+        fold(nxt, q, units)
+    return RotatedNetwork(head, Rotation(q.to(h.device, h.dtype)), tail).eval()
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -194,6 +203,10 @@ class RotationOptions(AnalysisOptions):
     """single-unit ablation along a layer's unit axes and along randomly rotated axes, the
     rotation undone in the next layer (Zhou et al. 2018)"""
 
+    undo: str = option("fold", "undo the rotation in the next layer's weights (fold: the "
+                       "next layer must be linear in the units) or by an inverse rotation "
+                       "module right after it (inverse: any layer)",
+                       choices=("fold", "inverse"))
     unit_batch: int = option(0, "ablations per pass of the network after the layer (0: auto, "
                              "as analyze ablation); the results do not depend on it",
                              parse=whole_number, metavar="N", shown="0")
@@ -235,10 +248,10 @@ def compute(target: Target, opts: RotationOptions) -> dict:
     per_pass = opts.unit_batch or None
     gen = torch.Generator().manual_seed(opts.seed)
     sample = _first_batch(target.data)
-    layers, summary = {}, {"layers": {}, "seed": opts.seed}
+    layers, summary = {}, {"layers": {}, "seed": opts.seed, "undo": opts.undo}
     for name in target.layers:
         path = resolve_layer(target.model, name)[0]
-        rotated = rotate_layer(target.model, name, sample, seed=gen)
+        rotated = rotate_layer(target.model, name, sample, seed=gen, undo=opts.undo)
         axes = single_unit_ablation(target.model, name, target.data, num_classes=k,
                                     units_per_pass=per_pass, device=target.device)
         rot = single_unit_ablation(rotated, "rotation", target.data, num_classes=k,

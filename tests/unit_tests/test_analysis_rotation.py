@@ -140,3 +140,18 @@ def test_torchvision_resnet_last_stage():
         assert _rel_diff(rotate_layer(model, "layer4", x, seed=0)(x), model(x)) < REL_TOL
     with pytest.raises(RotationError, match="feeds 2 operations"):
         rotate_layer(model, "layer3", x)  # layer4.0 reads it twice (conv1 and downsample)
+
+
+@pytest.mark.parametrize("make,layer", [(chain_net, "7"), (lambda: TinyCifarResNet(), "layer1.0")])
+def test_an_inverse_module_rotates_any_layer(make, layer):
+    # max pooling next, or a residual block: refused by the fold, undone by h = Q z instead
+    model = randomise_bn_02(make()).eval()
+    x, y = labelled(model, n=32, seed=3)
+    with torch.no_grad():
+        ref = model(x)
+        assert _rel_diff(rotate_layer(model, layer, x, seed=1, undo="inverse")(x), ref) < REL_TOL
+    axes = single_unit_ablation(model, layer, x, y, batch_size=16)
+    units = axes["class_drops"].shape[0]
+    same = rotate_layer(model, layer, x, q=torch.eye(units, dtype=torch.float64), undo="inverse")
+    rot = single_unit_ablation(same, "rotation", x, y, batch_size=16)
+    np.testing.assert_array_equal(rot["class_drops"], axes["class_drops"])
