@@ -12,13 +12,12 @@
 Where a unit is zeroed
 ----------------------
 A layer is named by its probe (the post-ReLU activation SI is read from), but its units are
-zeroed at the model's *ablation point* (``probes.ablation_layer``,
-seltrain/models/probed.py): the tensor the next layer receives, so an ablated unit sends it
-exactly 0. Zhou et al.'s code (davidbau/dissect, experiment/intervention_experiment.py,
-``test_perclass_pra``) sets ``x[:, units] = 0`` on a layer's output through nethook's
-``edit_layer``; Ukita's zeroes the BatchNorm outputs. For cnn7 (conv -> ReLU -> BN) the
-ablation point is the BN; elsewhere it is the probe itself. Results name both (``layer`` and
-``ablated_module``).
+zeroed at the model's *ablation point* (``probes.ablation_layer``, seltrain/models/probed.py):
+the tensor the next layer receives, so an ablated unit sends it exactly 0. Zhou et al.'s code
+(davidbau/dissect, experiment/intervention_experiment.py, ``test_perclass_pra``) sets
+``x[:, units] = 0`` on a layer's output through nethook's ``edit_layer``; Ukita's zeroes the
+BatchNorm outputs. For cnn7 (conv -> ReLU -> BN) the ablation point is the BN; elsewhere it is
+the probe itself. Results name both (``layer``, ``ablated_module``).
 
 Fast by construction
 --------------------
@@ -35,8 +34,9 @@ torchvision ResNets and VGGs, CIFAR-style ResNets, seltrain's cnn7, resnet20/56,
 vgg16_bn and vgg16, EfficientNet), where the layer's module runs exactly once per forward pass
 and the rest of the network reads the input only through that layer's output (true for every
 chain and for residual blocks, whose skips stay inside a block); the input's batch size
-(``x.size(0)``, which EfficientNet reads to flatten) is taken from the layer's output. Otherwise ``split_at`` raises
-``UnsupportedModelError`` and the analyses fall back to the naive method with a warning.
+(``x.size(0)``, which EfficientNet reads to flatten) is taken from the layer's output.
+Otherwise ``split_at`` raises ``UnsupportedModelError`` and the analyses fall back to the
+naive method with a warning.
 
 Speed: seltrain's resnet20, its last stage (layer3.0-3.2, 192 units), 1,000 images, CPU
 (2 cores, shared): 35.8 s fast against 320.8 s naive, 9.0x, identical accuracies (stacked 16
@@ -78,7 +78,7 @@ from tqdm import tqdm
 
 from seltrain.analysis.options import AnalysisOptions, option, whole_number
 from seltrain.analysis.serialize import write_csv, write_json
-from seltrain.analysis.target import Target
+from seltrain.analysis.target import Target, on_split
 from seltrain.analysis.unit_selectivity import unit_selectivity
 from seltrain.probes import (LayerError, ablation_layer, eval_mode, iterate_batches,
                              model_device, num_batches, resolve_layer)
@@ -501,6 +501,8 @@ class AblationOptions(AnalysisOptions):
     l1_weights: str = option("bn_folded", "incoming-weight L1: of the BatchNorm-folded "
                              "effective weight (BN cancels the raw conv scale) or of the raw "
                              "weight", choices=("bn_folded", "raw"))
+    rank_split: str = option("same", "the split whose SI ranks the units (same: --split's)",
+                             choices=("same", "val", "test"))
     unit_batch: int = option(0, "ablations per pass of the network after the layer (0: auto, "
                              "sized from free memory on CUDA, 1 on the CPU); the results do "
                              "not depend on it", parse=whole_number, metavar="N", shown="0")
@@ -523,10 +525,11 @@ def compute(target: Target, opts: AblationOptions) -> dict:
     summary per layer and over layers."""
     from seltrain.analysis.attributes import correlations, unit_attributes
 
-    sel = unit_selectivity(target)
+    ranked = on_split(target, opts.rank_split, "--rank-split")  # where SI ranks the units
+    sel = unit_selectivity(ranked)
     k = target.info.num_classes
     per_pass = opts.unit_batch or None
-    layers, summary = {}, {"layers": {}}
+    layers, summary = {}, {"layers": {}, "rank_split": ranked.split, "score_split": target.split}
     for name in target.layers:
         res = single_unit_ablation(target.model, name, target.data, num_classes=k,
                                    units_per_pass=per_pass, device=target.device)
@@ -565,8 +568,8 @@ def write(r: dict, target: Target, opts: AblationOptions, out: str) -> list[str]
     ``out``; the lines the command prints."""
     from seltrain.analysis import plots
 
-    lines = [f"single-unit ablation, {len(target.layers)} layers, {target.data.num_images} "
-             f"{target.split} images"]
+    lines = [f"single-unit ablation, {len(target.layers)} layers: drops on {target.data.num_images}"
+             f" {target.split} images, units ranked by SI on {r['summary']['rank_split']}"]
     for name, layer in r["layers"].items():
         res, attrs, si = layer["single_unit"], layer["attributes"], layer["si"]
         corr = layer["correlations"]

@@ -1,5 +1,5 @@
-"""``seltrain analyze {selectivity,ablation,orientation,robustness,dimensionality,gradients}
-PATH``: the command line of the analyses; ``seltrain analyze layers``: a network's layers.
+"""``seltrain analyze {selectivity,ablation,orientation,robustness,dimensionality,gradients,
+rotation,pwcca} PATH``: the command line of the analyses; ``seltrain analyze layers``: a network's layers.
 
 PATH is a checkpoint file, a run folder (its checkpoints/best.pt), a Tune experiment folder
 (every trials/<trial>/ run folder's best checkpoint), a target folder (target.json: a network

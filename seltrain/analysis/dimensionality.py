@@ -22,7 +22,9 @@ the eigenvalues of their covariance.
 The representation is the layer's whole output flattened (every channel at every position);
 ``spatial="mean"`` uses the spatially averaged unit activations instead (C features per conv
 layer, the units of docs/METHODS.md section 1). N bounds the answer (at most N - 1 components
-vary), so compare layers, conditions and networks at equal N.
+vary), so compare layers, conditions and networks at equal N. A reading that reaches
+min(N - 1, D) (``ceiling``) has saturated: the output then carries a warning line
+(``saturated`` and ``warning`` in the JSON, the last printed line).
 
 Memory: the clean features of every layer are held while the perturbed ones stream, so the
 peak is about 3 x N x D x 4 bytes for the largest layer (clean, perturbed, change); use
@@ -176,6 +178,32 @@ def perturbed_dimensionality(model: nn.Module, clean_features: Mapping[str, np.n
     return out
 
 
+def ceiling(reading: Mapping) -> int:
+    """The most components a reading can count: min(N - 1, D), since N centred samples vary in
+    at most N - 1 directions and D features span at most D."""
+    return max(0, min(reading["n_samples"] - 1, reading["n_features"]))
+
+
+def saturated(readings: Mapping[str, Mapping[str, Mapping[str, Mapping]]]) -> list[dict]:
+    """The readings of ``{reading: {condition: {layer: reading}}}`` whose component count
+    reached its ``ceiling``, where the count stops growing with the dimensionality."""
+    return [{"reading": r, "condition": c, "layer": n, "n_components": v["n_components"],
+             "ceiling": ceiling(v)}
+            for r, conds in readings.items() for c, per_layer in conds.items()
+            for n, v in per_layer.items() if 0 < ceiling(v) <= v["n_components"]]
+
+
+def saturation_warning(sat: Sequence[Mapping], n_images: int) -> str | None:
+    """One line naming the saturated readings (``saturated``), or None where none is."""
+    if not sat:
+        return None
+    where = ", ".join(f"{s['reading']} {s['condition']} {s['layer']} ({s['n_components']})"
+                      for s in sat[:4]) + (f" and {len(sat) - 4} more" if len(sat) > 4 else "")
+    return (f"warning: {len(sat)} reading(s) reached the ceiling of min(N - 1, D) components, "
+            f"where the count saturates: {where}; raise --max-images (N = {n_images}) to "
+            "read them")
+
+
 def mean_reading(results: Sequence[Mapping[str, Mapping]]) -> dict[str, dict]:
     """The per-layer mean of ``n_components`` over several results of one reading
     ({layer: {...}}, e.g. one per corruption); other fields from the first."""
@@ -321,6 +349,8 @@ def compute(target: Target, opts: DimensionalityOptions) -> dict:
         step_size=opts.step_size, mean=mean, std=std, seed=opts.seed, device=target.device)
     both = perturbation_dimensionality(model, layers, data, conditions, share,
                                        spatial=opts.spatial, device=target.device)
+    sat = saturated({reading: both[reading] for reading in ("representation", "change")})
+    warning = saturation_warning(sat, data.num_images)
     rep, change = {"clean": both["representation"]["clean"]}, {}
     # "corrupted": the mean over the corruptions, per layer and reading
     for reading, into in (("representation", rep), ("change", change)):
@@ -338,13 +368,14 @@ def compute(target: Target, opts: DimensionalityOptions) -> dict:
         "readings": {**READINGS, "increase": "representation components of the perturbed "
                      "inputs minus those of the clean inputs"},
         "representation": rep, "change": change, "increase": inc,
+        "saturated": sat, "warning": warning,
         "per_corruption": {c: {reading: both[reading][c]
                                for reading in ("representation", "change")} for c in names}}
 
     def mean_over(names, values):
         return float(np.mean([values[n] for n in names]))
 
-    summary: dict = {"threshold": share, "early_layers": early}
+    summary: dict = {"threshold": share, "early_layers": early, "warning": warning}
     for cond, r in rep.items():
         summary[f"representation_components_{cond}"] = mean_over(
             layers, {n: v["n_components"] for n, v in r.items()})
@@ -401,4 +432,6 @@ def write(r: dict, target: Target, opts: DimensionalityOptions, out: str) -> lis
                  f"{summary['early_increase_adversarial']:+.1f}; change corrupted "
                  f"{summary['early_change_components_corrupted']:.1f}, adversarial "
                  f"{summary['early_change_components_adversarial']:.1f}")
+    if res["warning"]:
+        lines.append(f"  {res['warning']}")
     return lines

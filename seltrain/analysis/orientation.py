@@ -66,7 +66,8 @@ group, and the groups can differ in size. They are zeroed at the layer's ablatio
 next layer receives 0. The per-image cross-entropy is his: the softmax probability of the
 true class clipped to [1e-7, 1 - 1e-7] (Keras ``K.epsilon()``), then -log; the increase is
 ablated minus intact per image, reported as its mean and SEM with his population standard
-deviation (``np.std``, ddof = 0) over sqrt(n images).
+deviation (``np.std``, ddof = 0) over sqrt(n images), on the whole test split as his
+``ablation_selective(x_test, ...)`` (``--max-images`` takes the first N instead).
 
 Deviations from his code, and why
 ---------------------------------
@@ -435,7 +436,7 @@ class OrientationTracking:
 class OrientationOptions(AnalysisOptions):
     """OSI/gOSI on gratings, top/bottom-gOSI ablation, shift invariance"""
 
-    max_images: int = max_images_option(1000)
+    max_images: int = max_images_option(0)  # Ukita ablates on the whole test set (x_test)
     gosi_threshold: float = option(0.33, "gOSI above this counts as orientation selective "
                                    "(Ukita: 0.33)", parse=number, aliases=("--threshold",),
                                    metavar="GOSI")

@@ -19,13 +19,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from seltrain.analysis import (ablation, dimensionality, gradients, orientation, robustness,
-                               unit_selectivity)
+                               pwcca, rotation, unit_selectivity)
 from seltrain.errors import ConfigError, did_you_mean
 
 # In the order the command line lists them.
 ANALYSES: dict[str, ModuleType] = {
     "selectivity": unit_selectivity, "ablation": ablation, "orientation": orientation,
-    "robustness": robustness, "dimensionality": dimensionality, "gradients": gradients}
+    "robustness": robustness, "dimensionality": dimensionality, "gradients": gradients,
+    "rotation": rotation, "pwcca": pwcca}
 NAMES = tuple(ANALYSES)
 
 

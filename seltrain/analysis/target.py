@@ -14,8 +14,9 @@ split is held in memory whole.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 
@@ -77,10 +78,30 @@ class Target:
     layers: list[str]
     split: str
     spec: Any = None            # the TargetSpec of a network seltrain did not train
+    # split -> the same target opened on that split (set by TargetRef.load)
+    reopen: Callable[[str], "Target"] | None = None
 
     @property
     def name(self) -> str:
         return os.path.basename(self.run_dir)
+
+
+def on_split(target: Target, split: str, option: str) -> Target:
+    """``target`` (the same network) reading the images of ``split``: for an analysis that
+    chooses units on one split and scores them on another. A target without that split is
+    one line that names ``option``. ``split`` "same": ``target`` itself."""
+    if split in ("same", target.split):
+        return target
+    if target.reopen is None:
+        raise ConfigError(f"{option} {split}: this target was not opened from a run or a "
+                          f"target folder; leave {option} out")
+    try:
+        other = target.reopen(split)
+    except ConfigError as e:
+        why = re.sub(r"^--split \w+: ", "", str(e).split("; ")[0])
+        raise ConfigError(f"{option} {split}: {why}; leave {option} out to use the "
+                          f"{target.split} split for both") from None
+    return replace(target, data=other.data, split=split)
 
 
 def load_target(run_dir: str, ckpt_path: str, opts: AnalysisOptions) -> Target:
@@ -126,10 +147,13 @@ class TargetRef:
 
     def load(self, opts: AnalysisOptions) -> Target:
         if self.spec is None:
-            return load_target(self.run_dir, self.ckpt_path, opts)
-        from seltrain.analysis.target_spec import open_target
+            target = load_target(self.run_dir, self.ckpt_path, opts)
+        else:
+            from seltrain.analysis.target_spec import open_target
 
-        return open_target(self.spec, self.run_dir, opts)
+            target = open_target(self.spec, self.run_dir, opts)
+        target.reopen = lambda split: self.load(replace(opts, split=split))
+        return target
 
 
 def find_targets(path: str, skipped: list | None = None) -> list[TargetRef]:

@@ -100,6 +100,84 @@ def test_ablation_outputs_and_baseline(runs, tmp_path):
         == "bn_folded"
 
 
+def test_ablation_ranks_on_val_and_scores_on_test(runs, tmp_path):
+    from scipy import stats
+
+    from seltrain.analysis.ablation import AblationOptions
+    from seltrain.analysis.target import TargetRef
+    from seltrain.analysis.unit_selectivity import unit_selectivity
+
+    run, ckpt = runs["a0"], os.path.join(runs["a0"], "checkpoints", "best.pt")
+    out = tmp_path / "held_out"
+    r = _ok(run_cli("analyze", "ablation", ckpt, "--layers", "layer3.2", "--rank-split", "val",
+                    "--max-images", "128", "--device", "cpu", "--out", out))
+    assert "drops on 128 test images, units ranked by SI on val" in r.stdout
+    summary = json.load(open(out / "summary.json"))
+    assert (summary["rank_split"], summary["score_split"]) == ("val", "test")
+    res = json.load(open(out / "ablation_layer3.2.json"))
+    # the SI that ranks is the whole val split's (128 images), not the scored test images'
+    val = TargetRef(run, ckpt).load(AblationOptions(split="val", layers=("layer3.2",),
+                                                    device="cpu"))
+    assert val.data.num_images == 128
+    si_val = unit_selectivity(val)["si"]["layer3.2"]
+    np.testing.assert_allclose(res["si"], si_val, rtol=0, atol=1e-12)
+    test = TargetRef(run, ckpt).load(AblationOptions(layers=("layer3.2",), device="cpu",
+                                                     max_images=128))
+    assert np.abs(unit_selectivity(test)["si"]["layer3.2"] - si_val).max() > 1e-3
+    rho = stats.spearmanr(si_val, res["single_unit"]["max_class_drop"])[0]
+    assert res["correlations"]["max_class_drop"]["si"]["rho"] == pytest.approx(rho, abs=1e-12)
+    # the drops are the test split's: the baseline is the first 128 test images' accuracy
+    base = json.load(open(out / "summary.json"))["layers"]["layer3.2"]["baseline_acc"]
+    assert base * 128 == pytest.approx(round(base * 128), abs=1e-9)
+    # by default the same split ranks and scores, and the output says so
+    r = _ok(run_cli("analyze", "ablation", ckpt, "--layers", "layer3.2", "--max-images", "64",
+                    "--device", "cpu", "--out", tmp_path / "same"))
+    assert "units ranked by SI on test" in r.stdout
+    s = json.load(open(tmp_path / "same" / "summary.json"))
+    assert (s["rank_split"], s["score_split"]) == ("test", "test")
+
+
+def test_rotation_of_the_last_block(runs, tmp_path):
+    run, out = runs["a0"], tmp_path / "rot"
+    r = _ok(run_cli("analyze", "rotation", run, "--layers", "layer3.2", "--max-images", "128",
+                    "--device", "cpu", "--seed", "3", "--out", out))
+    assert "unit axes vs a random rotation's axes (seed 3), 128 test images" in r.stdout
+    s = json.load(open(out / "summary.json"))["layers"]["layer3.2"]
+    # the rotated network is the same function: the same predictions, so the same accuracy
+    assert s["rotated_baseline_acc"] == s["baseline_acc"] and s["units"] == 64
+    table = pd.read_csv(out / "drops_layer3.2.csv")
+    assert len(table) == 64
+    assert s["mean_max_class_drop_axes"] == pytest.approx(table["max_class_drop_axes"].mean())
+    assert s["mean_max_class_drop_rotated"] == pytest.approx(
+        table["max_class_drop_rotated"].mean())
+    q = np.array(json.load(open(out / "rotation_layer3.2.json"))["rotation"])
+    np.testing.assert_allclose(q.T @ q, np.eye(64), atol=1e-6)
+    assert 0 <= s["ks_max_class_drop"] <= 1
+    assert os.path.getsize(out / "max_class_drop_layer3.2.png") > 1000
+
+
+def test_pwcca_of_a_regularized_run_against_the_unregularized_one(runs, tmp_path):
+    out = tmp_path / "pwcca"
+    r = _ok(run_cli("analyze", "pwcca", runs["am1"], "--reference", runs["a0"], "--layers",
+                    "layer1.0", "layer3.2", "--device", "cpu", "--out", out))
+    s = json.load(open(out / "summary.json"))
+    assert s["reference"] == os.path.join(runs["a0"], "checkpoints", "best.pt")
+    assert s["n_images"] == 256 and s["warning"] is None  # 256 images, at most 64 units
+    for layer, units in (("layer1.0", 16), ("layer3.2", 64)):
+        v = s["layers"][layer]
+        assert v["directions"] == units and 0 < v["mean_cca"] <= v["pwcca"] + 0.2
+        assert 0.2 < v["pwcca"] < 0.999  # other weights: related, not the same
+    assert s["mean_pwcca"] == pytest.approx(np.mean([v["pwcca"] for v in s["layers"].values()]))
+    table = pd.read_csv(out / "pwcca.csv")
+    assert list(table["layer"]) == ["layer1.0", "layer3.2"]
+    assert "PWCCA against" in r.stdout
+    # a network against itself: 1 in every layer
+    _ok(run_cli("analyze", "pwcca", runs["a0"], "--reference", runs["a0"], "--layers",
+                "layer3.2", "--device", "cpu", "--out", tmp_path / "self"))
+    same = json.load(open(tmp_path / "self" / "summary.json"))
+    assert same["layers"]["layer3.2"]["pwcca"] == pytest.approx(1.0, abs=1e-9)
+
+
 def test_orientation(runs):
     run = runs["a0"]
     _ok(run_cli("analyze", "orientation", run, "--layers", "layer1.0", "layer3.2",
@@ -197,6 +275,15 @@ def test_dimensionality(runs):
     assert summary["early_change_components_corrupted"] == pytest.approx(
         res["change"]["corrupted"]["layer1.0"]["n_components"])
     assert os.path.isfile(os.path.join(out, "dimensionality.png"))
+    # every reading at min(N - 1, D) = 63 components is listed, and only those
+    listed = {(s["reading"], s["condition"], s["layer"]) for s in res["saturated"]}
+    assert all(s["n_components"] >= s["ceiling"] == 63 for s in res["saturated"])
+    for reading in ("representation", "change"):
+        for cond in ("adversarial", *(["clean"] if reading == "representation" else [])):
+            for layer in layers:
+                full = res[reading][cond][layer]["n_components"] == 63
+                assert ((reading, cond, layer) in listed) == full
+    assert (summary["warning"] is None) == (not listed) and res["warning"] == summary["warning"]
 
     r = run_cli("analyze", "dimensionality", run, "--threshold", "1.5", "--max-images", "8")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--threshold" in r.stderr, r.stderr

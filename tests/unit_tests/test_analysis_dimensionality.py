@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from seltrain.analysis.dimensionality import (early_layers, explained_variance_ratio, increase,
-                                              layer_dimensionality, layer_features,
+from seltrain.analysis.dimensionality import (ceiling, early_layers, explained_variance_ratio,
+                                              increase, layer_dimensionality, layer_features,
                                               mean_reading, n_components,
                                               perturbation_dimensionality,
-                                              perturbed_dimensionality)
+                                              perturbed_dimensionality, saturated,
+                                              saturation_warning)
 
 
 def equal_variance_data(n: int = 500, d: int = 50, rank: int = 7, noise: float = 1e-6,
@@ -152,3 +153,32 @@ def test_probe_names_key_the_features():
     model = build_model("cnn7", 10, 3, 32)
     feats = layer_features(model, ["conv1", "relu2"], torch.randn(6, 3, 32, 32), spatial="mean")
     assert list(feats) == ["conv1", "relu2"] and feats["conv1"].shape == (6, 32)
+
+
+def test_a_reading_at_its_ceiling_is_flagged():
+    # 6 images of 30 features of full rank: 5 centred directions, each 1/5 of the variance, so
+    # 95% needs all 5 = N - 1, the ceiling; a rank-2 reading of the same images does not
+    d, n = 30, 6
+    full = torch.as_tensor(equal_variance_data(n=n, d=d, rank=5, noise=0, seed=7))
+    low = torch.as_tensor(equal_variance_data(n=n, d=d, rank=2, noise=0, seed=8))
+    res = perturbation_dimensionality(_identity_model(d), ["0"], low, {"adversarial": full},
+                                      threshold=0.95)
+    rep = res["representation"]
+    assert (rep["clean"]["0"]["n_components"], rep["adversarial"]["0"]["n_components"]) == (2, 5)
+    assert ceiling(rep["adversarial"]["0"]) == 5 and ceiling(rep["clean"]["0"]) == 5
+    sat = saturated({"representation": rep, "change": res["change"]})
+    # the change (full - low) spans the full images' 5 directions too
+    assert res["change"]["adversarial"]["0"]["n_components"] == 5
+    assert sat == [{"reading": r, "condition": "adversarial", "layer": "0", "n_components": 5,
+                    "ceiling": 5} for r in ("representation", "change")]
+    line = saturation_warning(sat, n)
+    assert line == ("warning: 2 reading(s) reached the ceiling of min(N - 1, D) components, "
+                    "where the count saturates: representation adversarial 0 (5), change "
+                    "adversarial 0 (5); raise --max-images (N = 6) to read them")
+    assert saturation_warning([], n) is None
+    # D below N - 1 bounds too: 3 features of 50 images, all three used
+    narrow = {"n_components": 3, "n_features": 3, "n_samples": 50}
+    assert ceiling(narrow) == 3 and len(saturated({"r": {"c": {"l": narrow}}})) == 1
+    # constant features (0 components) never count as saturated
+    assert saturated({"r": {"c": {"l": {"n_components": 0, "n_features": 3,
+                                        "n_samples": 1}}}}) == []

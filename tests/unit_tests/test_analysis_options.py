@@ -3,11 +3,14 @@
 value as one line naming the option."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from seltrain.analysis.ablation import AblationOptions
 from seltrain.analysis.dimensionality import DimensionalityOptions
 from seltrain.analysis.gradients import GradientsOptions
+from seltrain.analysis.options import default_shown
 from seltrain.analysis.orientation import OrientationOptions
 from seltrain.analysis.robustness import RobustnessOptions
 from seltrain.analysis.unit_selectivity import SelectivityOptions
@@ -32,6 +35,10 @@ def test_defaults_and_text_are_parsed_into_typed_values():
     d = DimensionalityOptions(eps="8/255", variance_share="0.9", severity="2")
     assert (d.eps, d.variance_share, d.severity) == (8 / 255, 0.9, 2)
     assert SelectivityOptions().max_images == 0 and GradientsOptions().max_images == 256
+    # orientation ablates on the whole test split by default, as Ukita's ablation_selective
+    assert OrientationOptions().max_images == 0
+    field = next(f for f in fields(OrientationOptions) if f.name == "max_images")
+    assert default_shown(field) == "all"
     assert AblationOptions(layers=["layer1.0"]).layers == ("layer1.0",)
 
 

@@ -19,7 +19,7 @@ def test_every_registered_analysis_is_one_module_holding_all_of_it():
     from seltrain.cli import build_parser
 
     assert list(ANALYSES) == ["selectivity", "ablation", "orientation", "robustness",
-                              "dimensionality", "gradients"]
+                              "dimensionality", "gradients", "rotation", "pwcca"]
     for name, module in ANALYSES.items():
         assert module.__name__.startswith("seltrain.analysis.")
         cls = module.Options
