@@ -19,6 +19,7 @@ alpha spans both signs over four decades, so alpha axes are symlog (linear withi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -109,8 +110,10 @@ def collect_trials(exp_dir: str) -> list[dict]:
 def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max",
                       out=None, tensorboard: bool = True,
                       analyses: list[str] | None = None,
-                      analysis_args: list[str] | None = None) -> dict:
-    """Table, results.csv, per-alpha aggregates, PNG figures and TensorBoard images.
+                      analysis_args: list[str] | None = None,
+                      formats: tuple[str, ...] | str = ("png",)) -> dict:
+    """Table, results.csv, per-alpha aggregates, figures (each in every one of ``formats``:
+    png, svg, pdf) and TensorBoard images (of the PNGs).
 
     With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
     is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
@@ -121,15 +124,32 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
     about where its alpha ends up (they stay in the table and in results.csv).
     """
-    import pandas as pd
-
+    from seltrain.analysis import plots
+    from seltrain.analysis.options import parse_formats
     from seltrain.analysis.target_spec import target_folders
 
     out = out or sys.stdout  # resolved at call time: a caller may have swapped sys.stdout
+    try:
+        formats = parse_formats(formats)
+    except ValueError as e:
+        raise ConfigError(f"--format {formats if isinstance(formats, str) else ','.join(formats)}"
+                          f": {e}") from None
     if not os.path.isdir(exp_dir):
         raise ConfigError(f"experiment folder not found: {exp_dir}")
     if target_folders(exp_dir):
-        return report_targets(exp_dir, analyses=analyses, analysis_args=analysis_args, out=out)
+        return report_targets(exp_dir, analyses=analyses, analysis_args=analysis_args, out=out,
+                              formats=formats)
+    with plots.formats(formats):
+        return _report_trials(exp_dir, metric=metric, mode=mode, out=out,
+                              tensorboard=tensorboard, analyses=analyses,
+                              analysis_args=analysis_args, formats=formats)
+
+
+def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bool,
+                   analyses: list[str] | None, analysis_args: list[str] | None,
+                   formats: tuple[str, ...]) -> dict:
+    import pandas as pd
+
     rows = collect_trials(exp_dir)
     if not rows:
         raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
@@ -173,12 +193,13 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     extra = {}
     if analyses:
         extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
-                                           out=out)
+                                           out=out, formats=formats)
         plots = plots + extra["analyses"]["plots"]
     if tensorboard:
         _to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
     print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
-          f"{len(plots)} plots in {os.path.join(exp_dir, 'plots')}", file=out)
+          f"{len(plots)} plots ({', '.join(formats)}) in {os.path.join(exp_dir, 'plots')}",
+          file=out)
     return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra}
 
 
@@ -214,11 +235,13 @@ def _trial_points(ax, trials, col: str) -> None:
 
 
 def _save(plt, fig, path: str) -> str:
+    """Through the analyses' one save function: each chosen format (``--format``)."""
+    from seltrain.analysis import plots
+
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format=os.path.splitext(path)[1][1:] or None)
+    out = plots._save(fig, path, None)
     plt.close(fig)
-    return path
+    return str(out)
 
 
 def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
@@ -267,14 +290,17 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
 
 def _to_tensorboard(paths: list[str], logdir: str) -> None:
     """Rewrite ``logdir`` with one image per figure (a fresh folder: reports never stack up),
-    through the same sink a run writes its TensorBoard events with."""
+    through the same sink a run writes its TensorBoard events with. TensorBoard shows raster
+    images: each figure's PNG, where png is among the formats."""
     from seltrain.metrics import RunSink
 
     shutil.rmtree(logdir, ignore_errors=True)
     sink = RunSink(logdir, tensorboard=True, tb_subdir=".")
     try:
         for p in paths:
-            sink.image(f"sweep/{os.path.splitext(os.path.basename(p))[0]}", p, 0)
+            png = os.path.splitext(p)[0] + ".png"
+            if os.path.isfile(png):
+                sink.image(f"sweep/{os.path.splitext(os.path.basename(p))[0]}", png, 0)
     finally:
         sink.close()
 
@@ -282,7 +308,8 @@ def _to_tensorboard(paths: list[str], logdir: str) -> None:
 # --------------------------------------------------------------------------- analyses of every trial
 
 def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
-                   extra: list[str] | None = None, out=None) -> dict:
+                   extra: list[str] | None = None, out=None,
+                   formats: tuple[str, ...] = ("png",)) -> dict:
     """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers (each
     analysis declares its own: ``SWEEP_HEADLINE``, and ``sweep_panels`` for per-layer
     figures) against alpha and against mean SI into <exp>/plots/. ``extra``: the options of
@@ -299,7 +326,8 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     if bad:
         raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
                           f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
-    options = sweep_options(analyses, list(extra or []))
+    options = {a: dataclasses.replace(o, format=tuple(formats))
+               for a, o in sweep_options(analyses, list(extra or [])).items()}
     modules = {a: ANALYSES[a] for a in analyses}
     root = trials_root(exp_dir)
     rows = []
@@ -360,7 +388,8 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
 # --------------------------------------------------------------------------- targets
 
 def report_targets(folder: str, *, analyses: list[str] | None = None,
-                   analysis_args: list[str] | None = None, out=None) -> dict:
+                   analysis_args: list[str] | None = None, out=None,
+                   formats: tuple[str, ...] = ("png",)) -> dict:
     """The report of a target folder or a folder of them (networks seltrain did not train):
     with ``analyses``, each is run on every target first (options ``analysis_args``, read
     strictly before anything runs, as for a sweep); then one row per target (its model,
@@ -379,7 +408,8 @@ def report_targets(folder: str, *, analyses: list[str] | None = None,
         if bad:
             raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
                               f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
-        options = sweep_options(list(analyses), list(analysis_args or []))
+        options = {a: dataclasses.replace(o, format=tuple(formats)) for a, o in
+                   sweep_options(list(analyses), list(analysis_args or [])).items()}
         for f in folders:
             for a in analyses:
                 run_analysis(a, f, options[a], stream=out)
@@ -416,7 +446,8 @@ def _report(args) -> int:
     analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] \
         if args.analyses else None
     report_experiment(args.experiment, metric=args.metric, mode=args.mode, analyses=analyses,
-                      analysis_args=shlex.split(args.analysis_args or ""))
+                      analysis_args=shlex.split(args.analysis_args or ""),
+                      formats=args.format)
     return 0
 
 
@@ -428,6 +459,10 @@ def register(subparsers) -> None:
     r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
                    help="what 'best alpha' means (default: val_acc)")
     r.add_argument("--mode", default="max", choices=["max", "min"])
+    r.add_argument("--format", default="png", metavar="png|svg|pdf[,...]",
+                   help="the figures' formats, comma-separated from png, svg, pdf (svg and "
+                        "pdf are vector, for papers): every figure, the analyses' included, "
+                        "is written in each (default: png; TensorBoard shows the PNGs)")
     r.add_argument("--analyses", default=None, metavar="NAMES",
                    help="also run these analyses on each trial's best checkpoint and plot them "
                         "against alpha and mean SI: comma-separated from selectivity, "
