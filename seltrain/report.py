@@ -219,10 +219,9 @@ def _axes():
 
 
 def _alpha_axis(ax) -> None:
-    ax.set_xscale("symlog", linthresh=LINTHRESH)
-    ax.set_xlabel("alpha (loss = CE - alpha * mean SI)")
-    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
-    ax.grid(alpha=0.3)
+    from seltrain.analysis import sweep_plots
+
+    sweep_plots.alpha_axis(ax, linthresh=LINTHRESH)  # one alpha axis for every sweep figure
 
 
 def _trial_points(ax, trials, col: str) -> None:
@@ -316,7 +315,7 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     ``--analysis-args``, read strictly into each analysis' options before anything runs
     (``commands.sweep_options``). ``trials``: rows of ``collect_trials``.
     Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
-    from seltrain.analysis import plots
+    from seltrain.analysis import plots, sweep_plots
     from seltrain.analysis.commands import run_analysis, sweep_options
     from seltrain.analysis.registry import ANALYSES, NAMES
     from seltrain.analysis.serialize import write_csv
@@ -354,29 +353,39 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
               {c: [np.nan if r.get(c) is None else r.get(c) for r in rows] for c in cols})
     metrics = [m for a in analyses for m in modules[a].SWEEP_HEADLINE if m != "mean_si"]
     paths = []
+    # Figures against alpha in the sweep style (plots.sweep_against_alpha: symlog axis, the
+    # trials, mean +- std over seeds, a title, per-layer panels where the analysis has them).
     alpha = [r["alpha"] for r in rows]
     si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
+    plot_dir = os.path.join(exp_dir, "plots")
+
+    def vs_alpha(name: str, panels: dict, ylabel: str, title: str) -> None:
+        paths.append(sweep_plots.sweep_against_alpha(alpha, panels, os.path.join(
+            plot_dir, f"analysis_{name}_vs_alpha.png"), ylabel=ylabel, title=title))
+
     for m in metrics:
         y = [np.nan if r.get(m) is None else r[m] for r in rows]
-        paths.append(plots.against(alpha, {m: y}, os.path.join(exp_dir, "plots",
-                                                                f"analysis_{m}_vs_alpha.png"),
-                                   xlabel="alpha", ylabel=m))
-        paths.append(plots.against(si, {m: y}, os.path.join(exp_dir, "plots",
-                                                             f"analysis_{m}_vs_si.png"),
-                                   xlabel="mean SI", ylabel=m))
+        vs_alpha(m, {m: {m: y}}, m, f"{m} against alpha")
+        paths.append(plots.against(si, {m: y}, os.path.join(plot_dir, f"analysis_{m}_vs_si.png"),
+                                   xlabel="mean SI", ylabel=m, title=f"{m} against mean SI"))
     for a in analyses:
         sweep_panels = getattr(modules[a], "sweep_panels", None)
         if sweep_panels is None:
             continue
         for fig, (ylabel, panels) in sweep_panels(per_trial[a]).items():
-            for x, xlabel, tag in ((alpha, "alpha", "alpha"), (si, "mean SI", "si")):
-                paths.append(plots.panels_against(x, panels, os.path.join(
-                    exp_dir, "plots", f"analysis_{fig}_vs_{tag}.png"), xlabel=xlabel,
-                    ylabel=ylabel))
+            vs_alpha(fig, panels, ylabel, f"{fig} against alpha")
+            paths.append(plots.panels_against(si, panels, os.path.join(
+                plot_dir, f"analysis_{fig}_vs_si.png"), xlabel="mean SI", ylabel=ylabel,
+                title=f"{fig} against mean SI"))
     if "mean_si" in cols and "selectivity" in analyses:
-        paths.append(plots.against(alpha, {"mean SI": si}, os.path.join(
-            exp_dir, "plots", "analysis_mean_si_vs_alpha.png"), xlabel="alpha",
-            ylabel="mean SI"))
+        # the mean over layers, then each layer (the selectivity analysis' si_per_layer)
+        layers = list(dict.fromkeys(n for s in per_trial["selectivity"]
+                                    for n in s.get("si_per_layer", {})))
+        panels = {"mean over layers": {"mean SI": si},
+                  **{n: {"SI": [s.get("si_per_layer", {}).get(n, np.nan)
+                                for s in per_trial["selectivity"]]} for n in layers}}
+        vs_alpha("mean_si", panels, "mean class selectivity",
+                 "Mean SI against alpha, per layer")
     print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
           f"plots in {os.path.join(exp_dir, 'plots')}"
           + (f"; analysed {len(rows)} of {len(rows) + len(skipped)} trials, skipped "

@@ -372,3 +372,4 @@ def against(x: Sequence[float], ys: Mapping[str, Sequence[float]], path, *, xlab
     if len(ys) > 1:
         ax.legend(fontsize=8)
     return _save(fig, path, title)
+

@@ -333,3 +333,4 @@ def test_each_chosen_format_is_written_valid_and_the_first_is_returned(tmp_path)
 def test_an_unknown_format_names_it_and_the_choices(text, message):
     with pytest.raises(ValueError, match=message):
         plots.parse_formats(text)
+
