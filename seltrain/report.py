@@ -190,6 +190,7 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
           f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
           f"{'' if best['n'] > 1 else '; one seed'})", file=out)
     plots = plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
+    plots.append(plot_si_over_training(exp_dir, use, os.path.join(exp_dir, "plots")))
     extra = {}
     if analyses:
         extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
@@ -287,6 +288,27 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     return paths
 
 
+def plot_si_over_training(exp_dir: str, trials, out_dir: str) -> str:
+    """si_over_training.png: each trial's per-epoch test SI (metrics.jsonl ``test_si`` and
+    ``test_si_per_layer``), the mean over layers and each layer, per alpha (mean +- std over
+    seeds). ``trials``: the rows the aggregates use (completed trials, where there are)."""
+    from seltrain.analysis import sweep_plots
+
+    root = trials_root(exp_dir)
+    curves: dict[str, list[list[float]]] = {"mean over layers": []}
+    per_layer: list[dict] = []
+    for name in trials["trial"]:
+        records = read_records(os.path.join(root, name, "metrics.jsonl"))[0]
+        records = sorted(records, key=lambda r: r["epoch"])
+        curves["mean over layers"].append([np.nan if r.get("test_si") is None
+                                           else r["test_si"] for r in records])
+        per_layer.append([r.get("test_si_per_layer") or {} for r in records])
+    for layer in dict.fromkeys(n for t in per_layer for rec in t for n in rec):
+        curves[layer] = [[rec.get(layer, np.nan) for rec in t] for t in per_layer]
+    return str(sweep_plots.si_over_training(trials["alpha"].tolist(), curves,
+                                            os.path.join(out_dir, "si_over_training.png")))
+
+
 def _to_tensorboard(paths: list[str], logdir: str) -> None:
     """Rewrite ``logdir`` with one image per figure (a fresh folder: reports never stack up),
     through the same sink a run writes its TensorBoard events with. TensorBoard shows raster
@@ -340,7 +362,7 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                   "stopped before its first checkpoint)", file=out)
             continue
         row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
-               "mean_si": t.get("test_si")}
+               "test_acc": t.get("test_acc"), "mean_si": t.get("test_si")}
         for a in analyses:
             s, = run_analysis(a, run, options[a], stream=out)
             row.update({k: s.get(k) for k in modules[a].SWEEP_HEADLINE})
@@ -386,12 +408,57 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                                 for s in per_trial["selectivity"]]} for n in layers}}
         vs_alpha("mean_si", panels, "mean class selectivity",
                  "Mean SI against alpha, per layer")
+    paths += _unit_figures(rows, per_trial, plot_dir)
     print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
           f"plots in {os.path.join(exp_dir, 'plots')}"
           + (f"; analysed {len(rows)} of {len(rows) + len(skipped)} trials, skipped "
              f"{', '.join(skipped)} (no checkpoints/best.pt)" if skipped else ""), file=out)
     return {"rows": rows, "plots": [str(p) for p in paths], "skipped": skipped}
 
+
+
+def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: str) -> list:
+    """The figures that compare the trials' units, from the files each analysis wrote into
+    its trial's output folder: the distribution of unit SI per alpha (selectivity's
+    selectivity.json), ablation drops against unit SI (ablation's units_<layer>.csv, Zhou et
+    al. 2018) and mean OSI and gOSI against test accuracy (orientation's summary, Ukita's
+    generalisation figure)."""
+    import pandas as pd
+
+    from seltrain.analysis import sweep_plots
+
+    alpha = [r["alpha"] for r in rows]
+    paths = []
+    if "selectivity" in per_trial:
+        si = [json.load(open(os.path.join(s["out_dir"], "selectivity.json")))["si"]
+              for s in per_trial["selectivity"]]
+        layers = list(dict.fromkeys(n for t in si for n in t))
+        paths.append(sweep_plots.si_distributions(
+            alpha, {n: [t.get(n, []) for t in si] for n in layers},
+            os.path.join(plot_dir, "analysis_si_distributions.png")))
+    if "ablation" in per_trial:
+        units = [{n: pd.read_csv(os.path.join(s["out_dir"], f"units_{n}.csv"))
+                  for n in s["layers"]} for s in per_trial["ablation"]]
+        layers = list(dict.fromkeys(n for t in units for n in t))
+        for drop, ylabel in (("max_class_drop", "max class drop"),
+                             ("overall_drop", "overall accuracy drop")):
+            paths.append(sweep_plots.drop_vs_si(
+                alpha, {n: [t[n]["si"] if n in t else [] for t in units] for n in layers},
+                {n: [t[n][drop] if n in t else [] for t in units] for n in layers},
+                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel))
+    if "orientation" in per_trial:
+        summaries = per_trial["orientation"]
+        layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
+
+        def mean(key):
+            return {n: [s["layers"].get(n, {}).get(key, np.nan) for s in summaries]
+                    for n in layers}
+
+        acc = [np.nan if r.get("test_acc") is None else r["test_acc"] for r in rows]
+        paths.append(sweep_plots.orientation_vs_accuracy(
+            alpha, acc, mean("mean_osi"), mean("mean_gosi"),
+            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png")))
+    return paths
 
 
 # --------------------------------------------------------------------------- targets

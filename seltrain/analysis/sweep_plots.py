@@ -75,3 +75,125 @@ def sweep_against_alpha(alpha: Sequence[float],
         if i == 0 or not same:
             ax.legend(fontsize=6 if len(series) > 3 else 7)
     return plots._save(fig, path, title)
+
+
+def _by_alpha(alpha: Sequence[float]) -> dict[float, list[int]]:
+    """{alpha: the indices of its trials}, alphas in increasing order."""
+    out: dict[float, list[int]] = {}
+    for i, a in sorted(enumerate(map(float, alpha)), key=lambda t: t[1]):
+        out.setdefault(a, []).append(i)
+    return out
+
+
+def _cols(n: int) -> int:
+    return 1 if n == 1 else 2 if n in (2, 4) else 3
+
+
+def si_distributions(alpha: Sequence[float], si: Mapping[str, Sequence[Sequence[float]]],
+                     path, *, bins: int = 20, title: str | None = None) -> Path:
+    """The distribution of unit SI for each alpha, overlaid, one panel per layer: ``si[layer]``
+    holds each trial's per-unit SI; the units of an alpha's seeds are pooled, and each
+    histogram is in fractions of its units (``stairs``, so alphas with different unit counts
+    share a scale)."""
+    groups = _by_alpha(alpha)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    fig, axes = plots._figure(len(si), cols=_cols(len(si)), size=(4.2, 3.2))
+    for ax, (layer, per_trial) in zip(axes, si.items()):
+        for j, (a, idx) in enumerate(groups.items()):
+            v = np.concatenate([np.asarray(per_trial[i], dtype=np.float64) for i in idx])
+            v = v[np.isfinite(v)]
+            counts = np.histogram(v, bins=edges)[0] / max(len(v), 1)
+            ax.stairs(counts, edges, color=f"C{j}", lw=1.2,
+                      label=f"alpha {a:g} ({len(idx)} seed{'s' * (len(idx) > 1)}, "
+                            f"mean {v.mean() if len(v) else float('nan'):.3f})")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("class selectivity index", fontsize=8)
+        ax.set_ylabel("fraction of units", fontsize=8)
+        ax.legend(fontsize=6)
+    return plots._save(fig, path, title or "Unit SI per alpha")
+
+
+def si_over_training(alpha: Sequence[float], curves: Mapping[str, Sequence[Sequence[float]]],
+                     path, *, title: str | None = None) -> Path:
+    """SI against epoch for each alpha, one panel per key of ``curves`` (the mean over layers,
+    then each layer): ``curves[panel]`` holds each trial's per-epoch values (epoch 1 first);
+    each alpha's line is the mean over its seeds at each epoch (the seeds that reached it),
+    the band +- their std."""
+    groups = _by_alpha(alpha)
+    fig, axes = plots._figure(len(curves), cols=_cols(len(curves)), size=(4.2, 3.2))
+    for i, (ax, (name, per_trial)) in enumerate(zip(axes, curves.items())):
+        for j, (a, idx) in enumerate(groups.items()):
+            n = max(len(per_trial[t]) for t in idx)
+            table = np.full((len(idx), n), np.nan)
+            for r, t in enumerate(idx):
+                table[r, :len(per_trial[t])] = np.asarray(per_trial[t], dtype=np.float64)
+            seen = np.isfinite(table).sum(0)
+            keep = seen > 0
+            mean = np.nansum(table, 0)[keep] / seen[keep]
+            std = np.array([np.std(c[np.isfinite(c)], ddof=1) if np.isfinite(c).sum() > 1
+                            else 0.0 for c in table.T[keep]])
+            epochs = np.arange(1, n + 1)[keep]
+            ax.plot(epochs, mean, marker="o", ms=3, color=f"C{j}", label=f"alpha {a:g}")
+            ax.fill_between(epochs, mean - std, mean + std, color=f"C{j}", alpha=0.2, lw=0)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("class selectivity (test)", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=6)
+    return plots._save(fig, path, title or "SI over training per alpha (mean +- std over seeds)")
+
+
+def _spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(x[ok], y[ok])[0])
+
+
+def orientation_vs_accuracy(alpha: Sequence[float], test_acc: Sequence[float],
+                            osi: Mapping[str, Sequence[float]],
+                            gosi: Mapping[str, Sequence[float]], path, *,
+                            title: str | None = None) -> Path:
+    """Ukita's generalisation figure over the trials of a sweep: each layer's mean OSI (top
+    row) and mean gOSI (bottom row) of every trial against its test accuracy, the trials of
+    one alpha in one colour, Spearman's rho over all trials in each panel's title."""
+    layers = list(gosi)
+    groups = _by_alpha(alpha)
+    acc = np.asarray(test_acc, dtype=np.float64)
+    fig, axes = plots._figure(2 * len(layers), cols=len(layers), size=(3.4, 2.9))
+    for i, layer in enumerate(layers):
+        for ax, values, label in ((axes[i], osi[layer], "mean OSI"),
+                                  (axes[len(layers) + i], gosi[layer], "mean gOSI")):
+            v = np.asarray(values, dtype=np.float64)
+            for j, (a, idx) in enumerate(groups.items()):
+                ax.scatter(acc[idx], v[idx], s=16, color=f"C{j}", label=f"alpha {a:g}")
+            ax.set_title(f"{layer} {label.split()[1]}: rho {_spearman(acc, v):.2f}", fontsize=9)
+            ax.set_xlabel("test accuracy", fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+    axes[0].legend(fontsize=6)
+    return plots._save(fig, path, title or "Orientation selectivity against test accuracy")
+
+
+def drop_vs_si(alpha: Sequence[float], si: Mapping[str, Sequence[Sequence[float]]],
+               drop: Mapping[str, Sequence[Sequence[float]]], path, *,
+               ylabel: str = "max class drop", title: str | None = None) -> Path:
+    """Zhou et al.'s unit ablation against class selectivity, over the trials of a sweep: one
+    panel per layer, every unit of every trial (``si[layer][trial]``, ``drop[layer][trial]``)
+    as a point, the units of one alpha (its seeds pooled) in one colour with their Spearman
+    rho in the legend."""
+    groups = _by_alpha(alpha)
+    fig, axes = plots._figure(len(drop), cols=_cols(len(drop)), size=(4.2, 3.2))
+    for ax, layer in zip(axes, drop):
+        for j, (a, idx) in enumerate(groups.items()):
+            x = np.concatenate([np.asarray(si[layer][i], dtype=np.float64) for i in idx])
+            y = np.concatenate([np.asarray(drop[layer][i], dtype=np.float64) for i in idx])
+            ax.scatter(x, y, s=8, alpha=0.7, color=f"C{j}",
+                       label=f"alpha {a:g}: rho {_spearman(x, y):.2f}")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("class selectivity index", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.legend(fontsize=6)
+    return plots._save(fig, path, title or f"Ablation {ylabel} against SI per alpha")

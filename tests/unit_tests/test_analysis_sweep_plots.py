@@ -44,3 +44,50 @@ def test_sweep_against_alpha_draws_each_alphas_seed_mean_and_spread(tmp_path, dr
     assert len(_scatter(ax)) == 5 and len(_scatter(ax1)) == 6
     x, mean, std, n = sweep_plots.seed_stats(alpha, si)
     assert n.tolist() == [2, 2, 1]
+
+
+def test_si_distributions_pool_each_alphas_seeds_in_fractions_of_units(tmp_path, drawn):
+    alpha = [0, 0, -1]
+    si = {"layer1": [[0.02, 0.07], [0.52, 0.97], [0.01, 0.02, 0.03, 0.99]]}
+    sweep_plots.si_distributions(alpha, si, tmp_path / "d.png", bins=10)
+    (ax,) = _panels(drawn["d.png"])
+    stairs = {p.get_label().split(" (")[0]: p.get_data() for p in ax.patches}
+    assert sorted(stairs) == ["alpha -1", "alpha 0"]
+    np.testing.assert_allclose(stairs["alpha 0"].values, [0.5, 0, 0, 0, 0, 0.25, 0, 0, 0, 0.25])
+    np.testing.assert_allclose(stairs["alpha -1"].values, [0.75, 0, 0, 0, 0, 0, 0, 0, 0, 0.25])
+    np.testing.assert_allclose(stairs["alpha 0"].edges, np.linspace(0, 1, 11))
+    assert "mean 0.395" in [p.get_label() for p in ax.patches if "alpha 0" in p.get_label()][0]
+
+
+def test_orientation_vs_accuracy_places_each_trial_with_spearmans_rho(tmp_path, drawn):
+    alpha = [-1, 0, 1, 0]
+    acc = [0.5, 0.6, 0.7, 0.8]
+    osi = {"conv1": [0.1, 0.2, 0.3, 0.4]}
+    gosi = {"conv1": [0.4, 0.3, 0.2, 0.1]}
+    sweep_plots.orientation_vs_accuracy(alpha, acc, osi, gosi, tmp_path / "o.png")
+    top, bottom = _panels(drawn["o.png"])
+    assert top.get_title() == "conv1 OSI: rho 1.00" and bottom.get_title() == "conv1 gOSI: rho -1.00"
+    pts = np.concatenate([_scatter(top, i) for i in range(3)])  # alphas -1, 0, 1
+    np.testing.assert_allclose(pts, [[0.5, 0.1], [0.6, 0.2], [0.8, 0.4], [0.7, 0.3]])
+    np.testing.assert_allclose(_scatter(bottom, 1), [[0.6, 0.3], [0.8, 0.1]])
+
+
+def test_drop_vs_si_pools_each_alphas_units_with_their_rho(tmp_path, drawn):
+    alpha = [0, 0, -1]
+    si = {"l": [[0.1, 0.2], [0.3], [0.4, 0.5, 0.6]]}
+    drop = {"l": [[0.01, 0.02], [0.03], [0.3, 0.2, 0.1]]}
+    sweep_plots.drop_vs_si(alpha, si, drop, tmp_path / "z.png")
+    (ax,) = _panels(drawn["z.png"])
+    np.testing.assert_allclose(_scatter(ax, 0), [[0.4, 0.3], [0.5, 0.2], [0.6, 0.1]])
+    np.testing.assert_allclose(_scatter(ax, 1), [[0.1, 0.01], [0.2, 0.02], [0.3, 0.03]])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "alpha -1: rho -1.00", "alpha 0: rho 1.00"]
+
+
+def test_si_over_training_averages_the_seeds_that_reached_each_epoch(tmp_path, drawn):
+    sweep_plots.si_over_training([1, 1], {"mean over layers": [[0.2, 0.4, 0.6], [0.4]]},
+                                 tmp_path / "t.png")
+    (ax,) = _panels(drawn["t.png"])
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(line.get_ydata(), [0.3, 0.4, 0.6])
