@@ -42,13 +42,14 @@ LAYERS = "--layers layer1.0 layer3.2"
 # options each gets here.
 COMMANDS = {
     "report": "seltrain report $EXP --format png,pdf",
-    "selectivity": "seltrain report $EXP --analyses selectivity --format png,pdf",
+    "selectivity": "seltrain report $EXP --analyses selectivity",
     "ablation": "seltrain report $EXP --analyses ablation",
     "orientation": "seltrain report $EXP --analyses orientation",
     "robustness": "seltrain report $EXP --analyses robustness",
     "dimensionality": "seltrain report $EXP --analyses dimensionality,gradients",
 }
 TINY_ARGS = {
+    "selectivity": LAYERS,
     "ablation": f"{LAYERS} --max-images 64",
     "orientation": f"{LAYERS} --max-images 64 --permutations 1",
     "robustness": "--max-images 64 --corruptions gaussian_noise --severities 5 --eps 0,0.03 "
@@ -215,7 +216,7 @@ def test_mean_si_per_layer_against_alpha(ran):
     assert [ax.get_title() for ax in panels[1:]] == layers
     for ax, layer in zip(panels[1:], layers):
         _check_bars(ax, {t: r["si_per_layer"][layer] for t, r in si.items()})
-    assert _valid(exp / "plots" / "analysis_mean_si_vs_alpha.pdf")
+    assert _valid(exp / "plots" / "analysis_mean_si_vs_alpha.png")
 
 
 def test_unit_si_distribution_per_alpha(ran):
