@@ -19,6 +19,7 @@ alpha spans both signs over four decades, so alpha axes are symlog (linear withi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -115,8 +116,10 @@ def collect_trials(exp_dir: str) -> list[dict]:
 def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max",
                       out=None, tensorboard: bool = True,
                       analyses: list[str] | None = None,
-                      analysis_args: list[str] | None = None) -> dict:
-    """Table, results.csv, per-alpha aggregates, PNG figures and TensorBoard images.
+                      analysis_args: list[str] | None = None,
+                      formats: tuple[str, ...] | str = ("png",)) -> dict:
+    """Table, results.csv, per-alpha aggregates, figures (each in every one of ``formats``:
+    png, svg, pdf) and TensorBoard images (of the PNGs).
 
     With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
     is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
@@ -127,15 +130,32 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
     about where its alpha ends up (they stay in the table and in results.csv).
     """
-    import pandas as pd
-
+    from seltrain.analysis import plots
+    from seltrain.analysis.options import parse_formats
     from seltrain.analysis.target_spec import target_folders
 
     out = out or sys.stdout  # resolved at call time: a caller may have swapped sys.stdout
+    try:
+        formats = parse_formats(formats)
+    except ValueError as e:
+        raise ConfigError(f"--format {formats if isinstance(formats, str) else ','.join(formats)}"
+                          f": {e}") from None
     if not os.path.isdir(exp_dir):
         raise ConfigError(f"experiment folder not found: {exp_dir}")
     if target_folders(exp_dir):
-        return report_targets(exp_dir, analyses=analyses, analysis_args=analysis_args, out=out)
+        return report_targets(exp_dir, analyses=analyses, analysis_args=analysis_args, out=out,
+                              formats=formats)
+    with plots.formats(formats):
+        return _report_trials(exp_dir, metric=metric, mode=mode, out=out,
+                              tensorboard=tensorboard, analyses=analyses,
+                              analysis_args=analysis_args, formats=formats)
+
+
+def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bool,
+                   analyses: list[str] | None, analysis_args: list[str] | None,
+                   formats: tuple[str, ...]) -> dict:
+    import pandas as pd
+
     rows = collect_trials(exp_dir)
     if not rows:
         raise ConfigError(f"{exp_dir} holds no trial run folders (trials/*/config.yaml) yet")
@@ -179,15 +199,17 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
           f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
           f"{'' if best['n'] > 1 else '; one seed'})", file=out)
     plots = plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
+    plots.append(plot_si_over_training(exp_dir, use, os.path.join(exp_dir, "plots")))
     extra = {}
     if analyses:
         extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
-                                           out=out)
+                                           out=out, formats=formats)
         plots = plots + extra["analyses"]["plots"]
     if tensorboard:
         _to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
     print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
-          f"{len(plots)} plots in {os.path.join(exp_dir, 'plots')}", file=out)
+          f"{len(plots)} plots ({', '.join(formats)}) in {os.path.join(exp_dir, 'plots')}",
+          file=out)
     return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra}
 
 
@@ -207,10 +229,9 @@ def _axes():
 
 
 def _alpha_axis(ax) -> None:
-    ax.set_xscale("symlog", linthresh=LINTHRESH)
-    ax.set_xlabel("alpha (loss = CE - alpha * mean SI)")
-    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
-    ax.grid(alpha=0.3)
+    from seltrain.analysis import sweep_plots
+
+    sweep_plots.alpha_axis(ax, linthresh=LINTHRESH)  # one alpha axis for every sweep figure
 
 
 def _trial_points(ax, trials, col: str) -> None:
@@ -223,11 +244,13 @@ def _trial_points(ax, trials, col: str) -> None:
 
 
 def _save(plt, fig, path: str) -> str:
+    """Through the analyses' one save function: each chosen format (``--format``)."""
+    from seltrain.analysis import plots
+
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format=os.path.splitext(path)[1][1:] or None)
+    out = plots._save(fig, path, None)
     plt.close(fig)
-    return path
+    return str(out)
 
 
 def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
@@ -277,16 +300,40 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     return paths
 
 
+def plot_si_over_training(exp_dir: str, trials, out_dir: str) -> str:
+    """si_over_training.png: each trial's per-epoch test SI (metrics.jsonl ``test_si`` and
+    ``test_si_per_layer``), the mean over layers and each layer, per alpha (mean +- std over
+    seeds). ``trials``: the rows the aggregates use (completed trials, where there are)."""
+    from seltrain.analysis import sweep_plots
+
+    root = trials_root(exp_dir)
+    curves: dict[str, list[list[float]]] = {"mean over layers": []}
+    per_layer: list[dict] = []
+    for name in trials["trial"]:
+        records = read_records(os.path.join(root, name, "metrics.jsonl"))[0]
+        records = sorted(records, key=lambda r: r["epoch"])
+        curves["mean over layers"].append([np.nan if r.get("test_si") is None
+                                           else r["test_si"] for r in records])
+        per_layer.append([r.get("test_si_per_layer") or {} for r in records])
+    for layer in dict.fromkeys(n for t in per_layer for rec in t for n in rec):
+        curves[layer] = [[rec.get(layer, np.nan) for rec in t] for t in per_layer]
+    return str(sweep_plots.si_over_training(trials["alpha"].tolist(), curves,
+                                            os.path.join(out_dir, "si_over_training.png")))
+
+
 def _to_tensorboard(paths: list[str], logdir: str) -> None:
     """Rewrite ``logdir`` with one image per figure (a fresh folder: reports never stack up),
-    through the same sink a run writes its TensorBoard events with."""
+    through the same sink a run writes its TensorBoard events with. TensorBoard shows raster
+    images: each figure's PNG, where png is among the formats."""
     from seltrain.metrics import RunSink
 
     shutil.rmtree(logdir, ignore_errors=True)
     sink = RunSink(logdir, tensorboard=True, tb_subdir=".")
     try:
         for p in paths:
-            sink.image(f"sweep/{os.path.splitext(os.path.basename(p))[0]}", p, 0)
+            png = os.path.splitext(p)[0] + ".png"
+            if os.path.isfile(png):
+                sink.image(f"sweep/{os.path.splitext(os.path.basename(p))[0]}", png, 0)
     finally:
         sink.close()
 
@@ -294,14 +341,15 @@ def _to_tensorboard(paths: list[str], logdir: str) -> None:
 # --------------------------------------------------------------------------- analyses of every trial
 
 def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
-                   extra: list[str] | None = None, out=None) -> dict:
+                   extra: list[str] | None = None, out=None,
+                   formats: tuple[str, ...] = ("png",)) -> dict:
     """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers (each
     analysis declares its own: ``SWEEP_HEADLINE``, and ``sweep_panels`` for per-layer
     figures) against alpha and against mean SI into <exp>/plots/. ``extra``: the options of
     ``--analysis-args``, read strictly into each analysis' options before anything runs
     (``commands.sweep_options``). ``trials``: rows of ``collect_trials``.
     Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
-    from seltrain.analysis import plots
+    from seltrain.analysis import plots, sweep_plots
     from seltrain.analysis.commands import run_analysis, sweep_options
     from seltrain.analysis.registry import ANALYSES, NAMES
     from seltrain.analysis.serialize import write_csv
@@ -311,7 +359,8 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     if bad:
         raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
                           f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
-    options = sweep_options(analyses, list(extra or []))
+    options = {a: dataclasses.replace(o, format=tuple(formats))
+               for a, o in sweep_options(analyses, list(extra or [])).items()}
     modules = {a: ANALYSES[a] for a in analyses}
     root = trials_root(exp_dir)
     rows = []
@@ -325,7 +374,7 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                   "stopped before its first checkpoint)", file=out)
             continue
         row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
-               "mean_si": t.get("test_si")}
+               "test_acc": t.get("test_acc"), "mean_si": t.get("test_si")}
         for a in analyses:
             s, = run_analysis(a, run, options[a], stream=out)
             row.update({k: s.get(k) for k in modules[a].SWEEP_HEADLINE})
@@ -338,29 +387,40 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
               {c: [np.nan if r.get(c) is None else r.get(c) for r in rows] for c in cols})
     metrics = [m for a in analyses for m in modules[a].SWEEP_HEADLINE if m != "mean_si"]
     paths = []
+    # Figures against alpha in the sweep style (plots.sweep_against_alpha: symlog axis, the
+    # trials, mean +- std over seeds, a title, per-layer panels where the analysis has them).
     alpha = [r["alpha"] for r in rows]
     si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
+    plot_dir = os.path.join(exp_dir, "plots")
+
+    def vs_alpha(name: str, panels: dict, ylabel: str, title: str) -> None:
+        paths.append(sweep_plots.sweep_against_alpha(alpha, panels, os.path.join(
+            plot_dir, f"analysis_{name}_vs_alpha.png"), ylabel=ylabel, title=title))
+
     for m in metrics:
         y = [np.nan if r.get(m) is None else r[m] for r in rows]
-        paths.append(plots.against(alpha, {m: y}, os.path.join(exp_dir, "plots",
-                                                                f"analysis_{m}_vs_alpha.png"),
-                                   xlabel="alpha", ylabel=m))
-        paths.append(plots.against(si, {m: y}, os.path.join(exp_dir, "plots",
-                                                             f"analysis_{m}_vs_si.png"),
-                                   xlabel="mean SI", ylabel=m))
+        vs_alpha(m, {m: {m: y}}, m, f"{m} against alpha")
+        paths.append(plots.against(si, {m: y}, os.path.join(plot_dir, f"analysis_{m}_vs_si.png"),
+                                   xlabel="mean SI", ylabel=m, title=f"{m} against mean SI"))
     for a in analyses:
         sweep_panels = getattr(modules[a], "sweep_panels", None)
         if sweep_panels is None:
             continue
         for fig, (ylabel, panels) in sweep_panels(per_trial[a]).items():
-            for x, xlabel, tag in ((alpha, "alpha", "alpha"), (si, "mean SI", "si")):
-                paths.append(plots.panels_against(x, panels, os.path.join(
-                    exp_dir, "plots", f"analysis_{fig}_vs_{tag}.png"), xlabel=xlabel,
-                    ylabel=ylabel))
+            vs_alpha(fig, panels, ylabel, f"{fig} against alpha")
+            paths.append(plots.panels_against(si, panels, os.path.join(
+                plot_dir, f"analysis_{fig}_vs_si.png"), xlabel="mean SI", ylabel=ylabel,
+                title=f"{fig} against mean SI"))
     if "mean_si" in cols and "selectivity" in analyses:
-        paths.append(plots.against(alpha, {"mean SI": si}, os.path.join(
-            exp_dir, "plots", "analysis_mean_si_vs_alpha.png"), xlabel="alpha",
-            ylabel="mean SI"))
+        # the mean over layers, then each layer (the selectivity analysis' si_per_layer)
+        layers = list(dict.fromkeys(n for s in per_trial["selectivity"]
+                                    for n in s.get("si_per_layer", {})))
+        panels = {"mean over layers": {"mean SI": si},
+                  **{n: {"SI": [s.get("si_per_layer", {}).get(n, np.nan)
+                                for s in per_trial["selectivity"]]} for n in layers}}
+        vs_alpha("mean_si", panels, "mean class selectivity",
+                 "Mean SI against alpha, per layer")
+    paths += _unit_figures(rows, per_trial, plot_dir)
     print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
           f"plots in {os.path.join(exp_dir, 'plots')}"
           + (f"; analysed {len(rows)} of {len(rows) + len(skipped)} trials, skipped "
@@ -369,10 +429,55 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
 
 
 
+def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: str) -> list:
+    """The figures that compare the trials' units, from the files each analysis wrote into
+    its trial's output folder: the distribution of unit SI per alpha (selectivity's
+    selectivity.json), ablation drops against unit SI (ablation's units_<layer>.csv, Zhou et
+    al. 2018) and mean OSI and gOSI against test accuracy (orientation's summary, Ukita's
+    generalisation figure)."""
+    import pandas as pd
+
+    from seltrain.analysis import sweep_plots
+
+    alpha = [r["alpha"] for r in rows]
+    paths = []
+    if "selectivity" in per_trial:
+        si = [json.load(open(os.path.join(s["out_dir"], "selectivity.json")))["si"]
+              for s in per_trial["selectivity"]]
+        layers = list(dict.fromkeys(n for t in si for n in t))
+        paths.append(sweep_plots.si_distributions(
+            alpha, {n: [t.get(n, []) for t in si] for n in layers},
+            os.path.join(plot_dir, "analysis_si_distributions.png")))
+    if "ablation" in per_trial:
+        units = [{n: pd.read_csv(os.path.join(s["out_dir"], f"units_{n}.csv"))
+                  for n in s["layers"]} for s in per_trial["ablation"]]
+        layers = list(dict.fromkeys(n for t in units for n in t))
+        for drop, ylabel in (("max_class_drop", "max class drop"),
+                             ("overall_drop", "overall accuracy drop")):
+            paths.append(sweep_plots.drop_vs_si(
+                alpha, {n: [t[n]["si"] if n in t else [] for t in units] for n in layers},
+                {n: [t[n][drop] if n in t else [] for t in units] for n in layers},
+                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel))
+    if "orientation" in per_trial:
+        summaries = per_trial["orientation"]
+        layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
+
+        def mean(key):
+            return {n: [s["layers"].get(n, {}).get(key, np.nan) for s in summaries]
+                    for n in layers}
+
+        acc = [np.nan if r.get("test_acc") is None else r["test_acc"] for r in rows]
+        paths.append(sweep_plots.orientation_vs_accuracy(
+            alpha, acc, mean("mean_osi"), mean("mean_gosi"),
+            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png")))
+    return paths
+
+
 # --------------------------------------------------------------------------- targets
 
 def report_targets(folder: str, *, analyses: list[str] | None = None,
-                   analysis_args: list[str] | None = None, out=None) -> dict:
+                   analysis_args: list[str] | None = None, out=None,
+                   formats: tuple[str, ...] = ("png",)) -> dict:
     """The report of a target folder or a folder of them (networks seltrain did not train):
     with ``analyses``, each is run on every target first (options ``analysis_args``, read
     strictly before anything runs, as for a sweep); then one row per target (its model,
@@ -391,7 +496,8 @@ def report_targets(folder: str, *, analyses: list[str] | None = None,
         if bad:
             raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
                               f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
-        options = sweep_options(list(analyses), list(analysis_args or []))
+        options = {a: dataclasses.replace(o, format=tuple(formats)) for a, o in
+                   sweep_options(list(analyses), list(analysis_args or [])).items()}
         for f in folders:
             for a in analyses:
                 run_analysis(a, f, options[a], stream=out)
@@ -428,7 +534,8 @@ def _report(args) -> int:
     analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] \
         if args.analyses else None
     report_experiment(args.experiment, metric=args.metric, mode=args.mode, analyses=analyses,
-                      analysis_args=shlex.split(args.analysis_args or ""))
+                      analysis_args=shlex.split(args.analysis_args or ""),
+                      formats=args.format)
     return 0
 
 
@@ -440,6 +547,10 @@ def register(subparsers) -> None:
     r.add_argument("--metric", default="val_acc", choices=["val_acc", "test_acc", "test_si"],
                    help="what 'best alpha' means (default: val_acc)")
     r.add_argument("--mode", default="max", choices=["max", "min"])
+    r.add_argument("--format", default="png", metavar="png|svg|pdf[,...]",
+                   help="the figures' formats, comma-separated from png, svg, pdf (svg and "
+                        "pdf are vector, for papers): every figure, the analyses' included, "
+                        "is written in each (default: png; TensorBoard shows the PNGs)")
     r.add_argument("--analyses", default=None, metavar="NAMES",
                    help="also run these analyses on each trial's best checkpoint and plot them "
                         "against alpha and mean SI: comma-separated from selectivity, "

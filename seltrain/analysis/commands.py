@@ -5,7 +5,7 @@ PATH is a checkpoint file, a run folder (its checkpoints/best.pt), a Tune experi
 (every trials/<trial>/ run folder's best checkpoint), a target folder (target.json: a network
 seltrain did not train) or a folder of target folders. Instead of PATH, ``--model`` names a
 network seltrain did not train (with ``--weights``, ``--data``, ...: ``TARGET_OPTIONS``,
-seltrain/analysis/target_spec.py). Each analysis writes JSON, CSV and PNG files into
+seltrain/analysis/target_spec.py). Each analysis writes JSON, CSV and figure files (PNG; ``--format``) into
 ``<run>/analysis/<name>/`` (or ``--out``; with several runs, ``--out/<trial>/``) and prints a
 short summary.
 
@@ -37,7 +37,7 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
     summary per target (with ``run_dir``, ``out_dir`` and ``seconds``)."""
     import torch
 
-    from seltrain.analysis import outputs
+    from seltrain.analysis import outputs, plots
     from seltrain.analysis.target import TargetRef, find_targets
     from seltrain.analysis.target_spec import TargetSpec
 
@@ -62,7 +62,8 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
         with folder as staging:
             torch.manual_seed(opts.seed)
             result = module.compute(target, opts)
-            lines = module.write(result, target, opts, staging)
+            with plots.formats(opts.format):  # every figure in each --format
+                lines = module.write(result, target, opts, staging)
             folder.headline = {k: result["summary"].get(k) for k in module.SWEEP_HEADLINE}
         out = folder.final
         summary = dict(result["summary"], run_dir=run_dir, out_dir=out,
@@ -140,6 +141,9 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
         if spelling == "--out":
             raise ConfigError("--analysis-args: --out does not apply to a sweep: each trial's "
                               "results go to its own <trial>/analysis/<analysis>/")
+        if spelling == "--format":
+            raise ConfigError("--analysis-args: --format is the report's own option: give "
+                              "seltrain report --format, which applies to every figure")
         if spelling not in known:
             raise ConfigError(f"--analysis-args: no chosen analysis ({', '.join(names)}) takes "
                               f"{spelling}{did_you_mean(spelling, known)}")

@@ -99,6 +99,26 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+# The figure formats (seltrain/analysis/plots.py writes each chosen one): PNG for screens and
+# TensorBoard; SVG and PDF are vector, for papers.
+FORMATS = ("png", "svg", "pdf")
+
+
+def parse_formats(text: str | tuple | list) -> tuple[str, ...]:
+    """``"png,pdf"`` (or a sequence of names) -> ("png", "pdf"), in the order given, each
+    once; an unknown or empty format is a ValueError naming it and the choices."""
+    names = [str(t).strip().lower()
+             for t in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"give one or more of {', '.join(FORMATS)}, comma-separated")
+    for n in names:
+        if n not in FORMATS:
+            raise ValueError(f"unknown format '{n}'; choose from {', '.join(FORMATS)} "
+                             "(comma-separated for several)")
+    return tuple(dict.fromkeys(names))
+
+
 # --------------------------------------------------------------------------- the options
 
 @dataclass
@@ -119,6 +139,10 @@ class AnalysisOptions:
                                    "data.root", metavar="DIR")
     seed: int = option(0, "seed for corruptions, PGD, random orders and subsets",
                        parse=whole_number)
+    format: tuple[str, ...] = option(
+        ("png",), "the figures' formats, comma-separated from png, svg, pdf (svg and pdf are "
+        "vector, for papers): every figure is written in each", parse=parse_formats,
+        metavar="png|svg|pdf[,...]")
 
     def __post_init__(self):
         for f in fields(self):
@@ -133,6 +157,10 @@ class AnalysisOptions:
             setattr(self, f.name, value)
             if meta.get("choices") and value not in meta["choices"]:
                 self.fail(f.name, value, "choose from " + ", ".join(map(str, meta["choices"])))
+        try:  # a library caller's sequence is checked as the command line's text is
+            self.format = parse_formats(self.format)
+        except ValueError as e:
+            self.fail("format", ",".join(map(str, self.format)), str(e))
         self.check()
 
     def fail(self, name: str, value, why: str) -> NoReturn:

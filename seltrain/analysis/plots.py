@@ -1,21 +1,32 @@
-"""PNG figures for the analyses. Each function draws one figure from an analysis result and
-writes it whole to ``path`` (``seltrain.atomic.atomic_write``; parents created), returning
-the path.
+"""Figures for the analyses and the sweep report. Each function draws one figure from an
+analysis result and writes it whole (``seltrain.atomic.atomic_write``; parents created)
+through ``_save``, the one function that writes a figure: once per chosen format (PNG, SVG,
+PDF; ``--format``), the file name's suffix replaced by each format's. It returns the path
+in the first chosen format.
+
+The formats are chosen for a block of work with ``with formats(("png", "pdf")):`` (the
+analyses' ``--format`` option, ``seltrain report --format``), so that no drawing function
+and no analysis' ``write`` has to carry them; outside such a block a figure is written in
+the format its file name says.
 
 Figures are drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure`` rather than
 pyplot, so nothing touches global backend state and plotting works on headless machines.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from seltrain.analysis.options import FORMATS, parse_formats  # noqa: F401 - re-exported
 from seltrain.atomic import atomic_write
 
 
@@ -31,15 +42,39 @@ def _figure(n_panels: int = 1, *, cols: int = 4, size: tuple[float, float] = (3.
     return fig, axes[:n_panels]
 
 
+# None: the format the file name says (a library caller's "f.pdf").
+_formats: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "figure_formats", default=None)
+
+
+@contextlib.contextmanager
+def formats(chosen):
+    """Every figure saved inside the block is written in each of ``chosen``."""
+    token = _formats.set(parse_formats(chosen))
+    try:
+        yield
+    finally:
+        _formats.reset(token)
+
+
 def _save(fig: Figure, path, title: str | None) -> Path:
+    """Write ``fig`` to ``path`` in every chosen format (``path`` with each format's suffix);
+    returns the path in the first."""
     if title:
         fig.suptitle(title)
     path = Path(path)
-    # Into a file object, so the format comes from the name the figure will have, not from
-    # the temporary's.
-    with atomic_write(str(path), "wb") as f:
-        fig.savefig(f, format=path.suffix[1:] or None, dpi=120)
-    return path
+    written = []
+    for fmt in _formats.get() or (path.suffix[1:] or "png",):
+        target = path.with_suffix(f".{fmt}")
+        # Into a file object, so the format is the chosen one, not the temporary's suffix.
+        # No date in the vector files, so a figure redrawn from the same numbers is the same
+        # file (SVG's element ids are hashed with a fixed salt for the same reason).
+        meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
+        with atomic_write(str(target), "wb") as f, \
+                matplotlib.rc_context({"svg.hashsalt": "seltrain"}):
+            fig.savefig(f, format=fmt, dpi=120, metadata=meta)
+        written.append(target)
+    return written[0]
 
 
 def histograms(values: Mapping[str, Sequence[float]], path, *, xlabel: str = "value",
@@ -337,3 +372,4 @@ def against(x: Sequence[float], ys: Mapping[str, Sequence[float]], path, *, xlab
     if len(ys) > 1:
         ax.legend(fontsize=8)
     return _save(fig, path, title)
+

@@ -393,6 +393,18 @@ def test_analyze_experiment_folder(runs, tmp_path):
     assert (tmp_path / "o" / "am1" / "selectivity.json").is_file()
 
 
+def test_every_figure_in_each_format(runs, tmp_path):
+    out = tmp_path / "fmt"
+    _ok(run_cli("analyze", "selectivity", runs["a0"], "--max-images", "32", "--format",
+                "svg,pdf", "--out", out))
+    figures = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".svg", ".pdf"))
+    assert figures == ["si_hist.pdf", "si_hist.svg", "si_per_layer.pdf", "si_per_layer.svg"]
+    for stem in ("si_hist", "si_per_layer"):
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+        svg = (out / f"{stem}.svg").read_text()
+        assert svg.startswith("<?xml") and svg.rstrip().endswith("</svg>")
+
+
 def test_bad_input_is_one_line(runs, tmp_path):
     r = run_cli("analyze", "selectivity", tmp_path / "nope.pt")
     assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr

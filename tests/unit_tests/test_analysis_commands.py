@@ -60,6 +60,7 @@ def test_the_old_threshold_spelling_where_it_is_unambiguous():
     (["dimensionality"], ["--threshold", "1.5"], "--variance-share/--threshold 1.5"),
     (["selectivity"], ["64"], "'64' is not an option"),
     (["selectivity"], ["--out", "x"], "--out does not apply to a sweep"),
+    (["selectivity"], ["--format", "pdf"], "give seltrain report --format"),
     (["ablation"], ["--cumulative", "yes"], "unrecognized arguments: yes"),
     (["selectivity"], ["--layers"], "expected at least one argument"),
 ])

@@ -40,6 +40,9 @@ def test_defaults_and_text_are_parsed_into_typed_values():
     field = next(f for f in fields(OrientationOptions) if f.name == "max_images")
     assert default_shown(field) == "all"
     assert AblationOptions(layers=["layer1.0"]).layers == ("layer1.0",)
+    assert SelectivityOptions().format == ("png",)
+    assert SelectivityOptions(format="PDF, svg").format == ("pdf", "svg")
+    assert SelectivityOptions(format=["svg"]).format == ("svg",)
 
 
 @pytest.mark.parametrize("make,names", [
@@ -56,6 +59,9 @@ def test_defaults_and_text_are_parsed_into_typed_values():
     (lambda: SelectivityOptions(device="gpu"), ("--device", "cuda:N")),
     (lambda: AblationOptions(l1_weights="l2"), ("--l1-weights", "bn_folded, raw")),
     (lambda: RobustnessOptions(corruptions="fog,blur"), ("--corruptions", "unknown blur")),
+    (lambda: SelectivityOptions(format="png,jpg"), ("--format png,jpg", "unknown format 'jpg'",
+                                                    "png, svg, pdf")),
+    (lambda: OrientationOptions(format=["tiff"]), ("--format tiff", "png, svg, pdf")),
 ])
 def test_a_bad_value_is_one_line_naming_the_option(make, names):
     with pytest.raises(ConfigError) as e:

@@ -306,3 +306,31 @@ def test_a_figure_is_written_whole_in_the_format_its_name_says(tmp_path):
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
     assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:1000]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.svg"]  # no temporaries
+
+
+def test_each_chosen_format_is_written_valid_and_the_first_is_returned(tmp_path):
+    with plots.formats("pdf,png,svg,pdf"):  # each once, in the order given
+        out = plots.against([1, 2], {"a": [1, 3]}, tmp_path / "f.png", xlabel="x", ylabel="y")
+    assert out == tmp_path / "f.pdf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png", "f.svg"]
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+    svg = (tmp_path / "f.svg").read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg and svg.rstrip().endswith("</svg>")
+    # the vector files carry no date: the same numbers redrawn are the same bytes
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with plots.formats(("svg", "pdf")):
+        plots.against([1, 2], {"a": [1, 3]}, tmp_path / "f.png", xlabel="x", ylabel="y")
+    assert all((tmp_path / n).read_bytes() == first[n] for n in ("f.svg", "f.pdf"))
+    # outside a block, the file name says the format again
+    plots.against([1], {"a": [1]}, tmp_path / "g.png", xlabel="x", ylabel="y")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.stem == "g") == ["g.png"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("png,jpg", "unknown format 'jpg'; choose from png, svg, pdf"),
+    ("", "give one or more of png, svg, pdf"), ("eps", "unknown format 'eps'")])
+def test_an_unknown_format_names_it_and_the_choices(text, message):
+    with pytest.raises(ValueError, match=message):
+        plots.parse_formats(text)
+

@@ -125,7 +125,7 @@ def test_the_report_aggregates_completed_trials_and_names_the_best_alpha(experim
     assert lines[1] == f"5 trials in {experiment} (3 complete, 1 stopped early)"
     assert "best alpha by best_val_acc_mean: 0 (best_val_acc_mean 0.9000, test_acc 0.8800, " \
            "test_si 0.4000; one seed)" in lines
-    assert lines[-1] == (f"wrote {experiment}/results.csv, results_by_alpha.csv and 3 plots in "
+    assert lines[-1] == (f"wrote {experiment}/results.csv, results_by_alpha.csv and 4 plots (png) in "
                          f"{experiment}/plots")
     assert "per alpha (completed trials, mean and std over seeds):" in lines
     with open(os.path.join(experiment, "results.csv"), newline="") as f:
@@ -140,7 +140,7 @@ def test_the_report_aggregates_completed_trials_and_names_the_best_alpha(experim
     assert [(b["alpha"], b["n"], float(b["test_acc_mean"])) for b in by_alpha] == [
         ("-1.0", "2", pytest.approx(0.715)), ("0.0", "1", pytest.approx(0.88))]
     assert sorted(os.listdir(os.path.join(experiment, "plots"))) == [
-        "acc_vs_si.png", "si_vs_alpha.png", "test_acc_vs_alpha.png"]
+        "acc_vs_si.png", "si_over_training.png", "si_vs_alpha.png", "test_acc_vs_alpha.png"]
     assert not [f for f in os.listdir(experiment) if f.startswith(".")]  # no temporaries
 
 
@@ -177,6 +177,64 @@ def test_the_figures_plot_the_per_alpha_means_and_every_trial(experiment, monkey
                                [(0.1, 0.78), (0.2, 0.65), (0.4, 0.88), (0.6, 0.35),
                                 (0.72, 0.33)])
     assert sorted(t.get_text() for t in ax.texts) == ["-1", "0"]  # each mean, named by alpha
+
+
+def _valid(path) -> bool:
+    head = open(path, "rb").read(64)
+    return {".png": head[:8] == b"\x89PNG\r\n\x1a\n", ".pdf": head[:5] == b"%PDF-",
+            ".svg": head.startswith(b"<?xml") and b"<svg" in open(path, "rb").read()
+            }[os.path.splitext(path)[1]]
+
+
+def test_every_figure_is_written_in_each_format(experiment):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    printed = io.StringIO()
+    r = report.report_experiment(experiment, out=printed, formats="svg,pdf,png")
+    names = ("test_acc_vs_alpha", "si_vs_alpha", "acc_vs_si", "si_over_training")
+    # the paths returned are the first format's; every format of every figure is on disk
+    assert [os.path.basename(p) for p in r["plots"]] == [f"{n}.svg" for n in names]
+    written = sorted(os.listdir(os.path.join(experiment, "plots")))
+    assert written == sorted(f"{n}.{x}" for n in names for x in ("png", "svg", "pdf"))
+    assert all(_valid(os.path.join(experiment, "plots", f)) for f in written)
+    assert "4 plots (svg, pdf, png) in" in printed.getvalue()
+    acc = EventAccumulator(os.path.join(experiment, "tb_sweep"), size_guidance={"images": 0})
+    acc.Reload()  # TensorBoard holds the PNGs
+    assert sorted(acc.Tags()["images"]) == sorted(f"sweep/{n}" for n in names)
+
+
+def test_a_report_in_pdf_only_writes_no_png_and_an_unknown_format_is_one_line(experiment):
+    r = report.report_experiment(experiment, out=io.StringIO(), tensorboard=False,
+                                 formats=("pdf",))
+    assert sorted(os.listdir(os.path.join(experiment, "plots"))) == [
+        "acc_vs_si.pdf", "si_over_training.pdf", "si_vs_alpha.pdf", "test_acc_vs_alpha.pdf"]
+    assert all(_valid(p) for p in r["plots"])
+    with pytest.raises(ConfigError, match=r"^--format png,tiff: unknown format 'tiff'; choose "
+                                          r"from png, svg, pdf \(comma-separated for several\)$"):
+        report.report_experiment(experiment, out=io.StringIO(), formats="png,tiff")
+
+
+def test_si_over_training_is_each_alphas_seed_mean_per_epoch(experiment, monkeypatch):
+    from seltrain.analysis import plots
+
+    figures = {}
+    save = plots._save
+
+    def keep(fig, path, title):
+        figures[os.path.basename(path)] = fig
+        return save(fig, path, title)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    report.report_experiment(experiment, out=io.StringIO(), tensorboard=False)
+    (ax,) = [a for a in figures["si_over_training.png"].axes if a.get_visible()]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert sorted(lines) == ["alpha -1", "alpha 0"]  # completed trials only, as the means
+    np.testing.assert_allclose(lines["alpha -1"].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(lines["alpha -1"].get_ydata(), [0.3, 0.15, 0.2])
+    np.testing.assert_allclose(lines["alpha 0"].get_ydata(), [0.5, 0.45, 0.4])
+    # the band is +- the seeds' std: epoch 2 of alpha -1 has SI 0.2 and 0.1
+    band = ax.collections[0].get_paths()[0].vertices
+    assert np.isclose(band[:, 1], 0.15 + np.std([0.2, 0.1], ddof=1)).any()
 
 
 def test_an_empty_or_missing_experiment_is_one_line(tmp_path):

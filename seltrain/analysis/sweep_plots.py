@@ -1,0 +1,199 @@
+"""The figures of a sweep (``seltrain report``): a quantity against alpha over the trials of
+an experiment, in one style (``sweep_against_alpha``: the symlog alpha axis, every trial, the
+mean +- std over the seeds of each alpha, a title, a panel per layer), and the figures that
+compare the trials' units (the SI distribution per alpha, SI over training, orientation
+selectivity against test accuracy, ablation drop against SI). Each is drawn and saved as
+seltrain/analysis/plots.py draws and saves (``plots._figure``, ``plots._save``: every chosen
+format).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from seltrain.analysis import plots
+
+
+# alpha spans both signs over four decades: symlog, linear within |alpha| < 0.1 (the sweep
+# report's main figures use the same axis).
+ALPHA_LINTHRESH = 0.1
+
+
+def alpha_axis(ax, *, linthresh: float = ALPHA_LINTHRESH) -> None:
+    """The sweep figures' alpha axis: symlog, a faint line at alpha 0, a light grid."""
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_xlabel("alpha (loss = CE - alpha * mean SI)", fontsize=8)
+    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+    ax.grid(alpha=0.3)
+
+
+def seed_stats(x: Sequence[float], y: Sequence[float]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct x (alpha): the mean of y over its trials (seeds), the standard deviation
+    (ddof 1; 0 where one trial holds a value) and the count, trials with a NaN y left out;
+    an x with no finite y is dropped. Returns (x, mean, std, n)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xs, means, stds, ns = [], [], [], []
+    for a in np.unique(x[np.isfinite(x)]):
+        v = y[(x == a) & np.isfinite(y)]
+        if len(v):
+            xs.append(a)
+            means.append(v.mean())
+            stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+            ns.append(len(v))
+    return np.array(xs), np.array(means), np.array(stds), np.array(ns, dtype=int)
+
+
+def sweep_against_alpha(alpha: Sequence[float],
+                        panels: Mapping[str, Mapping[str, Sequence[float]]], path, *,
+                        ylabel: str, title: str) -> Path:
+    """The sweep style for a quantity against alpha: one panel per key of ``panels`` (all
+    layers, then each layer), each series drawn as its trials (small grey points) and its
+    mean +- std over the seeds of each alpha (``seed_stats``), on the symlog alpha axis
+    (``alpha_axis``), titled. ``alpha``: one value per trial, as each series' values."""
+    fig, axes = plots._figure(len(panels), cols=1 if len(panels) == 1 else
+                        2 if len(panels) in (2, 4) else 3, size=(4.2, 3.2))
+    several_seeds = any(n.max() > 1 for s in panels.values() for y in s.values()
+                        for n in (seed_stats(alpha, y)[3],) if len(n))
+    spread = "mean +- std over seeds" if several_seeds else "one seed per alpha"
+    same = len({tuple(s) for s in panels.values()}) == 1
+    for i, (ax, (name, series)) in enumerate(zip(axes, panels.items())):
+        for j, (label, y) in enumerate(series.items()):
+            y = np.asarray(y, dtype=np.float64)
+            ok = np.isfinite(y)
+            ax.scatter(np.asarray(alpha, dtype=np.float64)[ok], y[ok], s=8, color="0.6",
+                       zorder=1)
+            xs, mean, std, _ = seed_stats(alpha, y)
+            ax.errorbar(xs, mean, yerr=std, fmt="o-", ms=4, lw=1, capsize=3, color=f"C{j}",
+                        label=spread if len(series) == 1 else f"{label} ({spread})", zorder=2)
+        alpha_axis(ax)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        if i == 0 or not same:
+            ax.legend(fontsize=6 if len(series) > 3 else 7)
+    return plots._save(fig, path, title)
+
+
+def _by_alpha(alpha: Sequence[float]) -> dict[float, list[int]]:
+    """{alpha: the indices of its trials}, alphas in increasing order."""
+    out: dict[float, list[int]] = {}
+    for i, a in sorted(enumerate(map(float, alpha)), key=lambda t: t[1]):
+        out.setdefault(a, []).append(i)
+    return out
+
+
+def _cols(n: int) -> int:
+    return 1 if n == 1 else 2 if n in (2, 4) else 3
+
+
+def si_distributions(alpha: Sequence[float], si: Mapping[str, Sequence[Sequence[float]]],
+                     path, *, bins: int = 20, title: str | None = None) -> Path:
+    """The distribution of unit SI for each alpha, overlaid, one panel per layer: ``si[layer]``
+    holds each trial's per-unit SI; the units of an alpha's seeds are pooled, and each
+    histogram is in fractions of its units (``stairs``, so alphas with different unit counts
+    share a scale)."""
+    groups = _by_alpha(alpha)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    fig, axes = plots._figure(len(si), cols=_cols(len(si)), size=(4.2, 3.2))
+    for ax, (layer, per_trial) in zip(axes, si.items()):
+        for j, (a, idx) in enumerate(groups.items()):
+            v = np.concatenate([np.asarray(per_trial[i], dtype=np.float64) for i in idx])
+            v = v[np.isfinite(v)]
+            counts = np.histogram(v, bins=edges)[0] / max(len(v), 1)
+            ax.stairs(counts, edges, color=f"C{j}", lw=1.2,
+                      label=f"alpha {a:g} ({len(idx)} seed{'s' * (len(idx) > 1)}, "
+                            f"mean {v.mean() if len(v) else float('nan'):.3f})")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("class selectivity index", fontsize=8)
+        ax.set_ylabel("fraction of units", fontsize=8)
+        ax.legend(fontsize=6)
+    return plots._save(fig, path, title or "Unit SI per alpha")
+
+
+def si_over_training(alpha: Sequence[float], curves: Mapping[str, Sequence[Sequence[float]]],
+                     path, *, title: str | None = None) -> Path:
+    """SI against epoch for each alpha, one panel per key of ``curves`` (the mean over layers,
+    then each layer): ``curves[panel]`` holds each trial's per-epoch values (epoch 1 first);
+    each alpha's line is the mean over its seeds at each epoch (the seeds that reached it),
+    the band +- their std."""
+    groups = _by_alpha(alpha)
+    fig, axes = plots._figure(len(curves), cols=_cols(len(curves)), size=(4.2, 3.2))
+    for i, (ax, (name, per_trial)) in enumerate(zip(axes, curves.items())):
+        for j, (a, idx) in enumerate(groups.items()):
+            n = max(len(per_trial[t]) for t in idx)
+            table = np.full((len(idx), n), np.nan)
+            for r, t in enumerate(idx):
+                table[r, :len(per_trial[t])] = np.asarray(per_trial[t], dtype=np.float64)
+            seen = np.isfinite(table).sum(0)
+            keep = seen > 0
+            mean = np.nansum(table, 0)[keep] / seen[keep]
+            std = np.array([np.std(c[np.isfinite(c)], ddof=1) if np.isfinite(c).sum() > 1
+                            else 0.0 for c in table.T[keep]])
+            epochs = np.arange(1, n + 1)[keep]
+            ax.plot(epochs, mean, marker="o", ms=3, color=f"C{j}", label=f"alpha {a:g}")
+            ax.fill_between(epochs, mean - std, mean + std, color=f"C{j}", alpha=0.2, lw=0)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("class selectivity (test)", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=6)
+    return plots._save(fig, path, title or "SI over training per alpha (mean +- std over seeds)")
+
+
+def _spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(x[ok], y[ok])[0])
+
+
+def orientation_vs_accuracy(alpha: Sequence[float], test_acc: Sequence[float],
+                            osi: Mapping[str, Sequence[float]],
+                            gosi: Mapping[str, Sequence[float]], path, *,
+                            title: str | None = None) -> Path:
+    """Ukita's generalisation figure over the trials of a sweep: each layer's mean OSI (top
+    row) and mean gOSI (bottom row) of every trial against its test accuracy, the trials of
+    one alpha in one colour, Spearman's rho over all trials in each panel's title."""
+    layers = list(gosi)
+    groups = _by_alpha(alpha)
+    acc = np.asarray(test_acc, dtype=np.float64)
+    fig, axes = plots._figure(2 * len(layers), cols=len(layers), size=(3.4, 2.9))
+    for i, layer in enumerate(layers):
+        for ax, values, label in ((axes[i], osi[layer], "mean OSI"),
+                                  (axes[len(layers) + i], gosi[layer], "mean gOSI")):
+            v = np.asarray(values, dtype=np.float64)
+            for j, (a, idx) in enumerate(groups.items()):
+                ax.scatter(acc[idx], v[idx], s=16, color=f"C{j}", label=f"alpha {a:g}")
+            ax.set_title(f"{layer} {label.split()[1]}: rho {_spearman(acc, v):.2f}", fontsize=9)
+            ax.set_xlabel("test accuracy", fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+    axes[0].legend(fontsize=6)
+    return plots._save(fig, path, title or "Orientation selectivity against test accuracy")
+
+
+def drop_vs_si(alpha: Sequence[float], si: Mapping[str, Sequence[Sequence[float]]],
+               drop: Mapping[str, Sequence[Sequence[float]]], path, *,
+               ylabel: str = "max class drop", title: str | None = None) -> Path:
+    """Zhou et al.'s unit ablation against class selectivity, over the trials of a sweep: one
+    panel per layer, every unit of every trial (``si[layer][trial]``, ``drop[layer][trial]``)
+    as a point, the units of one alpha (its seeds pooled) in one colour with their Spearman
+    rho in the legend."""
+    groups = _by_alpha(alpha)
+    fig, axes = plots._figure(len(drop), cols=_cols(len(drop)), size=(4.2, 3.2))
+    for ax, layer in zip(axes, drop):
+        for j, (a, idx) in enumerate(groups.items()):
+            x = np.concatenate([np.asarray(si[layer][i], dtype=np.float64) for i in idx])
+            y = np.concatenate([np.asarray(drop[layer][i], dtype=np.float64) for i in idx])
+            ax.scatter(x, y, s=8, alpha=0.7, color=f"C{j}",
+                       label=f"alpha {a:g}: rho {_spearman(x, y):.2f}")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("class selectivity index", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.legend(fontsize=6)
+    return plots._save(fig, path, title or f"Ablation {ylabel} against SI per alpha")
