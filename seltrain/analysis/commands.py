@@ -67,11 +67,12 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
 
 
 def analyse_target(name: str, ref, opts: AnalysisOptions, n_targets: int = 1,
-                   key: str | None = None) -> dict:
+                   key: str | None = None, compute=None) -> dict:
     """Analysis ``name`` of one target (a ``TargetRef``), written into its output folder:
     what ``run_analysis`` does for each target, and what one fan-out task does on a Ray
     worker (seltrain.analysis.fanout). ``key``: the task key the folder's marker records
-    (default: computed here). Returns {"summary": the analysis' summary with ``run_dir``,
+    (default: computed here); ``compute(target, opts)``: the numbers (default: the analysis'
+    own ``compute``; the fan-out merges its chunks' results here). Returns {"summary": the analysis' summary with ``run_dir``,
     ``out_dir`` and ``seconds``, "lines": what the command prints}."""
     import torch
 
@@ -85,7 +86,7 @@ def analyse_target(name: str, ref, opts: AnalysisOptions, n_targets: int = 1,
                                   key=key or task_key(name, ref, opts))
     with folder as staging:
         torch.manual_seed(opts.seed)
-        result = module.compute(target, opts)
+        result = (compute or module.compute)(target, opts)
         lines = module.write(result, target, opts, staging)
         folder.headline = {k: result["summary"].get(k) for k in module.SWEEP_HEADLINE}
         folder.summary = result["summary"]

@@ -89,10 +89,14 @@ class Task:
     out_dir: str
     attempts: int = 0
     error: str | None = None
+    chunk: object = None        # one of the analysis' chunks(opts), "merge", or None: whole
+    label: str = ""             # the chunk, in words
+    group: int | None = None    # the whole analysis this chunk is part of
 
     @property
     def what(self) -> str:
-        return f"{self.analysis} of {self.ref.ckpt_path or self.ref.run_dir}"
+        return (f"{self.analysis} of {self.ref.ckpt_path or self.ref.run_dir}"
+                + (f" (chunk {self.label})" if self.label else ""))
 
 
 @dataclass
@@ -166,16 +170,41 @@ def plan(targets: Sequence, analyses: Mapping[str, AnalysisOptions], *,
 
 # --------------------------------------------------------------------------- the task
 
-def run_task(task: Task, storage, threads: int) -> dict:
-    """On a Ray worker: one analysis of one target into its output folder."""
+def split(task: Task) -> list[Task]:
+    """A task as its chunks (analyses whose module has ``chunks``: robustness by corruption
+    and severity and by attack), or itself."""
+    from seltrain.analysis.registry import analysis
+
+    module = analysis(task.analysis)
+    parts = module.chunks(task.opts) if hasattr(module, "chunks") else []
+    if len(parts) < 2:
+        return [task]
+    return [dataclasses.replace(task, chunk=c, label=module.chunk_label(task.opts, c))
+            for c in parts]
+
+
+def run_task(task: Task, storage, threads: int, parts: list | None = None) -> dict:
+    """On a Ray worker: one analysis of one target into its output folder, or one chunk of
+    it (its numbers, returned), or the merge of its chunks' numbers into the folder."""
     import torch
 
     from seltrain.analysis.commands import analyse_target
+    from seltrain.analysis.registry import analysis
 
     if storage is not None:
         storage.check()
     torch.set_num_threads(threads)
-    return analyse_target(task.analysis, task.ref, task.opts, task.n_targets, key=task.key)
+    module = analysis(task.analysis)
+    if task.chunk is None:
+        return analyse_target(task.analysis, task.ref, task.opts, task.n_targets, key=task.key)
+    if task.chunk == "merge":
+        return analyse_target(task.analysis, task.ref, task.opts, task.n_targets, key=task.key,
+                              compute=lambda target, opts: module.merge(target, opts, parts))
+    t0 = time.perf_counter()
+    target = task.ref.load(task.opts)
+    torch.manual_seed(task.opts.seed)
+    part = module.compute_chunk(target, task.opts, task.chunk)
+    return {"part": part, "lines": [f"{task.what} ({time.perf_counter() - t0:.1f} s)"]}
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -323,23 +352,37 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
     seconds: list[float] = []
     flight: dict = {}
     starts: dict = {}
-    n_all = len(todo)
+    # Chunked analyses: {group: [its task, its chunks' results in order (None: not yet)]};
+    # when the last chunk is in, one more task merges them into the output folder.
+    groups: dict[int, list] = {}
+    queue: list[Task] = []
+    for g, task in enumerate(todo):
+        chunks = split(task)
+        if len(chunks) > 1:
+            groups[g] = [task, [None] * len(chunks)]
+            queue += [dataclasses.replace(c, group=g) for c in chunks]
+        else:
+            queue.append(task)
+    n_all = len(queue) + len(groups)
+    n_done = 0
 
-    def submit(task: Task) -> None:
+    def submit(task: Task, parts: list | None = None) -> None:
         task.attempts += 1
-        ref = remote.remote(task, storage, threads)
-        flight[ref] = task
+        ref = remote.remote(task, storage, threads, parts)
+        flight[ref] = (task, parts)
         starts[ref] = time.perf_counter()
 
     def progress() -> None:
         running = min(len(flight), _slots(options))
-        left = len(flight)
-        print(f"-- {len(results)} of {n_all} done, {running} running, {left - running} "
+        left = n_all - n_done
+        print(f"-- {n_done} of {n_all} done, {running} running, {left - running} "
               f"pending; ETA {_eta(seconds, left, running)}", file=stream, flush=True)
 
     print(f"{n_all} analysis task(s) on Ray ({options.cpus_per_task:g} CPU, "
-          f"{options.gpus_per_task:g} GPU each)", file=stream, flush=True)
-    for task in todo:
+          f"{options.gpus_per_task:g} GPU each)"
+          + (f": {len(todo)} analyses, {len(groups)} of them in chunks" if groups else ""),
+          file=stream, flush=True)
+    for task in queue:
         submit(task)
     try:
         with quiet_ray(options.verbose):
@@ -349,7 +392,7 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
                     progress()
                     continue
                 ref = ready[0]
-                task = flight.pop(ref)
+                task, parts = flight.pop(ref)
                 took = time.perf_counter() - starts.pop(ref)
                 try:
                     out = ray.get(ref)
@@ -365,8 +408,9 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
                     if task.attempts < ATTEMPTS:
                         print(f"{task.what}: failed ({task.error}); trying it once more",
                               file=stream, flush=True)
-                        submit(task)
+                        submit(task, parts)
                         continue
+                    n_done += 1
                     failed.append(task)
                     results.append(TaskResult(task.analysis, task.ref.run_dir, task.out_dir,
                                               "failed", error=task.error))
@@ -376,15 +420,26 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.TaskUnschedulableError) as e:
                     task.error = _one_line(e)
+                    n_done += 1
                     failed.append(task)
                     results.append(TaskResult(task.analysis, task.ref.run_dir, task.out_dir,
                                               "failed", error=task.error))
                     print(f"{task.what}: lost ({task.error})", file=stream, flush=True)
                     continue
                 seconds.append(took)
+                n_done += 1
+                if "part" in out:
+                    group = groups[task.group]
+                    group[1][_index(group[0], task)] = out["part"]
+                    print(f"[{n_done}/{n_all}] {out['lines'][0]}", file=stream, flush=True)
+                    if all(p is not None for p in group[1]):
+                        submit(dataclasses.replace(group[0], chunk="merge", label="merge",
+                                                   attempts=0), group[1])
+                    progress()
+                    continue
                 results.append(TaskResult(task.analysis, task.ref.run_dir, task.out_dir,
                                           "done", summary=out["summary"]))
-                print(f"[{len(results)}/{n_all}] {out['lines'][0]} -> {task.out_dir}",
+                print(f"[{n_done}/{n_all}] {out['lines'][0]} -> {task.out_dir}",
                       file=stream, flush=True)
                 progress()
     except KeyboardInterrupt:
@@ -433,6 +488,13 @@ def this_command() -> str:
     import shlex
 
     return "seltrain " + shlex.join(sys.argv[1:])
+
+
+def _index(whole: Task, chunk: Task) -> int:
+    """The place of ``chunk`` among its analysis' chunks."""
+    from seltrain.analysis.registry import analysis
+
+    return analysis(whole.analysis).chunks(whole.opts).index(chunk.chunk)
 
 
 def _cancel(flight: dict) -> int:

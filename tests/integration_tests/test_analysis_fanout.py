@@ -83,16 +83,23 @@ def test_tasks_write_the_single_process_files(exp, head, tmp_path):
         _ok(run_cli("analyze", name, run, *args, "--out", tmp_path / name))
     r = _ok(run_cli("analyze", "robustness", exp, *ROB, "--address", head))
     lines = r.stdout.splitlines()
-    assert lines[0] == "2 analysis task(s) on Ray (1 CPU, 0 GPU each)"
-    done = [ln for ln in lines if ln.startswith("[")]
+    # Robustness in chunks: 2 corruptions x 1 severity, and the FGSM attack; then the merge.
+    assert lines[0] == ("8 analysis task(s) on Ray (1 CPU, 0 GPU each): 2 analyses, 2 of "
+                        "them in chunks")
+    chunks = [ln for ln in lines if ln.startswith("[") and " -> " not in ln]
+    assert sorted(ln.split("(chunk ")[1].split(")")[0] for ln in chunks) == sorted(
+        ["gaussian_noise severity 1", "contrast severity 1", "fgsm attack"] * 2)
+    done = [ln for ln in lines if ln.startswith("[") and " -> " in ln]
     assert len(done) == 2 and {ln.split(" -> ")[1] for ln in done} == {
         str(exp / "trials" / t / "analysis" / "robustness") for t in ("a0", "am1")}
     progress = [ln for ln in lines if ln.startswith("-- ")]
-    assert progress[-1] == "-- 2 of 2 done, 0 running, 0 pending; ETA -"
+    assert len(progress) == 8 and progress[-1] == "-- 8 of 8 done, 0 running, 0 pending; ETA -"
     assert lines[-1] == "robustness: 2 target(s): 2 analysed, 0 kept from before"
     assert r.stderr == ""  # Ray's own console stays quiet
     out = run / "analysis" / "robustness"
-    assert "corruptions.csv" in _same_files(tmp_path / "robustness", out)
+    # The merged chunks write the single-process files, byte for byte.
+    assert {"corruptions.csv", "attacks.csv", "robustness.json", "summary.json"} <= set(
+        _same_files(tmp_path / "robustness", out))
     res = json.load(open(out / "summary.json"))
     assert 0 <= res["mean_corruption_accuracy"] <= 1
     m = _marker(out)
@@ -136,12 +143,12 @@ def test_rerun_skips_done_tasks_and_recomputes_what_an_option_changes(exp, head)
     # One robustness option changed: the two robustness tasks run, selectivity is kept.
     changed = [a.replace("0,0.01", "0,0.02") for a in args]
     r = _ok(run_cli("report", exp, *changed))
-    assert r.stdout.count("selectivity of") == 2 and "2 analysis task(s) on Ray" in r.stdout
+    assert r.stdout.count("selectivity of") == 2 and "8 analysis task(s) on Ray" in r.stdout
     assert os.stat(sel / "selectivity.json").st_mtime_ns == mtime
     assert _marker(rob)["key"] != before[rob] and _marker(sel)["key"] == before[sel]
     assert json.load(open(rob / "robustness.json"))["attacks"]["fgsm"]["eps"] == [0, 0.02]
     r = _ok(run_cli("report", exp, *changed, "--force"))
-    assert "4 analysis task(s) on Ray" in r.stdout
+    assert "10 analysis task(s) on Ray" in r.stdout
     assert os.stat(sel / "selectivity.json").st_mtime_ns != mtime
 
 
