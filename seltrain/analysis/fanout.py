@@ -16,6 +16,11 @@ analysis, its options and the checkpoint's bytes). A rerun skips every task whos
 its key, so a changed option recomputes only the analyses it belongs to, a Ctrl-C or SIGTERM
 of the driver loses only the tasks in flight, and ``--force`` recomputes everything.
 
+Chunks: an analysis module may split itself (``chunks(opts)``, ``compute_chunk``, ``merge``):
+robustness by corruption x severity and by attack, ablation by runs of every layer's units.
+Each chunk is a task; when the last is in, one more task merges their numbers and writes the
+folder, the same files as one process writes.
+
 Failures: a task whose node dies is rescheduled by Ray (``max_retries``); a task that raises
 is tried once more; one that fails twice is named (checkpoint, analysis) at the end, the
 others' results are kept, and the same command reruns only what failed.
@@ -380,7 +385,7 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
 
     print(f"{n_all} analysis task(s) on Ray ({options.cpus_per_task:g} CPU, "
           f"{options.gpus_per_task:g} GPU each)"
-          + (f": {len(todo)} analyses, {len(groups)} of them in chunks" if groups else ""),
+          + (f"; {len(groups)} of the {len(todo)} analyses split into chunks" if groups else ""),
           file=stream, flush=True)
     for task in queue:
         submit(task)

@@ -84,8 +84,8 @@ def test_tasks_write_the_single_process_files(exp, head, tmp_path):
     r = _ok(run_cli("analyze", "robustness", exp, *ROB, "--address", head))
     lines = r.stdout.splitlines()
     # Robustness in chunks: 2 corruptions x 1 severity, and the FGSM attack; then the merge.
-    assert lines[0] == ("8 analysis task(s) on Ray (1 CPU, 0 GPU each): 2 analyses, 2 of "
-                        "them in chunks")
+    assert lines[0] == ("8 analysis task(s) on Ray (1 CPU, 0 GPU each); 2 of the 2 analyses "
+                        "split into chunks")
     chunks = [ln for ln in lines if ln.startswith("[") and " -> " not in ln]
     assert sorted(ln.split("(chunk ")[1].split(")")[0] for ln in chunks) == sorted(
         ["gaussian_noise severity 1", "contrast severity 1", "fgsm attack"] * 2)
@@ -105,6 +105,23 @@ def test_tasks_write_the_single_process_files(exp, head, tmp_path):
     m = _marker(out)
     assert m["analysis"] == "robustness" and len(m["key"]) == 16
     assert m["headline"]["clean_acc"] == res["clean_acc"]
+
+
+def test_ablation_in_unit_chunks_writes_the_single_process_files(exp, head, tmp_path):
+    """Four chunks of every layer's units, merged: the files of one process, byte for byte."""
+    run = exp / "trials" / "a0"
+    args = ["--layers", "layer2.2", "layer3.2", "--max-images", "64", "--device", "cpu"]
+    _ok(run_cli("analyze", "ablation", run, *args, "--out", tmp_path / "one"))
+    r = _ok(run_cli("analyze", "ablation", run, *args, "--address", head))
+    assert "5 analysis task(s) on Ray (1 CPU, 0 GPU each); 1 of the 1 analyses split into chunks" \
+        in r.stdout
+    assert r.stdout.count("(chunk units part ") == 4
+    names = _same_files(tmp_path / "one", run / "analysis" / "ablation")
+    assert {"units_layer3.2.csv", "class_drops_layer2.2.csv", "ablation_layer3.2.json",
+            "summary.json"} <= set(names)
+    drops = json.load(open(run / "analysis" / "ablation" / "ablation_layer3.2.json"))[
+        "single_unit"]["overall_drop"]
+    assert len(drops) == 64
 
 
 def test_python_api_and_the_report_sweep(exp, head, tmp_path):
