@@ -130,7 +130,7 @@ def test_python_api_and_the_report_sweep(exp, head, tmp_path):
     from seltrain.analysis.unit_selectivity import SelectivityOptions
 
     opts = {"selectivity": SelectivityOptions(max_images=64, device="cpu")}
-    results = run_fanout([str(exp)], opts, FanoutOptions(address=head))
+    results = run_fanout([str(exp)], opts, FanoutOptions(address=head))  # in 3 chunks each
     assert sorted((os.path.basename(r.run_dir), r.status) for r in results) == [
         ("a0", "done"), ("am1", "done")]
     single = _ok(run_cli("analyze", "selectivity", exp / "trials" / "am1", *SEL, "--out",
@@ -165,7 +165,7 @@ def test_rerun_skips_done_tasks_and_recomputes_what_an_option_changes(exp, head)
     assert _marker(rob)["key"] != before[rob] and _marker(sel)["key"] == before[sel]
     assert json.load(open(rob / "robustness.json"))["attacks"]["fgsm"]["eps"] == [0, 0.02]
     r = _ok(run_cli("report", exp, *changed, "--force"))
-    assert "10 analysis task(s) on Ray" in r.stdout
+    assert "16 analysis task(s) on Ray" in r.stdout  # selectivity in 3 chunks + merge
     assert os.stat(sel / "selectivity.json").st_mtime_ns != mtime
 
 
@@ -174,9 +174,10 @@ def test_rerun_skips_done_tasks_and_recomputes_what_an_option_changes(exp, head)
 def test_a_stopped_driver_keeps_finished_outputs(exp, head, sig, code, tmp_path):
     """2 CPUs per task on a 2-CPU Ray: one task at a time. The driver is stopped once the
     first is written; the other is cancelled, and a rerun does only it."""
-    out = tmp_path / "sel"
-    args = [sys.executable, "-m", "seltrain", "analyze", "selectivity", str(exp), *SEL,
-            "--out", str(out), "--address", head, "--cpus-per-task", "2"]
+    out = tmp_path / "dim"
+    args = [sys.executable, "-m", "seltrain", "analyze", "dimensionality", str(exp), *SEL,
+            "--corruptions", "gaussian_noise", "--out", str(out), "--address", head,
+            "--cpus-per-task", "2"]
     p = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     first = None
@@ -192,10 +193,10 @@ def test_a_stopped_driver_keeps_finished_outputs(exp, head, sig, code, tmp_path)
     assert p.returncode == code, (stdout, err)
     assert len(err.strip().splitlines()) == 1, err
     assert "1 task(s) in flight" in err and "the 1 finished this time are kept" in err
-    assert _marker(first)["analysis"] == "selectivity"
+    assert _marker(first)["analysis"] == "dimensionality"
     other = [out / t for t in ("a0", "am1") if str(out / t) != first][0]
     assert not other.exists()
     r = _ok(subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True,
                            text=True, timeout=300))
     assert "1 analysis task(s) on Ray" in r.stdout and ": kept (" in r.stdout
-    assert _marker(other)["analysis"] == "selectivity"
+    assert _marker(other)["analysis"] == "dimensionality"
