@@ -326,14 +326,30 @@ def run_fanout(targets: Sequence, analyses: Mapping[str, AnalysisOptions],
         print(f"all {len(done)} task(s) done before; nothing to run (--force recomputes)",
               file=stream, flush=True)
         return done
-    started = _join_keeping_sigterm(options)
+    lock = driver_lock(todo)
     try:
-        return done + _drive(todo, options, stream, again)
-    finally:
-        import ray
+        started = _join_keeping_sigterm(options)
+        try:
+            return done + _drive(todo, options, stream, again)
+        finally:
+            import ray
 
-        if started and ray.is_initialized():
-            ray.shutdown()
+            if started and ray.is_initialized():
+                ray.shutdown()
+    finally:
+        lock.release()
+
+
+def driver_lock(todo: list[Task]):
+    """One driver per experiment: a lock (``seltrain.runlock``, as run folders are locked)
+    in the folder that holds the run folders, so a second driver is refused with one line
+    before it starts anything, rather than two of them writing the same output folders."""
+    from seltrain.runlock import RunLock
+
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(t.ref.run_dir)) for t in todo])
+    return RunLock(os.path.join(root, ".seltrain-analyses.lock"),
+                   what=f"the analyses of the runs in {root}",
+                   fix="wait for that driver to end (a rerun then skips what it did)").acquire()
 
 
 def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list[TaskResult]:
@@ -454,10 +470,10 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
                           f"their folders are left as they were); the {kept} finished this "
                           f"time are kept; run {again} to do the rest") from None
     if failed:
-        names = "; ".join(f"{t.what} ({t.error})" for t in failed)
-        raise SeltrainError(f"{len(failed)} of {n_all} analysis task(s) failed twice: "
-                            f"{names}; the other results are kept; rerun {again} to redo only "
-                            "what failed (finished outputs are skipped)")
+        first = failed[0]
+        raise SeltrainError(f"{len(failed)} analysis task(s) failed twice (each named above; "
+                            f"the first: {first.what}: {first.error[:120]}); the other "
+                            f"results are kept; to redo only what failed, rerun: {again}")
     return results
 
 

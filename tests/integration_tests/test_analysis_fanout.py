@@ -200,3 +200,56 @@ def test_a_stopped_driver_keeps_finished_outputs(exp, head, sig, code, tmp_path)
                            text=True, timeout=300))
     assert "1 analysis task(s) on Ray" in r.stdout and ": kept (" in r.stdout
     assert _marker(other)["analysis"] == "dimensionality"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _one_error_line(r, code):
+    assert r.returncode == code, (r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seltrain: error: "), r.stderr
+    return lines[0]
+
+
+def test_more_gpus_per_task_than_any_node_is_one_line(exp, head):
+    line = _one_error_line(run_cli("analyze", "selectivity", exp, *SEL, "--address", head,
+                                   "--gpus-per-task", "2"), 2)
+    assert ("one analysis task asks for 1 CPU and 2 GPU but no node of the cluster has that "
+            "(the largest: 2 CPU, 0 GPU); lower --cpus-per-task/--gpus-per-task") in line
+
+
+def test_a_chunk_that_fails_twice_is_named_and_the_rest_kept(exp, head, tmp_path):
+    """A layer no network has: every selectivity chunk fails on its worker, twice; the line
+    names each (checkpoint, analysis, chunk) and says how to rerun only those."""
+    r = run_cli("report", exp, "--analyses", "selectivity", "--analysis-args",
+                "--max-images 64 --device cpu --layers layer3.2 nope", "--address", head)
+    line = _one_error_line(r, 1)
+    assert "6 analysis task(s) failed twice (each named above; the first: selectivity of " \
+        in line and "(chunk layers part " in line and "LayerError: no layer 'nope'" in line
+    assert "the other results are kept; to redo only what failed, rerun: seltrain report " \
+        in line
+    assert r.stdout.count("trying it once more") == 6
+    named = [ln for ln in r.stdout.splitlines() if ": failed twice (LayerError: " in ln]
+    assert sorted(ln.split(" of ", 1)[1].split(": failed")[0].replace(str(exp), "")
+                  for ln in named) == sorted(
+        f"/trials/{t}/checkpoints/best.pt (chunk layers part {j} of 3)"
+        for t in ("a0", "am1") for j in (1, 2, 3))
+
+
+def test_two_drivers_on_one_experiment(exp, head):
+    args = [sys.executable, "-m", "seltrain", "analyze", "dimensionality", str(exp), *SEL,
+            "--corruptions", "gaussian_noise", "--address", head, "--force"]
+    first = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "analysis task(s) on Ray" in first.stdout.readline()
+        line = _one_error_line(subprocess.run(args, cwd=REPO, env=subprocess_env(),
+                                              capture_output=True, text=True, timeout=120), 2)
+        assert f"the analyses of the runs in {exp / 'trials'} is in use by pid {first.pid}" \
+            in line and "wait for that driver to end" in line
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert _marker(exp / "trials" / "am1" / "analysis" / "dimensionality")["analysis"] \
+        == "dimensionality"
