@@ -7,7 +7,9 @@ searches and the analyses' fan-out (``seltrain analyze --address``).
   raylet's unactionable warning dropped);
 - ``StorageToken``: a token the driver writes into a folder and every worker reads back on
   its own node, so a folder the worker nodes do not share fails at the first task with one
-  line (``StorageNotSharedError``), not at the end with every node's results on its own disk.
+  line (``StorageNotSharedError``), not at the end with every node's results on its own disk;
+- ``autoscaler_node_types``: the node types an autoscaling cluster can start, so work that
+  fits none of them is refused at once rather than left waiting for ever.
 
 Ray is imported inside the functions, so importing this module does not import Ray.
 """
@@ -184,3 +186,58 @@ class StorageToken:
             f"{self.what} {os.path.dirname(self.path)} is not shared with the worker nodes: "
             f"{node} cannot read {os.path.basename(self.path)}, which the driver wrote there; "
             f"{self.fix}")
+
+
+def _read_node_types(gcs_address: str) -> dict | None:
+    """On the head node: {node type: resources} from the config file its autoscaler monitor
+    was started with (``--autoscaling-config``), if that monitor serves ``gcs_address``."""
+    import psutil
+    import yaml
+
+    # The monitor's script path and flags are Ray's implementation, not an API: anything
+    # unexpected here reads as "no autoscaler seltrain can read" (None), never as an error.
+    monitors = (os.path.join("autoscaler", "_private", "monitor.py"),
+                os.path.join("autoscaler", "v2", "monitor.py"))
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if not any(c.endswith(monitors) for c in cmd):
+            continue
+        args = dict(c.split("=", 1) for c in cmd if c.startswith("--") and "=" in c)
+        path = args.get("--autoscaling-config")
+        if args.get("--gcs-address") != gcs_address or not path:
+            continue
+        with open(os.path.expanduser(path)) as f:
+            config = yaml.safe_load(f)
+        return {name: dict(t.get("resources") or {})
+                for name, t in (config.get("available_node_types") or {}).items()}
+    return None
+
+
+def autoscaler_node_types(gcs_address: str) -> dict | None:
+    """{node type: resources} of the autoscaling config of the cluster at ``gcs_address``;
+    None when the cluster has no autoscaler that seltrain can read.
+
+    Ray keeps the node types only in the autoscaler's config file (``ray up`` writes it to
+    ~/ray_bootstrap_config.yaml on the head; ``ray start --autoscaling-config`` names it). No
+    public API gives them to a driver: ``ray.nodes()`` and the State API list the nodes alive
+    now, ``ray status`` prints only launched and pending nodes, and a placement group that no
+    node type can hold just waits, reported nowhere a driver can read (ray-project/ray#18018,
+    #20043). The GCS has a slot for a cluster config, readable only through
+    ``ray._private.state`` (ray-project/ray#59682), which neither autoscaler in Ray 2.60 fills.
+    So a zero-CPU task pinned to the head (found through the State API) reads the file named
+    on its monitor's command line.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.util.state import list_nodes
+
+    try:
+        head = list_nodes(address=gcs_address, filters=[("is_head_node", "=", True)],
+                          timeout=20, raise_on_missing_output=False)[0].node_id
+        read = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            head, soft=False))(_read_node_types)
+        types = ray.get(read.remote(gcs_address), timeout=60)
+    except Exception:  # noqa: BLE001 - no State API (Ray Client), psutil missing, unreadable
+        return None
+    # A type without resources leaves them to the provider (filled in at launch): unknown.
+    return types if types and all(types.values()) else None

@@ -254,14 +254,28 @@ def _join_keeping_sigterm(options: FanoutOptions) -> bool:
     return started
 
 
-def check_fits(options: FanoutOptions) -> None:
-    """One task's CPUs and GPUs must fit on one node alive now, or one line."""
+def check_fits(options: FanoutOptions, stream=None) -> None:
+    """One task's CPUs and GPUs must fit on one node alive now, or on a node type the
+    cluster's autoscaler can start (then the tasks wait for it, said in one line); else one
+    line naming the largest node."""
     import ray
+
+    from seltrain.raysession import autoscaler_node_types
 
     alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     need = {"CPU": options.cpus_per_task, "GPU": options.gpus_per_task}
-    if any(all(res.get(k, 0) >= v for k, v in need.items() if v > 0) for res in alive):
+
+    def fits(res: dict) -> bool:
+        return all(res.get(k, 0) >= v for k, v in need.items() if v > 0)
+
+    if any(fits(res) for res in alive):
         return
+    types = autoscaler_node_types(ray.get_runtime_context().gcs_address) or {}
+    if any(fits(t) for t in types.values()):
+        print("no node offers one analysis task's resources now; the tasks wait until the "
+              "autoscaler starts one", file=stream or sys.stdout, flush=True)
+        return
+    alive += list(types.values())
     most = {k: max((res.get(k, 0) for res in alive), default=0) for k in need}
     raise ConfigError(f"one analysis task asks for {options.cpus_per_task:g} CPU and "
                       f"{options.gpus_per_task:g} GPU but no node of the cluster has that (the "
@@ -357,7 +371,7 @@ def _drive(todo: list[Task], options: FanoutOptions, stream, again: str) -> list
 
     from seltrain.raysession import StorageToken, quiet_ray
 
-    check_fits(options)
+    check_fits(options, stream)
     # The token goes where the outputs go: the folder above each run folder's analysis/.
     roots = sorted({os.path.dirname(os.path.dirname(t.out_dir)) for t in todo})
     storage = StorageToken.write_into(
