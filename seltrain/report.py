@@ -117,14 +117,15 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
                       out=None, tensorboard: bool = True,
                       analyses: list[str] | None = None,
                       analysis_args: list[str] | None = None,
-                      formats: tuple[str, ...] | str = ("png",)) -> dict:
+                      formats: tuple[str, ...] | str = ("png",), fanout=None) -> dict:
     """Table, results.csv, per-alpha aggregates, figures (each in every one of ``formats``:
     png, svg, pdf) and TensorBoard images (of the PNGs).
 
     With ``analyses`` (names of ``seltrain analyze`` subcommands) each trial's best checkpoint
     is also analysed (options ``analysis_args``, e.g. ["--max-images", "500"]) and the
     analyses' headline numbers are plotted against alpha and mean SI
-    (``sweep_analyses``); the result then carries "analyses".
+    (``sweep_analyses``); the result then carries "analyses". ``fanout``: a
+    ``seltrain.analysis.fanout.FanoutOptions`` to run them as Ray tasks (None: one process).
 
     Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
@@ -144,16 +145,16 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
         raise ConfigError(f"experiment folder not found: {exp_dir}")
     if target_folders(exp_dir):
         return report_targets(exp_dir, analyses=analyses, analysis_args=analysis_args, out=out,
-                              formats=formats)
+                              formats=formats, fanout=fanout)
     with plots.formats(formats):
         return _report_trials(exp_dir, metric=metric, mode=mode, out=out,
                               tensorboard=tensorboard, analyses=analyses,
-                              analysis_args=analysis_args, formats=formats)
+                              analysis_args=analysis_args, formats=formats, fanout=fanout)
 
 
 def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bool,
                    analyses: list[str] | None, analysis_args: list[str] | None,
-                   formats: tuple[str, ...]) -> dict:
+                   formats: tuple[str, ...], fanout) -> dict:
     import pandas as pd
 
     rows = collect_trials(exp_dir)
@@ -203,7 +204,7 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
     extra = {}
     if analyses:
         extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
-                                           out=out, formats=formats)
+                                           out=out, formats=formats, fanout=fanout)
         plots = plots + extra["analyses"]["plots"]
     if tensorboard:
         _to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
@@ -342,12 +343,13 @@ def _to_tensorboard(paths: list[str], logdir: str) -> None:
 
 def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
                    extra: list[str] | None = None, out=None,
-                   formats: tuple[str, ...] = ("png",)) -> dict:
+                   formats: tuple[str, ...] = ("png",), fanout=None) -> dict:
     """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers (each
     analysis declares its own: ``SWEEP_HEADLINE``, and ``sweep_panels`` for per-layer
     figures) against alpha and against mean SI into <exp>/plots/. ``extra``: the options of
     ``--analysis-args``, read strictly into each analysis' options before anything runs
-    (``commands.sweep_options``). ``trials``: rows of ``collect_trials``.
+    (``commands.sweep_options``). ``trials``: rows of ``collect_trials``. ``fanout``: run
+    them as Ray tasks, one per trial and analysis (``seltrain.analysis.fanout``).
     Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
     from seltrain.analysis import plots, sweep_plots
     from seltrain.analysis.commands import run_analysis, sweep_options
@@ -366,6 +368,7 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     rows = []
     per_trial: dict[str, list[dict]] = {a: [] for a in analyses}
     skipped = []
+    runs = []
     for t in trials:
         run = os.path.join(root, t["trial"])
         if run_checkpoint(run, ("best.pt",)) is None:
@@ -373,10 +376,14 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
             print(f"analyses: skipped {run}: no checkpoints/best.pt (the trial ended or was "
                   "stopped before its first checkpoint)", file=out)
             continue
+        runs.append((t, run))
+    fanned = _fan_out([run for _, run in runs], options, fanout, out) if fanout else {}
+    for t, run in runs:
         row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
                "test_acc": t.get("test_acc"), "mean_si": t.get("test_si")}
         for a in analyses:
-            s, = run_analysis(a, run, options[a], stream=out)
+            s = fanned[(os.path.abspath(run), a)] if fanout else \
+                run_analysis(a, run, options[a], stream=out)[0]
             row.update({k: s.get(k) for k in modules[a].SWEEP_HEADLINE})
             per_trial[a].append(s)
         rows.append(row)
@@ -473,11 +480,19 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
     return paths
 
 
+def _fan_out(folders: list[str], options: dict, fanout, out) -> dict:
+    """{(run folder, analysis): summary} of every analysis of every folder, as Ray tasks."""
+    from seltrain.analysis.fanout import run_fanout, this_command
+
+    results = run_fanout(folders, options, fanout, stream=out, again=this_command())
+    return {(os.path.abspath(r.run_dir), r.analysis): r.summary for r in results}
+
+
 # --------------------------------------------------------------------------- targets
 
 def report_targets(folder: str, *, analyses: list[str] | None = None,
                    analysis_args: list[str] | None = None, out=None,
-                   formats: tuple[str, ...] = ("png",)) -> dict:
+                   formats: tuple[str, ...] = ("png",), fanout=None) -> dict:
     """The report of a target folder or a folder of them (networks seltrain did not train):
     with ``analyses``, each is run on every target first (options ``analysis_args``, read
     strictly before anything runs, as for a sweep); then one row per target (its model,
@@ -498,7 +513,9 @@ def report_targets(folder: str, *, analyses: list[str] | None = None,
                               f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
         options = {a: dataclasses.replace(o, format=tuple(formats)) for a, o in
                    sweep_options(list(analyses), list(analysis_args or [])).items()}
-        for f in folders:
+        if fanout:
+            _fan_out(folders, options, fanout, out)
+        for f in folders if not fanout else ():
             for a in analyses:
                 run_analysis(a, f, options[a], stream=out)
     rows = []
@@ -533,13 +550,21 @@ def _report(args) -> int:
 
     analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] \
         if args.analyses else None
+    from seltrain.analysis.fanout import fanout_from
+
+    fanout = fanout_from(args, force=args.force)
+    if fanout is not None and not analyses:
+        raise ConfigError("--address runs the analyses of --analyses on a Ray cluster; give "
+                          "--analyses, or drop --address")
     report_experiment(args.experiment, metric=args.metric, mode=args.mode, analyses=analyses,
                       analysis_args=shlex.split(args.analysis_args or ""),
-                      formats=args.format)
+                      formats=args.format, fanout=fanout)
     return 0
 
 
 def register(subparsers) -> None:
+    from seltrain.analysis.fanout import add_fanout_options
+
     r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment "
                               "(or the table of target folders)")
     r.add_argument("experiment", help="the experiment folder (<storage>/<name>), or a target "
@@ -563,4 +588,8 @@ def register(subparsers) -> None:
                         "runs. Use --gosi-threshold / --variance-share, not --threshold, when "
                         "running orientation and dimensionality together; --out does not "
                         "apply")
-    r.set_defaults(func=_report)
+    r.add_argument("--force", action="store_true",
+                   help="with --address: recompute every analysis, also those whose outputs "
+                        "for these options exist")
+    add_fanout_options(r)
+    r.set_defaults(func=_report, sigterm_as_interrupt=True)

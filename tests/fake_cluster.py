@@ -79,8 +79,9 @@ def cluster_env(**extra) -> dict:
 
 class FakeCluster:
     def __init__(self, max_workers: int = 2, worker_cpus: int = 1,
-                 idle_timeout_minutes: float = 0.2, startup_timeout: float = 180):
-        self.max_workers = max_workers
+                 idle_timeout_minutes: float = 0.2, startup_timeout: float = 180,
+                 min_workers: int = 0):
+        self.max_workers, self.min_workers = max_workers, min_workers
         self.worker_cpus = worker_cpus
         self.idle_timeout_minutes = idle_timeout_minutes
         self.startup_timeout = startup_timeout
@@ -110,7 +111,7 @@ class FakeCluster:
                                      "max_workers": 0},
                 "ray.worker.cpu": {"resources": {"CPU": self.worker_cpus,
                                                  "object_store_memory": 100 * 2 ** 20},
-                                   "node_config": {}, "min_workers": 0,
+                                   "node_config": {}, "min_workers": self.min_workers,
                                    "max_workers": self.max_workers}},
             "head_node_type": "ray.head.default",
             "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,

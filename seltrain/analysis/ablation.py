@@ -76,6 +76,10 @@ import torch.fx as fx
 from torch import Tensor, nn
 from tqdm import tqdm
 
+# The fan-out's parts of an ablation (and the counts single_unit_ablation is made of).
+from seltrain.analysis.ablation_parts import (UNIT_CHUNKS, ablation_counts,  # noqa: F401
+                                              chunk_label, chunks, compute_chunk, join_counts,
+                                              merge)
 from seltrain.analysis.options import AnalysisOptions, option, whole_number
 from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.target import Target, on_split
@@ -366,32 +370,14 @@ def single_unit_ablation(model: nn.Module, layer: str | nn.Module, x, y=None,
     number of logits. ``fast``: the split-network method (module docstring) or the naive
     one; ``units_per_pass``: ablations per tail pass (default: ``auto_units_per_pass``).
     """
-    acc: dict[str, Tensor] = {}
-    info: dict = {}
-    name, _ = resolve_layer(model, layer)
-    for yb, ids, logits in ablated_logits(model, layer, x, y,
-                                          lambda n: [torch.tensor([u]) for u in range(n)],
-                                          fast=fast, units_per_pass=units_per_pass,
-                                          batch_size=batch_size, device=device,
-                                          desc=f"ablate {name}", info=info):
-        k = num_classes or logits.shape[-1]
-        if not acc:  # counts on the device: read once, at the end
-            acc = {key: torch.zeros(shape, dtype=torch.float64, device=logits.device)
-                   for key, shape in (("correct", (info["units"], k)), ("base", k),
-                                      ("counts", k), ("predicted", (info["units"], k)),
-                                      ("base_predicted", k))}
-        hits, n = _class_hits(yb, logits, k)
-        preds = _class_predictions(logits, k)
-        if ids is None:
-            acc["base"] += hits[0]
-            acc["base_predicted"] += preds[0]
-            acc["counts"] += n
-        else:
-            acc["correct"][ids.start:ids.stop] += hits
-            acc["predicted"][ids.start:ids.stop] += preds
-    if not acc:
-        raise ValueError("no data: x is empty")
-    a = {key: v.cpu().numpy() for key, v in acc.items()}
+    return ablation_result(ablation_counts(
+        model, layer, x, y, num_classes, fast=fast, units_per_pass=units_per_pass,
+        batch_size=batch_size, device=device))
+
+
+def ablation_result(a: dict) -> dict:
+    """``single_unit_ablation``'s result from the counts of ``ablation_counts``."""
+    name, info = a["name"], a["info"]
     correct, base, counts = a["correct"], a["base"], a["counts"]
     n_images = counts.sum()
     base_class = safe_ratio(base, counts)
@@ -523,6 +509,13 @@ def compute(target: Target, opts: AblationOptions) -> dict:
     """``seltrain analyze ablation``: per layer, single-unit ablation, the unit attributes and
     their correlations with the drops, and (``opts.cumulative``) cumulative ablation; a
     summary per layer and over layers."""
+    return _analyse(target, opts, lambda name, **kw: single_unit_ablation(
+        target.model, name, target.data, **kw))
+
+
+def _analyse(target: Target, opts: AblationOptions, single) -> dict:
+    """``compute`` with ``single(layer, num_classes=, units_per_pass=, device=)``: a layer's
+    single-unit ablation."""
     from seltrain.analysis.attributes import correlations, unit_attributes
 
     ranked = on_split(target, opts.rank_split, "--rank-split")  # where SI ranks the units
@@ -531,8 +524,7 @@ def compute(target: Target, opts: AblationOptions) -> dict:
     per_pass = opts.unit_batch or None
     layers, summary = {}, {"layers": {}, "rank_split": ranked.split, "score_split": target.split}
     for name in target.layers:
-        res = single_unit_ablation(target.model, name, target.data, num_classes=k,
-                                   units_per_pass=per_pass, device=target.device)
+        res = single(name, num_classes=k, units_per_pass=per_pass, device=target.device)
         attrs = unit_attributes(target.model, name, target.data, num_classes=k,
                                 l1_weights=opts.l1_weights, device=target.device)
         si = sel["si"][name]

@@ -34,10 +34,9 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
     """Run analysis ``name`` with ``opts`` (default: its defaults) on every target under
     ``path`` (``target.find_targets``), or on the network a ``TargetSpec`` ``path`` names
     (its folder ``target_dir``, default runs/targets/<model>-<weights stem>); returns one
-    summary per target (with ``run_dir``, ``out_dir`` and ``seconds``)."""
-    import torch
-
-    from seltrain.analysis import outputs, plots
+    summary per target (with ``run_dir``, ``out_dir`` and ``seconds``). One process, one
+    target after another; ``seltrain.analysis.fanout`` runs the same on a Ray cluster."""
+    from seltrain.analysis import outputs
     from seltrain.analysis.target import TargetRef, find_targets
     from seltrain.analysis.target_spec import TargetSpec
 
@@ -55,31 +54,50 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
         outputs.refuse_single_output(opts.out, opts.force)
     results = []
     for ref in targets:
-        t0 = time.perf_counter()
-        target = ref.load(opts)
-        run_dir = target.run_dir
-        folder = outputs.OutputFolder(target, opts, name, len(targets))
-        with folder as staging:
-            torch.manual_seed(opts.seed)
-            result = module.compute(target, opts)
-            with plots.formats(opts.format):  # every figure in each --format
-                lines = module.write(result, target, opts, staging)
-            folder.headline = {k: result["summary"].get(k) for k in module.SWEEP_HEADLINE}
-        out = folder.final
-        summary = dict(result["summary"], run_dir=run_dir, out_dir=out,
-                       seconds=time.perf_counter() - t0)
-        results.append(summary)
-        what = f"{target.spec.model} ({target.ckpt_path})" if target.spec else target.ckpt_path
-        print(f"{name}: {what} ({target.split}, {target.data.num_images} images, "
-              f"{target.device.type}, {summary['seconds']:.1f} s)", file=stream)
-        for ln in lines:
+        done = analyse_target(name, ref, opts, len(targets))
+        for ln in done["lines"]:
             print(ln, file=stream)
-        print(f"  wrote {out}", file=stream, flush=True)
+        stream.flush()
+        results.append(done["summary"])
     if skipped:
         print(f"{name}: analysed {len(targets)} of {len(targets) + len(skipped)} run folders "
               f"of {path}; skipped {len(skipped)} without a checkpoint: "
               f"{', '.join(os.path.basename(r) for r, _ in skipped)}", file=stream, flush=True)
     return results
+
+
+def analyse_target(name: str, ref, opts: AnalysisOptions, n_targets: int = 1,
+                   key: str | None = None, compute=None) -> dict:
+    """Analysis ``name`` of one target (a ``TargetRef``), written into its output folder:
+    what ``run_analysis`` does for each target, and what one fan-out task does on a Ray
+    worker (seltrain.analysis.fanout). ``key``: the task key the folder's marker records
+    (default: computed here); ``compute(target, opts)``: the numbers (default: the analysis'
+    own ``compute``; the fan-out merges its chunks' results here). Returns {"summary": the
+    analysis' summary with ``run_dir``, ``out_dir`` and ``seconds``, "lines": what the command
+    prints}."""
+    import torch
+
+    from seltrain.analysis import outputs, plots
+    from seltrain.analysis.fanout import task_key
+
+    module = analysis(name)
+    t0 = time.perf_counter()
+    target = ref.load(opts)
+    folder = outputs.OutputFolder(target, opts, name, n_targets,
+                                  key=key or task_key(name, ref, opts))
+    with folder as staging:
+        torch.manual_seed(opts.seed)
+        result = (compute or module.compute)(target, opts)
+        with plots.formats(opts.format):  # every figure in each --format
+            lines = module.write(result, target, opts, staging)
+        folder.headline = {k: result["summary"].get(k) for k in module.SWEEP_HEADLINE}
+        folder.summary = result["summary"]
+    summary = dict(result["summary"], run_dir=target.run_dir, out_dir=folder.final,
+                   seconds=time.perf_counter() - t0)
+    what = f"{target.spec.model} ({target.ckpt_path})" if target.spec else target.ckpt_path
+    head = (f"{name}: {what} ({target.split}, {target.data.num_images} images, "
+            f"{target.device.type}, {summary['seconds']:.1f} s)")
+    return {"summary": summary, "lines": [head, *lines, f"  wrote {folder.final}"]}
 
 
 # --------------------------------------------------------------------------- argv -> options
@@ -170,8 +188,22 @@ def sweep_options(names: list[str], argv: list[str]) -> dict[str, AnalysisOption
 def _analyze(args) -> int:
     from seltrain.errors import Interrupted
 
+    from seltrain.analysis.fanout import fanout_from, run_fanout, this_command
+    from seltrain.analysis.target_spec import TargetSpec
+
     opts = options_from(analysis(args.analysis).Options, args)
     what = target_from(args)
+    fanout = fanout_from(args, force=opts.force)
+    if fanout is not None:
+        if isinstance(what, TargetSpec):
+            raise ConfigError("--address analyses checkpoints, run folders, experiments or "
+                              "target folders; a --model network runs in one process (drop "
+                              "--address, or analyse its target folder)")
+        results = run_fanout([what], {args.analysis: opts}, fanout, again=this_command())
+        print(f"{args.analysis}: {len(results)} target(s): "
+              f"{sum(r.status == 'done' for r in results)} analysed, "
+              f"{sum(r.status == 'skipped' for r in results)} kept from before", flush=True)
+        return 0
     try:
         run_analysis(args.analysis, what, opts, target_dir=getattr(args, "target_dir", None))
     except KeyboardInterrupt:
@@ -262,6 +294,8 @@ def _layers(args) -> int:
 
 
 def register(subparsers) -> None:
+    from seltrain.analysis.fanout import add_fanout_options
+
     a = subparsers.add_parser("analyze", help="analyse a network: "
                               f"{', '.join(NAMES)}; layers lists a network's layers")
     asub = a.add_subparsers(dest="analysis", required=True)
@@ -272,7 +306,9 @@ def register(subparsers) -> None:
                        "experiment folder, a target folder or a folder of target folders")
         add_options(p, cls)
         add_target_options(p)
-        p.set_defaults(func=_analyze)
+        add_fanout_options(p)
+        # SIGTERM (a scheduler's stop) as Ctrl-C: finished outputs kept, exit 143.
+        p.set_defaults(func=_analyze, sigterm_as_interrupt=True)
     p = asub.add_parser("layers", help="every layer of a network that can be probed: its "
                         "units, where a unit is read and where it is zeroed, from its graph")
     p.add_argument("path", nargs="?", help="a checkpoint, run folder or target folder")

@@ -38,14 +38,15 @@ class OutputFolder:
     ``SWEEP_HEADLINE`` keys), which ``seltrain report`` lists without reading the results.
     """
 
-    def __init__(self, target, opts, name: str, n_targets: int):
+    def __init__(self, target, opts, name: str, n_targets: int, key: str | None = None):
         self.name, self.ckpt = name, os.path.abspath(target.ckpt_path)
         out = opts.out
-        if out:
-            self.final = os.path.abspath(os.path.join(out, target.name) if n_targets > 1 else out)
-        else:
-            self.final = os.path.abspath(os.path.join(target.run_dir, "analysis", name))
+        self.final = final_folder(target.run_dir, opts, name, n_targets)
         self.chosen, self.force = bool(out), bool(getattr(opts, "force", False))
+        # The task key (seltrain.analysis.fanout.task_key): which options and checkpoint the
+        # folder's results are of, so a rerun on a cluster skips what is already done.
+        self.key = key
+        self.summary: dict | None = None
         self.parent, base = os.path.dirname(self.final), os.path.basename(self.final)
         self.lock_path = os.path.join(self.parent, f".{base}.lock")
         self.headline: dict | None = None
@@ -77,8 +78,11 @@ class OutputFolder:
             try:
                 with atomic_write(os.path.join(self._staging, MARKER)) as f:
                     json.dump({"analysis": self.name, "checkpoint": self.ckpt,
+                               **({"key": self.key} if self.key else {}),
                                **({"headline": strict_json(self.headline)}
-                                  if self.headline else {})}, f)
+                                  if self.headline else {}),
+                               **({"summary": strict_json(self.summary)}
+                                  if self.summary else {})}, f)
             except BaseException as e:
                 held.__exit__(type(e), e, e.__traceback__)
                 raise
@@ -112,6 +116,20 @@ class OutputFolder:
                                f"{', ...' if len(entries) > 3 else ''})")
         raise ConfigError(f"--out {self.final} already holds {held}; pass --force to replace "
                           "that folder whole, or choose another --out")
+
+
+def final_folder(run_dir: str, opts, name: str, n_targets: int) -> str:
+    """Where analysis ``name`` of the run ``run_dir`` goes: ``--out`` (``--out/<run>`` with
+    several runs) or ``<run>/analysis/<name>``."""
+    if opts.out:
+        return os.path.abspath(os.path.join(opts.out, os.path.basename(run_dir))
+                               if n_targets > 1 else opts.out)
+    return os.path.abspath(os.path.join(run_dir, "analysis", name))
+
+
+def read_marker(folder: str) -> dict:
+    """The marker of an analysis output folder ({} when there is none, or it is unreadable)."""
+    return _read_marker(folder)
 
 
 def refuse_single_output(out: str, force: bool) -> None:

@@ -364,12 +364,45 @@ def compute(target: Target, opts: RobustnessOptions) -> dict:
     (``opts.corruption_table``, default by dataset) or read from the released files
     (``opts.corrupted_root``), and under FGSM / PGD. Returns ``{"corruptions", "attacks",
     "corruption_source", "summary"}``."""
+    # In one process: every corruption in one pass over the data.
+    whole = [("corruptions", None, None)] + [("attack", a, None) for a in opts.attack]
+    return merge(target, opts, [compute_chunk(target, opts, c) for c in whole])
+
+
+def chunks(opts: RobustnessOptions) -> list:
+    """The parts of one robustness analysis that can run apart (seltrain.analysis.fanout):
+    one per corruption and severity on the fly (each (corruption, severity) has its own
+    random stream, seeded by the corruption's place in the list, so a part draws what the
+    whole run draws), all corruptions at once from the released files, and one per attack
+    (PGD's random starts share one stream over every epsilon, so an attack's epsilons stay
+    together)."""
+    names, sev = list(opts.corruptions), list(opts.severities)
+    parts: list = [("corruptions", None, None)] if opts.corrupted_root else \
+        [("corruptions", i, s) for i in range(len(names)) for s in sev]
+    return parts + [("attack", a, None) for a in opts.attack]
+
+
+def chunk_label(opts: RobustnessOptions, chunk) -> str:
+    kind, a, b = chunk
+    if kind == "attack":
+        return f"{a} attack"
+    return "corruptions" if a is None else f"{opts.corruptions[a]} severity {b}"
+
+
+def compute_chunk(target: Target, opts: RobustnessOptions, chunk) -> dict:
+    """One part of ``chunks(opts)``: accuracies under its corruptions or its attack."""
     from seltrain.analysis.corrupted_sets import open_corrupted_set, training_class_keys
 
-    names, sev, eps = list(opts.corruptions), list(opts.severities), list(opts.eps)
+    kind, a, b = chunk
     mean, std = target.info.mean, target.info.std
     cfg = target.cfg
+    if kind == "attack":
+        return {"attack": accuracy_under_attack(
+            target.model, target.data, eps_list=list(opts.eps), attack=a, steps=opts.steps,
+            step_size=opts.step_size, mean=mean, std=std, seed=opts.seed,
+            device=target.device)}
     if opts.corrupted_root:
+        names, sev = list(opts.corruptions), list(opts.severities)
         cset = open_corrupted_set(
             opts.corrupted_root, channels=target.info.channels, size=target.image_size,
             class_keys=lambda: training_class_keys(cfg.data.dataset, cfg.data.root,
@@ -380,20 +413,46 @@ def compute(target: Target, opts: RobustnessOptions) -> dict:
                                     severities=sev, preprocess=target.data.preprocess,
                                     max_images=target.data.max_images,
                                     batch_size=cfg.train.eval_batch_size, device=target.device)
-        source = f"released files {corr['root']} ({corr['layout']})"
+        return {"corruptions": corr,
+                "source": f"released files {corr['root']} ({corr['layout']})"}
+    table = table_for(cfg.data.dataset, opts.corruption_table)
+    names, sev, seed = list(opts.corruptions), list(opts.severities), opts.seed
+    if a is not None:  # one corruption at one severity, seeded as in the whole run
+        names, sev, seed = [names[a]], [b], seed + 1000 * a
+    corr = accuracy_under_corruptions(target.model, target.data, mean=mean, std=std,
+                                      corruptions=names, severities=sev, seed=seed,
+                                      device=target.device, table=table,
+                                      release_format=not opts.raw_corruptions)
+    return {"corruptions": corr, "index": None if a is None else (a, b)}
+
+
+def _merged_corruptions(opts: RobustnessOptions, parts: list[dict]) -> dict:
+    """The result of ``accuracy_under_corruptions`` over every corruption and severity, from
+    its one-corruption, one-severity parts (the same numbers in the same order)."""
+    names, sev = list(opts.corruptions), list(opts.severities)
+    by = {p["index"]: p["corruptions"] for p in parts}
+    first = by[(0, sev[0])]
+    acc = {c: np.array([by[(i, s)]["accuracy"][c][0] for s in sev])
+           for i, c in enumerate(names)}
+    return dict(first, accuracy=acc, severities=sev, corruptions=names,
+                mean_corruption_accuracy=float(np.mean([a.mean() for a in acc.values()])),
+                frost=frost_source() if "frost" in names else None)
+
+
+def merge(target: Target, opts: RobustnessOptions, parts: list[dict]) -> dict:
+    """The analysis' result from the results of its ``chunks`` (in their order)."""
+    names, sev = list(opts.corruptions), list(opts.severities)
+    attacks = {p["attack"]["attack"]: p["attack"] for p in parts if "attack" in p}
+    corr_parts = [p for p in parts if "corruptions" in p]
+    if opts.corrupted_root:
+        corr, source = corr_parts[0]["corruptions"], corr_parts[0]["source"]
     else:
-        table = table_for(cfg.data.dataset, opts.corruption_table)
-        corr = accuracy_under_corruptions(target.model, target.data, mean=mean, std=std,
-                                          corruptions=names, severities=sev, seed=opts.seed,
-                                          device=target.device, table=table,
-                                          release_format=not opts.raw_corruptions)
-        source = (f"on the fly, {table.title} table ({table.reference}) at "
+        corr = corr_parts[0]["corruptions"] if corr_parts[0]["index"] is None \
+            else _merged_corruptions(opts, corr_parts)
+        source = (f"on the fly, {corr['table_title']} table ({corr['table_reference']}) at "
                   f"{corr['image_size']} px (lengths x{corr['length_scale']:.3g}), stored as "
                   f"{corr['release_format']}")
-    attacks = {a: accuracy_under_attack(target.model, target.data, eps_list=eps, attack=a,
-                                        steps=opts.steps, step_size=opts.step_size, mean=mean,
-                                        std=std, seed=opts.seed, device=target.device)
-               for a in opts.attack}
+    attacks = {a: attacks[a] for a in opts.attack}
     adv_mean = {a: float(np.mean([acc for e, acc in zip(r["eps"], r["accuracy"]) if e > 0]))
                 if any(e > 0 for e in r["eps"]) else math.nan for a, r in attacks.items()}
     summary = {"clean_acc": corr["clean_acc"],

@@ -8,6 +8,8 @@ this analysis reads over a whole split.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass
 
@@ -52,9 +54,44 @@ Options = SelectivityOptions  # what the registry (seltrain/analysis/registry.py
 SWEEP_HEADLINE = ("mean_si",)
 
 
+# The fan-out's chunks: each takes this share of the layers.
+LAYER_CHUNKS = 3
+
+
 def compute(target: Target, opts: SelectivityOptions) -> dict:
     """``unit_selectivity`` plus its summary: mean SI per layer and over layers."""
-    r = unit_selectivity(target)
+    return _summarised(unit_selectivity(target))
+
+
+def chunks(opts: SelectivityOptions) -> list:
+    """Parts that run apart (seltrain.analysis.fanout): the j-th run of ``LAYER_CHUNKS``
+    runs of the layers (each layer's statistics are its own)."""
+    return [("layers", j, LAYER_CHUNKS) for j in range(LAYER_CHUNKS)]
+
+
+def chunk_label(opts: SelectivityOptions, chunk) -> str:
+    return f"layers part {chunk[1] + 1} of {chunk[2]}"
+
+
+def _chunk_layers(layers: list[str], chunk) -> list[str]:
+    _, j, n = chunk
+    return layers[j * len(layers) // n:(j + 1) * len(layers) // n]
+
+
+def compute_chunk(target: Target, opts: SelectivityOptions, chunk) -> dict:
+    layers = _chunk_layers(target.layers, chunk)
+    return unit_selectivity(dataclasses.replace(target, layers=layers)) if layers else {}
+
+
+def merge(target: Target, opts: SelectivityOptions, parts: list[dict]) -> dict:
+    """``compute``'s result from its chunks' (every layer in the target's order)."""
+    parts = [p for p in parts if p]
+    r = {key: {n: v for n in target.layers for p in parts if n in p[key]
+               for v in (p[key][n],)} for key in ("si", "class_means", "preferred_class")}
+    return _summarised(dict(r, n_images=parts[0]["n_images"]))
+
+
+def _summarised(r: dict) -> dict:
     per_layer = {n: float(v.mean()) for n, v in r["si"].items()}
     r["summary"] = {"mean_si": float(np.mean(list(per_layer.values()))),
                     "si_per_layer": per_layer}

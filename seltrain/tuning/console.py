@@ -18,11 +18,7 @@ epoch. A trial error that no retry can fix (storage the worker nodes do not shar
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import math
-import os
 import re
 import sys
 import time
@@ -30,6 +26,9 @@ import time
 from ray import tune
 
 from seltrain.config import Config
+# Ray's console kept quiet: shared with the analyses' fan-out.
+from seltrain.raysession import UNACTIONABLE as _UNACTIONABLE  # noqa: F401
+from seltrain.raysession import quiet_ray  # noqa: F401
 from seltrain.tuning.recipe import SearchRecipe, enumerate_trials, trial_name
 from seltrain.tuning.trials import StorageNotSharedError
 
@@ -217,63 +216,6 @@ class Console(tune.Callback):
                  for k in ("finished", "stopped")}
         return (f"{n_trials} trials: {count['finished']} finished, {count['stopped']} stopped "
                 f"early, {n_failed} failed")
-
-
-# Ray prints this raylet warning whenever a node starts more than 4x its CPU count of worker
-# processes, which every Ray Train trial does (its driver, controller, placement-group
-# cleaner, preemption watcher and workers are each a process); Ray has no switch for it
-# (ray-project/ray#9384, #12223, #63800), so the quiet console drops the line.
-_UNACTIONABLE = re.compile(r"\(raylet\).*worker processes have been started on node")
-
-
-class _DropLines(io.TextIOBase):
-    """A text stream that forwards whole lines to ``stream`` except those matching."""
-
-    def __init__(self, stream, pattern: re.Pattern):
-        self.stream, self.pattern, self.pending = stream, pattern, ""
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if not self.pattern.search(line):
-                self.stream.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-
-@contextlib.contextmanager
-def quiet_ray(verbose: bool):
-    """Around ``Tuner.fit()``: Tune's own console off (its tables print even at verbose=0
-    with the new output engine) and Ray's unactionable raylet warning dropped, unless
-    ``verbose``."""
-    if verbose:
-        yield
-        return
-    old_env, old_out = os.environ.get("RAY_AIR_NEW_OUTPUT"), sys.stdout
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbose=0
-    sys.stdout = _DropLines(old_out, _UNACTIONABLE)
-    # Tune logs each trial failure with its full traceback at ERROR; the console prints one
-    # line per failure and the trace's file instead.
-    tune_log = logging.getLogger("ray.tune")
-    old_level = tune_log.level
-    tune_log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        tune_log.setLevel(old_level)
-        pending, sys.stdout = sys.stdout.pending, old_out
-        if pending:  # a last line without its newline yet
-            old_out.write(pending)
-        if old_env is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = old_env
 
 
 class StopOnFatal(tune.Stopper):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from seltrain.config import build_dataclass
 from seltrain.errors import ConfigError
+# The node types of an autoscaling cluster: shared with the analyses' fan-out.
+from seltrain.raysession import autoscaler_node_types
 
 
 @dataclass
@@ -125,58 +127,3 @@ def check_cluster_resources(r: ResourcesConfig, gcs_address: str, recipe_path: s
     note = check_cluster_fit(r, alive, autoscaler_node_types(gcs_address), recipe_path)
     if note:
         print(note, file=sys.stderr, flush=True)
-
-
-def _read_node_types(gcs_address: str) -> dict | None:
-    """On the head node: {node type: resources} from the config file its autoscaler monitor
-    was started with (``--autoscaling-config``), if that monitor serves ``gcs_address``."""
-    import psutil
-    import yaml
-
-    # The monitor's script path and flags are Ray's implementation, not an API: anything
-    # unexpected here reads as "no autoscaler seltrain can read" (None), never as an error.
-    monitors = (os.path.join("autoscaler", "_private", "monitor.py"),
-                os.path.join("autoscaler", "v2", "monitor.py"))
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if not any(c.endswith(monitors) for c in cmd):
-            continue
-        args = dict(c.split("=", 1) for c in cmd if c.startswith("--") and "=" in c)
-        path = args.get("--autoscaling-config")
-        if args.get("--gcs-address") != gcs_address or not path:
-            continue
-        with open(os.path.expanduser(path)) as f:
-            config = yaml.safe_load(f)
-        return {name: dict(t.get("resources") or {})
-                for name, t in (config.get("available_node_types") or {}).items()}
-    return None
-
-
-def autoscaler_node_types(gcs_address: str) -> dict | None:
-    """{node type: resources} of the autoscaling config of the cluster at ``gcs_address``;
-    None when the cluster has no autoscaler that seltrain can read.
-
-    Ray keeps the node types only in the autoscaler's config file (``ray up`` writes it to
-    ~/ray_bootstrap_config.yaml on the head; ``ray start --autoscaling-config`` names it). No
-    public API gives them to a driver: ``ray.nodes()`` and the State API list the nodes alive
-    now, ``ray status`` prints only launched and pending nodes, and a placement group that no
-    node type can hold just waits, reported nowhere a driver can read (ray-project/ray#18018,
-    #20043). The GCS has a slot for a cluster config, readable only through
-    ``ray._private.state`` (ray-project/ray#59682), which neither autoscaler in Ray 2.60 fills.
-    So a zero-CPU task pinned to the head (found through the State API) reads the file named
-    on its monitor's command line.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from ray.util.state import list_nodes
-
-    try:
-        head = list_nodes(address=gcs_address, filters=[("is_head_node", "=", True)],
-                          timeout=20, raise_on_missing_output=False)[0].node_id
-        read = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            head, soft=False))(_read_node_types)
-        types = ray.get(read.remote(gcs_address), timeout=60)
-    except Exception:  # noqa: BLE001 - no State API (Ray Client), psutil missing, unreadable
-        return None
-    # A type without resources leaves them to the provider (filled in at launch): unknown.
-    return types if types and all(types.values()) else None

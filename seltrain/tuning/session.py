@@ -14,16 +14,14 @@ from __future__ import annotations
 import math
 import os
 import socket
-import threading
 
 from seltrain.errors import ConfigError
+# Joining a cluster quietly, with one line where no Ray answers: shared with the analyses'
+# fan-out.
+from seltrain.raysession import CONNECT_TIMEOUT_S  # noqa: F401
+from seltrain.raysession import connect as _connect
 from seltrain.tuning.recipe import SearchRecipe
 from seltrain.tuning.resources import check_cluster_resources, check_local_fit, local_resources
-
-# ray.init(address=...) on an address where no Ray answers retries for minutes; the CLI gives
-# up after this long with one line (seconds for a refused host:port, see _probe_gcs).
-CONNECT_TIMEOUT_S = 60.0
-
 
 def start_ray(recipe: SearchRecipe, *, address: str | None, num_cpus: float | None,
               num_gpus: float | None, verbose: bool) -> None:
@@ -80,52 +78,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _probe_gcs(address: str) -> None:
-    """A ``host:port`` with nothing listening is a one-line error at once, not a minutes-long
-    retry inside ray.init; ``auto`` and ``ray://`` are left to Ray (and the watchdog)."""
-    if address == "auto" or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"no Ray cluster answers at --address {address} "
-                          f"({getattr(e, 'strerror', None) or e}); start one (ray up CONFIG, or "
-                          "ray start --head) or fix the address; without --address the search "
-                          "runs on a local Ray") from None
-
-
-def _connect(address: str, verbose: bool) -> None:
-    import ray
-
-    _probe_gcs(address)
-    # Quiet: the driver's C++ core writes each failed GCS connect straight to stderr (file
-    # descriptor 2, past Python's logging); while ray.init runs, fd 2 goes to /dev/null and
-    # what the user reads is seltrain's one line. A Python error still surfaces, after it.
-    stderr = os.dup(2)
-
-    def give_up():
-        os.write(stderr, f"seltrain: error: no Ray cluster answered at --address {address} "
-                         f"within {CONNECT_TIMEOUT_S:.0f} s; start one (ray up CONFIG, or ray "
-                         "start --head) or fix the address\n".encode())
-        os._exit(2)  # ray.init is blocked in native code: nothing else can stop it
-
-    watchdog = threading.Timer(CONNECT_TIMEOUT_S, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    if not verbose:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-    try:
-        ray.init(address=address, log_to_driver=verbose,
-                 logging_level="INFO" if verbose else "ERROR")
-    except ConnectionError as e:
-        raise ConfigError(f"--address {address}: {str(e).splitlines()[0]} Start one (ray up "
-                          "CONFIG, or ray start --head), or drop --address to run on a local "
-                          "Ray") from None
-    finally:
-        watchdog.cancel()
-        os.dup2(stderr, 2)
-        os.close(stderr)

@@ -27,61 +27,27 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 
-from seltrain.atomic import atomic_write
 from seltrain.config import Config
 from seltrain.errors import ConfigError
+from seltrain.raysession import STORAGE_TOKEN, StorageNotSharedError  # noqa: F401
+from seltrain.raysession import StorageToken as SharedToken
 from seltrain.runlock import RAY_ATTEMPT_ENV, RAY_TRIAL_ENV
 from seltrain.tuning.recipe import (SEED_KEY, SearchRecipe, trial_config, trial_dirname,
                                     trial_params)
 from seltrain.tuning.resources import ResourcesConfig, scaling_config
 
-# The driver writes a fresh token here before the trials start; every Ray Train worker reads
-# it back on its own node before training, so trial folders on a path the worker nodes do not
-# share fail at the first trial's start with one line, not at the end (or never, with every
-# node writing its own copy).
-STORAGE_TOKEN = ".seltrain_storage_check"
-
-
-class StorageNotSharedError(ConfigError):
-    """A worker node cannot read the token the driver wrote into the trial folders' root."""
-
-
-@dataclass
-class StorageToken:
-    path: str
-    token: str
-
+# The driver writes a fresh token into the trial folders' root before the trials start; every
+# Ray Train worker reads it back on its own node before training, so trial folders on a path
+# the worker nodes do not share fail at the first trial's start with one line, not at the end
+# (or never, with every node writing its own copy).
+class StorageToken(SharedToken):
     @classmethod
     def write(cls, recipe: SearchRecipe) -> "StorageToken | None":
         """Write a fresh token into the trial folders' root for the workers to read back;
         None when that root is node-local by design (s3:// without trials_dir)."""
         if recipe.is_uri and not recipe.trials_dir:
             return None
-        os.makedirs(recipe.trial_root, exist_ok=True)
-        path = os.path.join(recipe.trial_root, STORAGE_TOKEN)
-        token = uuid.uuid4().hex
-        with atomic_write(path) as f:
-            f.write(token)
-        return cls(path, token)
-
-    def check(self) -> None:
-        """On a worker: this node reads the token the driver wrote, or StorageNotSharedError."""
-        try:
-            with open(self.path) as f:
-                ok = f.read().strip() == self.token
-        except OSError:
-            ok = False
-        if ok:
-            return
-        import ray
-
-        node_id = ray.get_runtime_context().get_node_id()
-        node = f"{ray.util.get_node_ip_address()}, node {node_id[-8:]}"
-        raise StorageNotSharedError(
-            f"the trial folders' root {os.path.dirname(self.path)} is not shared with the "
-            f"worker nodes: {node} cannot read {os.path.basename(self.path)}, which the driver "
-            "wrote there; put storage (or trials_dir) on a folder every node mounts (NFS), or "
-            "use s3:// storage, then continue with --resume")
+        return cls.write_into(recipe.trial_root)
 
 
 @dataclass

@@ -1209,6 +1209,14 @@ ROWS = [
         r"with --data"),
     Row("abbreviated_flag", ["train", SYN, "--resum"], 2,
         r"unrecognized arguments: --resum \(did you mean '--resume'\?\)"),
+    # ---- The analyses on a Ray cluster (refused before any Ray starts)
+    Row("fanout_no_cluster", ["analyze", "selectivity", "{done}", "--address", "127.0.0.1:1"],
+        2, r"no Ray cluster answers at --address 127.0.0.1:1 .*ray start --head"),
+    Row("fanout_negative_gpus", ["analyze", "selectivity", "{done}", "--address", "local",
+                                 "--gpus-per-task", "-1"], 2,
+        r"--gpus-per-task -1: give 0, a fraction below 1, or a whole number of GPUs"),
+    Row("fanout_model", ANY_MODEL + ["--model", "torchvision:resnet18", "--address", "local"],
+        2, r"--address analyses checkpoints, .*a --model network runs in one process"),
 ]
 
 

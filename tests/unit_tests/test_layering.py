@@ -29,8 +29,9 @@ LEVELS = [
     {"seltrain", "errors", "config", "atomic", "rng", "pickles", "fault_injection",
      "recipe_yaml", "alpha_schedule"},
     # 1. The process: its place among the ranks (process groups, collectives), the metrics sink
-    #    it writes, its hold on a run folder (the lock reads the metrics it guards).
-    {"distributed", "metrics", "runlock"},
+    #    it writes, its hold on a run folder (the lock reads the metrics it guards), the Ray
+    #    cluster it joins (a search's and the analyses' fan-out's).
+    {"distributed", "metrics", "runlock", "raysession"},
     # 2. What an experiment is made of, each usable alone: the SI math, the probes that read
     #    units, the networks, the data, the optimizer and its schedules.
     {"selectivity", "probes", "models", "data", "optim"},

@@ -1,0 +1,255 @@
+"""`seltrain analyze --address` and `seltrain report --analyses --address` on a real local Ray.
+
+One Ray for the module (2 CPUs, started here; the CLI runs join it with --address HOST:PORT,
+the Python API uses it in-process), and one tiny experiment (two 1-epoch runs of 16 px
+synthetic data under exp/trials/). In order:
+- the tasks write the very files of the single-process run (JSON and CSV byte for byte),
+  one line per finished task, a progress line, and nothing of Ray's on the console;
+- the Python API (``run_fanout`` with ``FanoutOptions``) and the report's sweep;
+- a rerun skips what is done, a changed option recomputes only its analysis, --force all;
+- SIGTERM and SIGINT of the driver: exit 143 / 130, finished outputs kept, the rest on rerun.
+"""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO, run_cli, subprocess_env
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TRAIN = ["data.dataset=synthetic", "data.val_size=64", "data.synthetic.train_size=256",
+         "data.synthetic.test_size=128", "data.synthetic.image_size=16", "train.batch_size=64",
+         "train.eval_batch_size=128", "train.epochs=1", "run.progress=false"]
+# Small and quick: 64 test images, one corruption at one severity, two epsilons.
+SEL = ["--max-images", "64", "--device", "cpu"]
+ROB = ["--max-images", "64", "--corruptions", "gaussian_noise,contrast", "--severities", "1",
+       "--eps", "0,0.01", "--attack", "fgsm", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fanout")
+    for name, alpha in (("a0", 0.0), ("am1", -1.0)):
+        r = run_cli("train", "configs/synthetic.yaml", *TRAIN,
+                    f"run.out_dir={root / 'exp' / 'trials'}", f"run.name={name}",
+                    f"selectivity.alpha={alpha}")
+        assert r.returncode == 0, r.stderr[-2000:]
+    return root / "exp"
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A local Ray with 2 CPUs; its GCS address for the CLI runs."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", _temp_dir=f"/tmp/seltrain_ray_{os.getuid()}")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _ok(r):
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r
+
+
+def _marker(folder):
+    return json.load(open(os.path.join(folder, ".seltrain-analysis.json")))
+
+
+def _same_files(a, b, suffixes=(".json", ".csv")):
+    """Every JSON and CSV file of folder ``a`` equals ``b``'s, byte for byte."""
+    names = sorted(f for f in os.listdir(a) if f.endswith(suffixes) and not f.startswith("."))
+    assert names and names == sorted(f for f in os.listdir(b) if f.endswith(suffixes)
+                                     and not f.startswith("."))
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+    return names
+
+
+def test_tasks_write_the_single_process_files(exp, head, tmp_path):
+    run = exp / "trials" / "a0"
+    for name, args in (("selectivity", SEL), ("robustness", ROB)):
+        _ok(run_cli("analyze", name, run, *args, "--out", tmp_path / name))
+    r = _ok(run_cli("analyze", "robustness", exp, *ROB, "--address", head))
+    lines = r.stdout.splitlines()
+    # Robustness in chunks: 2 corruptions x 1 severity, and the FGSM attack; then the merge.
+    assert lines[0] == ("8 analysis task(s) on Ray (1 CPU, 0 GPU each); 2 of the 2 analyses "
+                        "split into chunks")
+    chunks = [ln for ln in lines if ln.startswith("[") and " -> " not in ln]
+    assert sorted(ln.split("(chunk ")[1].split(")")[0] for ln in chunks) == sorted(
+        ["gaussian_noise severity 1", "contrast severity 1", "fgsm attack"] * 2)
+    done = [ln for ln in lines if ln.startswith("[") and " -> " in ln]
+    assert len(done) == 2 and {ln.split(" -> ")[1] for ln in done} == {
+        str(exp / "trials" / t / "analysis" / "robustness") for t in ("a0", "am1")}
+    progress = [ln for ln in lines if ln.startswith("-- ")]
+    assert len(progress) == 8 and progress[-1] == "-- 8 of 8 done, 0 running, 0 pending; ETA -"
+    assert lines[-1] == "robustness: 2 target(s): 2 analysed, 0 kept from before"
+    assert r.stderr == ""  # Ray's own console stays quiet
+    out = run / "analysis" / "robustness"
+    # The merged chunks write the single-process files, byte for byte.
+    assert {"corruptions.csv", "attacks.csv", "robustness.json", "summary.json"} <= set(
+        _same_files(tmp_path / "robustness", out))
+    res = json.load(open(out / "summary.json"))
+    assert 0 <= res["mean_corruption_accuracy"] <= 1
+    m = _marker(out)
+    assert m["analysis"] == "robustness" and len(m["key"]) == 16
+    assert m["headline"]["clean_acc"] == res["clean_acc"]
+
+
+def test_ablation_in_unit_chunks_writes_the_single_process_files(exp, head, tmp_path):
+    """Four chunks of every layer's units, merged: the files of one process, byte for byte."""
+    run = exp / "trials" / "a0"
+    args = ["--layers", "layer2.2", "layer3.2", "--max-images", "64", "--device", "cpu"]
+    _ok(run_cli("analyze", "ablation", run, *args, "--out", tmp_path / "one"))
+    r = _ok(run_cli("analyze", "ablation", run, *args, "--address", head))
+    assert "5 analysis task(s) on Ray (1 CPU, 0 GPU each); 1 of the 1 analyses split into chunks" \
+        in r.stdout
+    assert r.stdout.count("(chunk units part ") == 4
+    names = _same_files(tmp_path / "one", run / "analysis" / "ablation")
+    assert {"units_layer3.2.csv", "class_drops_layer2.2.csv", "ablation_layer3.2.json",
+            "summary.json"} <= set(names)
+    drops = json.load(open(run / "analysis" / "ablation" / "ablation_layer3.2.json"))[
+        "single_unit"]["overall_drop"]
+    assert len(drops) == 64
+
+
+def test_python_api_and_the_report_sweep(exp, head, tmp_path):
+    from seltrain.analysis.fanout import FanoutOptions, run_fanout
+    from seltrain.analysis.robustness import RobustnessOptions
+    from seltrain.analysis.unit_selectivity import SelectivityOptions
+
+    opts = {"selectivity": SelectivityOptions(max_images=64, device="cpu")}
+    results = run_fanout([str(exp)], opts, FanoutOptions(address=head))  # in 3 chunks each
+    assert sorted((os.path.basename(r.run_dir), r.status) for r in results) == [
+        ("a0", "done"), ("am1", "done")]
+    single = _ok(run_cli("analyze", "selectivity", exp / "trials" / "am1", *SEL, "--out",
+                         tmp_path / "sel"))
+    assert "mean SI" in single.stdout
+    _same_files(tmp_path / "sel", exp / "trials" / "am1" / "analysis" / "selectivity")
+    s = {os.path.basename(r.run_dir): r.summary for r in results}
+    assert s["am1"]["mean_si"] == json.load(open(tmp_path / "sel" / "selectivity.json"))[
+        "mean_si"]
+    # The report's sweep: selectivity is kept (same options), robustness was done above.
+    r = _ok(run_cli("report", exp, "--analyses", "selectivity,robustness", "--analysis-args",
+                    " ".join(SEL[:2] + ROB[2:]), "--address", head))
+    assert r.stdout.count(": kept (its outputs for these options") == 4, r.stdout
+    table = open(exp / "analysis_results.csv").read().splitlines()
+    assert table[0].startswith("trial,alpha,seed,mean_si") and len(table) == 3
+    assert RobustnessOptions is not None
+
+
+def test_rerun_skips_done_tasks_and_recomputes_what_an_option_changes(exp, head):
+    args = ["--analyses", "selectivity,robustness", "--analysis-args",
+            " ".join(SEL[:2] + ROB[2:]), "--address", head]
+    sel = exp / "trials" / "a0" / "analysis" / "selectivity"
+    rob = exp / "trials" / "a0" / "analysis" / "robustness"
+    _ok(run_cli("report", exp, *args))
+    before = {p: _marker(p)["key"] for p in (sel, rob)}
+    mtime = os.stat(sel / "selectivity.json").st_mtime_ns
+    # One robustness option changed: the two robustness tasks run, selectivity is kept.
+    changed = [a.replace("0,0.01", "0,0.02") for a in args]
+    r = _ok(run_cli("report", exp, *changed))
+    assert r.stdout.count("selectivity of") == 2 and "8 analysis task(s) on Ray" in r.stdout
+    assert os.stat(sel / "selectivity.json").st_mtime_ns == mtime
+    assert _marker(rob)["key"] != before[rob] and _marker(sel)["key"] == before[sel]
+    assert json.load(open(rob / "robustness.json"))["attacks"]["fgsm"]["eps"] == [0, 0.02]
+    r = _ok(run_cli("report", exp, *changed, "--force"))
+    assert "16 analysis task(s) on Ray" in r.stdout  # selectivity in 3 chunks + merge
+    assert os.stat(sel / "selectivity.json").st_mtime_ns != mtime
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_driver_keeps_finished_outputs(exp, head, sig, code, tmp_path):
+    """2 CPUs per task on a 2-CPU Ray: one task at a time. The driver is stopped once the
+    first is written; the other is cancelled, and a rerun does only it."""
+    out = tmp_path / "dim"
+    args = [sys.executable, "-m", "seltrain", "analyze", "dimensionality", str(exp), *SEL,
+            "--corruptions", "gaussian_noise", "--out", str(out), "--address", head,
+            "--cpus-per-task", "2"]
+    p = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    first = None
+    t0 = time.time()
+    while time.time() - t0 < 240:
+        line = p.stdout.readline()
+        if line.startswith("[1/2]"):
+            first = line.split(" -> ")[1].strip()
+            break
+    assert first, "no task finished"
+    p.send_signal(sig)
+    stdout, err = p.communicate(timeout=60)
+    assert p.returncode == code, (stdout, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert "1 task(s) in flight" in err and "the 1 finished this time are kept" in err
+    assert _marker(first)["analysis"] == "dimensionality"
+    other = [out / t for t in ("a0", "am1") if str(out / t) != first][0]
+    assert not other.exists()
+    r = _ok(subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True,
+                           text=True, timeout=300))
+    assert "1 analysis task(s) on Ray" in r.stdout and ": kept (" in r.stdout
+    assert _marker(other)["analysis"] == "dimensionality"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _one_error_line(r, code):
+    assert r.returncode == code, (r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seltrain: error: "), r.stderr
+    return lines[0]
+
+
+def test_more_gpus_per_task_than_any_node_is_one_line(exp, head):
+    line = _one_error_line(run_cli("analyze", "selectivity", exp, *SEL, "--address", head,
+                                   "--gpus-per-task", "2"), 2)
+    assert ("one analysis task asks for 1 CPU and 2 GPU but no node of the cluster has that "
+            "(the largest: 2 CPU, 0 GPU); lower --cpus-per-task/--gpus-per-task") in line
+
+
+def test_a_chunk_that_fails_twice_is_named_and_the_rest_kept(exp, head, tmp_path):
+    """A layer no network has: every selectivity chunk fails on its worker, twice; the line
+    names each (checkpoint, analysis, chunk) and says how to rerun only those."""
+    r = run_cli("report", exp, "--analyses", "selectivity", "--analysis-args",
+                "--max-images 64 --device cpu --layers layer3.2 nope", "--address", head)
+    line = _one_error_line(r, 1)
+    assert "6 analysis task(s) failed twice (each named above; the first: selectivity of " \
+        in line and "(chunk layers part " in line and "LayerError: no layer 'nope'" in line
+    assert "the other results are kept; to redo only what failed, rerun: seltrain report " \
+        in line
+    assert r.stdout.count("trying it once more") == 6
+    named = [ln for ln in r.stdout.splitlines() if ": failed twice (LayerError: " in ln]
+    assert sorted(ln.split(" of ", 1)[1].split(": failed")[0].replace(str(exp), "")
+                  for ln in named) == sorted(
+        f"/trials/{t}/checkpoints/best.pt (chunk layers part {j} of 3)"
+        for t in ("a0", "am1") for j in (1, 2, 3))
+
+
+def test_two_drivers_on_one_experiment(exp, head):
+    args = [sys.executable, "-m", "seltrain", "analyze", "dimensionality", str(exp), *SEL,
+            "--corruptions", "gaussian_noise", "--address", head, "--force"]
+    first = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "analysis task(s) on Ray" in first.stdout.readline()
+        line = _one_error_line(subprocess.run(args, cwd=REPO, env=subprocess_env(),
+                                              capture_output=True, text=True, timeout=120), 2)
+        assert f"the analyses of the runs in {exp / 'trials'} is in use by pid {first.pid}" \
+            in line and "wait for that driver to end" in line
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert _marker(exp / "trials" / "am1" / "analysis" / "dimensionality")["analysis"] \
+        == "dimensionality"
