@@ -54,7 +54,7 @@ def data(n_test: int, n_train: int, size: int):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=250)

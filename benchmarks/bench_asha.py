@@ -75,7 +75,7 @@ def run_search(recipe: dict, name: str, storage: str, sets: list[str]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="synthetic base recipe (smoke run)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=12)

@@ -297,7 +297,7 @@ def save(results: dict, path: str = RESULTS) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=[*PARTS, "all"], default="all")
     ap.add_argument("--out", default=RESULTS, help="the JSON file to merge results into")
     args = ap.parse_args(argv)

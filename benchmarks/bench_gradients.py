@@ -40,7 +40,7 @@ from seltrain.models import build_model  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--layers", default="layer1.0,layer3.2")

@@ -112,7 +112,7 @@ def photo_jpegs(root: str, classes: int, per_class: int, size: int, seed: int = 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--source-size", type=int, default=64,
                    help="side of the source JPEGs (64: Tiny ImageNet's)")

@@ -229,7 +229,7 @@ def sync(tr):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet20")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)

@@ -186,7 +186,7 @@ def _run(fn, args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128, help="per rank")
     p.add_argument("--alpha", type=float, default=-1.0)
     p.add_argument("--steps", type=int, default=5, help="steps per block")

@@ -59,7 +59,7 @@ def main() -> None:
     from seltrain.errors import ConfigError
     from seltrain.tuning.recipe import enumerate_trials, load_search
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--check", required=True, help="gpu_check.json of a run on a GPU")
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--search", default="alpha", help="search recipe name or path")

@@ -1036,7 +1036,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", "--reduced", action="store_true", dest="smoke",
                     help="the toy-size check (any CPU; the tests run it)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "gpu_check"),

@@ -145,8 +145,47 @@ def test_python_api_and_the_report_sweep(exp, head, tmp_path):
                     " ".join(SEL[:2] + ROB[2:]), "--address", head))
     assert r.stdout.count(": kept (its outputs for these options") == 4, r.stdout
     table = open(exp / "analysis_results.csv").read().splitlines()
-    assert table[0].startswith("trial,alpha,seed,mean_si") and len(table) == 3
+    assert table[0].startswith("trial,alpha,seed,test_acc,mean_si") and len(table) == 3
     assert RobustnessOptions is not None
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 10))
+'''
+
+
+def test_a_network_seltrain_did_not_train_fans_out_like_a_run(head, tmp_path):
+    """A --model network's target folder: its tasks write the single-process files, and the
+    report of the folder runs them on Ray like a trained run's."""
+    (tmp_path / "nets.py").write_text(FACTORY)
+    model = ["--model", "nets.py:build", "--data", "synthetic", "--image-size", "16"]
+    _ok(run_cli("analyze", "selectivity", *model, *SEL, "--target-dir", "targets/net",
+                cwd=tmp_path))
+    target = tmp_path / "targets" / "net"
+    single = tmp_path / "single"
+    os.rename(target / "analysis" / "selectivity", single)
+    r = _ok(run_cli("analyze", "selectivity", target, *SEL, "--address", head, cwd=tmp_path))
+    assert r.stdout.splitlines()[-1] == "selectivity: 1 target(s): 1 analysed, 0 kept from before"
+    # The same numbers, to summation order: the chunks' per-class sums are added in another
+    # order than one pass's, and here that moves a few units' SI by about 1e-16.
+    ours = json.load(open(target / "analysis" / "selectivity" / "selectivity.json"))
+    one = json.load(open(single / "selectivity.json"))
+    assert ours["si"].keys() == one["si"].keys() == {"0", "3", "5"}
+    for layer, si in one["si"].items():
+        assert ours["si"][layer] == pytest.approx(si, abs=1e-12), layer
+    assert sorted(os.listdir(single)) == sorted(os.listdir(target / "analysis" / "selectivity"))
+    r = _ok(run_cli("report", "targets", "--analyses", "selectivity", "--analysis-args",
+                    " ".join(SEL), "--address", head, cwd=tmp_path))
+    assert r.stdout.count(": kept (its outputs for these options") == 1, r.stdout
+    assert json.load(open(single / "selectivity.json"))["mean_si"] == json.load(open(
+        target / "analysis" / "selectivity" / "selectivity.json"))["mean_si"]
 
 
 def test_rerun_skips_done_tasks_and_recomputes_what_an_option_changes(exp, head):

@@ -272,3 +272,19 @@ def test_no_parser_takes_abbreviations():
             if isinstance(action, argparse._SubParsersAction):
                 todo += list(action.choices.values())
     assert seen > 10
+
+
+def test_no_benchmark_script_takes_abbreviations():
+    """The benchmarks' own parsers refuse abbreviations too (read with ast: they import
+    heavy packages at the top)."""
+    import ast
+    import glob
+
+    calls = []
+    for path in sorted(glob.glob(os.path.join(REPO, "benchmarks", "*.py"))):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "ArgumentParser":
+                kw = {k.arg: k.value for k in node.keywords}
+                calls.append((os.path.basename(path), isinstance(kw.get("allow_abbrev"),
+                              ast.Constant) and kw["allow_abbrev"].value is False))
+    assert len(calls) >= 10 and all(ok for _, ok in calls), calls
