@@ -49,7 +49,7 @@ demo: setup
 	$(VENV)/bin/seltrain tune --search quickstart
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS) tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray and not cluster and not deepspeed" $(PYTEST_ARGS) tests
