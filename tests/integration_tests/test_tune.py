@@ -225,8 +225,10 @@ def test_asha_search_stops_weak_trials_and_reports(tmp_path):
         assert "test/acc" in ea.Tags()["scalars"], name
     ea = EventAccumulator(os.path.join(exp, "tb_sweep"), size_guidance={"images": 0})
     ea.Reload()
+    # The trials record dead units and per-epoch test SI, so the sweep draws those too.
     assert set(ea.Tags()["images"]) == {"sweep/test_acc_vs_alpha", "sweep/si_vs_alpha",
-                                        "sweep/acc_vs_si"}
+                                        "sweep/acc_vs_si", "sweep/dead_vs_alpha",
+                                        "sweep/si_over_training"}
     # `seltrain report` on the folder prints the same table at any time.
     rep = run_cli("report", exp)
     assert rep.returncode == 0, rep.stderr
