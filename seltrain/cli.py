@@ -266,7 +266,17 @@ def entry() -> None:
     finished and written everything. ``main()`` called in-process (the tests) returns
     normally."""
     code = main()
-    if _multi_rank():
+    if code in (130, 143):
+        # Interrupted, cleaned up and said so: the status must be what the line promises.
+        # Seen once in CI, under load: an analysis stopped by Ctrl-C printed its line, main()
+        # returned 130, and the process still ended by SIGINT (-2), not reproduced since. A
+        # process that has handled its signal ignores any further one and leaves through the
+        # path a rank takes below, which no interpreter-level signal re-raise can redirect.
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    if _multi_rank() or code in (130, 143):
         import atexit
 
         atexit._run_exitfuncs()  # what a normal exit runs first: logging, multiprocessing, ...
