@@ -96,8 +96,9 @@ def run_layout(*, has_val: bool, eval_si: bool, hook_tags=()) -> dict:
     Only tags the run writes: val only with a validation split, SI only with
     ``selectivity.eval_si``; ``hook_tags`` the epoch hooks' prefixes (``orientation``). The
     analyses' charts fill once an analysis of the run writes its headline (``write_headline``).
-    Charts name tags by regex (``^test/si/``, not each layer), so runs of different networks
-    share charts, which TensorBoard merges by title in a sweep's logdir."""
+    Charts name tags by regex (``^test/si/``, not each layer), so the trials of a sweep, even
+    of different networks, write identical charts, which TensorBoard (merging every run's
+    layout per category, identical charts once) shows once in the sweep's logdir."""
     splits = ("val", "test") if has_val else ("test",)
     first: dict = {}
     if eval_si:
