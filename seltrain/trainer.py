@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from seltrain import distributed
 from seltrain.alpha_schedule import alpha_at, describe
+from seltrain.analysis import tb_views
 from seltrain.atomic import atomic_write
 from seltrain.checkpoint import Checkpointer, TrainState
 from seltrain.config import Config, flat_keys
@@ -342,7 +343,13 @@ class Trainer:
                        resume_step=state.global_step if resumed else None, history=history,
                        epochs=self.cfg.train.epochs)
         flat = flat_keys(self.cfg.to_dict())
-        sink.hparams({k: flat.get(k) for k in self.hparam_keys}, list(HPARAM_METRICS))
+        # The analyses' headline tags too, declared now: the HParams table has a column only
+        # for a metric the run declared at its start, and `seltrain analyze` fills them later.
+        sink.hparams({k: flat.get(k) for k in self.hparam_keys},
+                     [*HPARAM_METRICS, *tb_views.headline_tags()])
+        sink.layout(tb_views.run_layout(has_val=self.data.val is not None,
+                                        eval_si=self.cfg.selectivity.eval_si,
+                                        hook_tags=[h.tag for h in self.epoch_hooks]))
         return sink
 
     def _is_new_best(self, record: dict, best: dict) -> bool:

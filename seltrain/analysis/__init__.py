@@ -33,6 +33,8 @@ And what serves them all:
 - ``target``: a checkpoint with its model, recipe and data split, ready to analyse.
 - ``outputs``: the output folder, written as one unit under a lock.
 - ``plots``: PNG figures (matplotlib, Agg canvas); ``serialize``: numpy-aware JSON and CSV.
+- ``tb_views``: the analyses in a run's TensorBoard: headline scalars, the HParams metric
+  tags, the custom-scalars layout.
 
 Units are read through ``seltrain.probes`` exactly as the trainer reads them; checkpoints are
 found and loaded by ``seltrain.checkpoint``. Nothing here imports ``seltrain.trainer``.

@@ -77,7 +77,7 @@ def analyse_target(name: str, ref, opts: AnalysisOptions, n_targets: int = 1,
     prints}."""
     import torch
 
-    from seltrain.analysis import outputs, plots
+    from seltrain.analysis import outputs, plots, tb_views
     from seltrain.analysis.fanout import task_key
 
     module = analysis(name)
@@ -92,12 +92,24 @@ def analyse_target(name: str, ref, opts: AnalysisOptions, n_targets: int = 1,
             lines = module.write(result, target, opts, staging)
         folder.headline = {k: result["summary"].get(k) for k in module.SWEEP_HEADLINE}
         folder.summary = result["summary"]
+    # After the folder is in place: TensorBoard only ever shows numbers whose files exist.
+    # Its results are kept whatever happens here, so a TensorBoard folder that cannot be
+    # written (read-only, full) is a line of the output, not a failed analysis.
+    try:
+        tb, tb_failed = tb_views.write_headline(target, name, folder.headline), None
+    except OSError as e:
+        tb, tb_failed = None, f"  TensorBoard: not written ({e.strerror or e})"
     summary = dict(result["summary"], run_dir=target.run_dir, out_dir=folder.final,
                    seconds=time.perf_counter() - t0)
     what = f"{target.spec.model} ({target.ckpt_path})" if target.spec else target.ckpt_path
     head = (f"{name}: {what} ({target.split}, {target.data.num_images} images, "
             f"{target.device.type}, {summary['seconds']:.1f} s)")
-    return {"summary": summary, "lines": [head, *lines, f"  wrote {folder.final}"]}
+    wrote = [f"  wrote {folder.final}"]
+    if tb is not None:
+        wrote.append(f"  wrote {tb_views.PREFIX}/{name}/* scalars into {tb}")
+    if tb_failed:
+        wrote.append(tb_failed)
+    return {"summary": summary, "lines": [head, *lines, *wrote]}
 
 
 # --------------------------------------------------------------------------- argv -> options

@@ -105,6 +105,17 @@ def test_tasks_write_the_single_process_files(exp, head, tmp_path):
     m = _marker(out)
     assert m["analysis"] == "robustness" and len(m["key"]) == 16
     assert m["headline"]["clean_acc"] == res["clean_acc"]
+    # The merge task wrote the headline into each trial's TensorBoard, as one process does:
+    # a0 has the --out run's point and the fan-out's, am1 (only fanned out) the fan-out's.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for trial, n in (("a0", 2), ("am1", 1)):
+        acc = EventAccumulator(str(exp / "trials" / trial / "tb"))
+        acc.Reload()
+        points = acc.Scalars("analysis/robustness/mean_corruption_accuracy")
+        want = json.load(open(exp / "trials" / trial / "analysis/robustness/summary.json"))
+        assert len(points) == n and points[-1].value == pytest.approx(
+            want["mean_corruption_accuracy"], abs=1e-6)
 
 
 def test_ablation_in_unit_chunks_writes_the_single_process_files(exp, head, tmp_path):
