@@ -564,6 +564,8 @@ def _report(args) -> int:
 
 def register(subparsers) -> None:
     from seltrain.analysis.fanout import add_fanout_options
+    # The registry's names, so that a new analysis is listed without editing this help.
+    from seltrain.analysis.registry import NAMES
 
     r = subparsers.add_parser("report", help="tables, results.csv and figures of an experiment "
                               "(or the table of target folders)")
@@ -578,8 +580,7 @@ def register(subparsers) -> None:
                         "is written in each (default: png; TensorBoard shows the PNGs)")
     r.add_argument("--analyses", default=None, metavar="NAMES",
                    help="also run these analyses on each trial's best checkpoint and plot them "
-                        "against alpha and mean SI: comma-separated from selectivity, "
-                        "ablation, orientation, robustness, dimensionality, gradients")
+                        f"against alpha and mean SI: comma-separated from {', '.join(NAMES)}")
     r.add_argument("--analysis-args", default=None, metavar="'OPTIONS'",
                    help="`seltrain analyze` options for the chosen analyses, e.g. "
                         "\"--max-images 500 --corruptions gaussian_noise\": each analysis "

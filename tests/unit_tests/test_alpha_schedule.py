@@ -74,3 +74,18 @@ def test_the_late_search_recipe_varies_the_schedule():
                               "selectivity.alpha_schedule.start_epoch": 30, "train.seed": 1})
     assert alpha_at(one.selectivity.alpha_schedule, one.selectivity.alpha, 29) == 0.0
     assert alpha_at(one.selectivity.alpha_schedule, one.selectivity.alpha, 30) == -10.0
+
+
+def test_the_late_search_dry_run_lists_its_135_trials():
+    """~3 s (a subprocess): `seltrain tune --search alpha_late --dry-run`, the command
+    docs/REPRODUCE.md gives, prints 15 alphas x start epochs 0, 5, 30 x seeds 0-2."""
+    import re
+
+    from helpers import run_cli
+
+    r = run_cli("tune", "--search", "alpha_late", "--dry-run", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "135 trials x 200 epochs" in r.stdout
+    rows = re.findall(r"^\s*\d+\s+(-?[\d.]+)\s+(\d+)\s+(\d+)\s*$", r.stdout, re.M)
+    assert len(rows) == 135 and len({a for a, _, _ in rows}) == 15
+    assert {int(s) for _, s, _ in rows} == {0, 5, 30} and {x for *_, x in rows} == set("012")

@@ -1,7 +1,7 @@
 """The ``seltrain`` command line (seltrain/cli.py): what each command line parses into, each
 command reaching its area, every parse mistake and every error class as one line with its exit
-code, SIGTERM during training as an interrupt (143), ``--version``, a closed pipe, and the
-output and exit of a rank of a multi-rank job."""
+code, SIGTERM during training as an interrupt (143), ``--version``, a closed pipe, the
+output and exit of a rank of a multi-rank job, and the analyses ``report --help`` offers."""
 import argparse
 import errno
 import os
@@ -272,6 +272,21 @@ def test_no_parser_takes_abbreviations():
             if isinstance(action, argparse._SubParsersAction):
                 todo += list(action.choices.values())
     assert seen > 10
+
+
+def test_report_help_lists_every_registered_analysis(capsys):
+    """`seltrain report --help` offers every analysis the registry holds under --analyses,
+    in the registry's order: the list is built from registry.NAMES (it once was typed out and
+    lacked rotation and pwcca)."""
+    from seltrain.analysis.registry import NAMES
+
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
+    analyses = text.split("--analyses NAMES also run", 1)[1].split("--analysis-args", 1)[0]
+    assert f"comma-separated from {', '.join(NAMES)}" in analyses, analyses
+    assert {"rotation", "pwcca"} <= set(NAMES)
 
 
 def test_no_benchmark_script_takes_abbreviations():

@@ -4,7 +4,8 @@
   inside the repository, and a ``#fragment`` names a heading of the linked page.
 - Every repository path the pages quote in backticks (``configs/quickstart.yaml``, a path in a
   command such as ``python benchmarks/bench_step.py``) exists; ``{a,b}`` and ``*`` expand as in
-  a shell, and ``<...>`` and ``NAME`` stand for any name but must match something.
+  a shell, and ``<...>`` and ``NAME`` stand for any name but must match something. A test
+  named as ``tests/FILE.py::test_name`` must be defined in that file.
 - No file of the repository points outside it, to a shared folder beside the checkout or the
   METHODS.md in it: docs/METHODS.md is the one copy of the science.
 - The README stays a front door: under 200 lines, and it links every page in docs/.
@@ -93,9 +94,14 @@ def expand(pattern: str) -> list[str]:
 
 
 def path_exists(path: str) -> bool:
+    path, _, test = path.partition("::")  # a pytest node id: the file must define the test
     pattern = re.sub(r"<[^>]*>|(?<![A-Za-z])NAME(?![A-Za-z])", "*", path)
     for one in expand(pattern):
-        if not glob.glob(os.path.join(REPO, one)):
+        found = glob.glob(os.path.join(REPO, one))
+        if not found:
+            return False
+        if test and not all(re.search(rf"^\s*def {re.escape(test)}\(", read(f), re.M)
+                            for f in found):
             return False
     return True
 
@@ -144,6 +150,8 @@ def test_the_checks_catch_a_broken_link_and_a_missing_path():
     assert path_exists("configs/deepspeed/zero{0,1,2}_bf16.json")
     assert not path_exists("configs/deepspeed/zero{0,1,3}_bf16.json")
     assert path_exists("tune/NAME.yaml") and not path_exists("tune/NAME.yml")
+    assert path_exists("tests/unit_tests/test_docs.py::test_readme_is_a_front_door")
+    assert not path_exists("tests/unit_tests/test_docs.py::test_readme")
     assert slug("Sweeps: `report --analyses`") == "sweeps-report---analyses"
 
 

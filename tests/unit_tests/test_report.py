@@ -274,3 +274,29 @@ def test_dead_units_at_the_best_epoch_are_tabulated_and_plotted_against_alpha(tm
     (means,) = figures["dead_vs_alpha.png"].axes[0].containers
     np.testing.assert_allclose(np.asarray(means.lines[0].get_ydata(), float), [0.25, 0.0])
     assert any(p.endswith("dead_vs_alpha.png") for p in r["plots"])
+
+
+def test_a_search_over_another_key_is_pooled_per_alpha_and_kept_per_trial(tmp_path):
+    """The report groups by alpha only: two start epochs of one alpha (tune/alpha_late.yaml)
+    are one group of results_by_alpha.csv, while results.csv and the printed table keep each
+    trial's start epoch, the way to read such a search today (docs/training.md)."""
+    exp = tmp_path / "late"
+    for name, start, seed, test_acc in (("s0_a", 0, 0, 0.4), ("s0_b", 0, 1, 0.5),
+                                        ("s5_a", 5, 0, 0.8), ("s5_b", 5, 1, 0.9)):
+        folder = exp / "trials" / name
+        _run(str(folder), -10.0, seed, 0.1, [(0.5, test_acc, 0.3)], True, planned=1)
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg["selectivity"]["alpha_schedule"] = {"kind": "step", "start_epoch": start}
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    key = "selectivity.alpha_schedule.start_epoch"
+    (exp / "seltrain_experiment.json").write_text(json.dumps(
+        {"scheduler": {"type": "none"}, "space": {"selectivity.alpha": "grid", key: "grid"}}))
+    printed = io.StringIO()
+    r = report.report_experiment(str(exp), out=printed, tensorboard=False)
+    (only,) = r["by_alpha"].to_dict("records")
+    assert (only["alpha"], only["n"]) == (-10.0, 4)
+    assert only["test_acc_mean"] == pytest.approx(0.65)  # both starts pooled
+    rows = {row["trial"]: row for row in csv.DictReader(open(exp / "results.csv"))}
+    assert {t: (row[key], float(row["test_acc"])) for t, row in rows.items()} == {
+        "s0_a": ("0", 0.4), "s0_b": ("0", 0.5), "s5_a": ("5", 0.8), "s5_b": ("5", 0.9)}
+    assert key in printed.getvalue().splitlines()[2]  # the trial table's header
