@@ -5,8 +5,9 @@ Matched to the author's code, ukky17/ori_selectivity_CNN (Keras): grating.py
 permuted-grating control) and ablation.py (``ablation_selective``, ``cross_entropy``,
 ``plot_impact_tuned``). Every deviation is listed at the end of this docstring. Besides the
 math: ``compute`` (``seltrain analyze orientation``, ``OrientationOptions``; his shift
-invariance is in ``shift_invariance``) and ``OrientationTracking``, the trainer's per-epoch
-hook for ``run.track_orientation``.
+invariance is in ``shift_invariance``; the fan-out's chunks, runs of layers, and their merge
+in ``orientation_parts``) and ``OrientationTracking``, the trainer's per-epoch hook for
+``run.track_orientation``.
 
 Stimuli
 -------
@@ -94,6 +95,7 @@ from torch import Tensor, nn
 from seltrain.analysis.ablation import ablated_logits
 from seltrain.analysis.options import (AnalysisOptions, max_images_option, number, option,
                                        whole_number)
+# the fan-out (seltrain/analysis/fanout.py) reads the chunk hooks from this module
 from seltrain.analysis.orientation_parts import (LAYER_CHUNKS, assemble,  # noqa: F401
                                                  chunk_label, chunks, compute_chunk,
                                                  layer_results, merge)

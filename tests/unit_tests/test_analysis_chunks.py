@@ -4,6 +4,7 @@ number (the Ray side, one task per chunk, is tests/integration_tests/test_analyz
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -107,3 +108,60 @@ def test_orientation_chunks_without_ablation_and_more_chunks_than_layers():
     parts = [orientation.compute_chunk(target, opts, ("layers", j, 5)) for j in range(5)]
     assert sum(not p["layers"] for p in parts) == 2
     assert_same(whole, orientation.merge(target, opts, parts[::-1]))
+
+
+# --------------------------------------------------------------------------- gradients
+
+def test_unit_parts_are_runs_of_whole_blocks():
+    from seltrain.analysis.gradients import unit_parts
+    assert gradients.chunks(gradients.GradientsOptions()) == [("units", j, 4) for j in range(4)]
+    assert gradients.chunk_label(None, ("units", 0, 4)) == "units part 1 of 4"
+    # 64 units in blocks of 5: 13 blocks, parts of 3, 3, 3 and 4 blocks (the last one short)
+    assert unit_parts(64, 5) == [slice(0, 15), slice(15, 30), slice(30, 45), slice(45, 64)]
+    # 20 units in blocks of 16: two blocks, two empty parts; a part never cuts a block
+    assert unit_parts(20, 16) == [slice(0, 0), slice(0, 16), slice(16, 16), slice(16, 20)]
+    assert unit_parts(7, 2, 1) == [slice(0, 7)]
+
+
+@pytest.mark.parametrize("unit_block, max_units, dtype",
+                         [(3, None, torch.float64), (16, 20, torch.float32)])
+def test_gradients_merged_chunks_equal_the_single_process_run(unit_block, max_units, dtype):
+    """Every number, exactly: the per-unit statistics are the chunks' rows; the per-image
+    ones add the chunks' per-image sums in the order one process adds its parts' sums.
+    (3, None, float64): 16 and 32 units in blocks of 3, each chunk cutting a layer's blocks;
+    in float64 the order of the per-image sums shows (added block by block instead of part
+    by part, this network's numbers move by 1e-16; float32 gradients summed in float64 are
+    mostly exact in any order). (16, 20, float32): a random 20 of each layer's units, in 1 or
+    2 blocks, so some chunks hold none of a layer. Images in pieces of 5 from batches of 10."""
+    target = _target("resnet20", ["stem", "layer1.1", "layer2.0"], n_images=12, size=8)
+    target = dataclasses.replace(target, model=target.model.to(dtype),
+                                 data=[(x.to(dtype), y) for x, y in target.data])
+    opts = gradients.GradientsOptions(batch_size=5, unit_block=unit_block,
+                                      max_units=max_units, seed=2)
+    whole = gradients.compute(target, opts)
+    parts = [gradients.compute_chunk(target, opts, c) for c in gradients.chunks(opts)]
+    n = assert_same(whole, gradients.merge(target, opts, parts))
+    layer = whole["layers"]["layer2.0"]
+    assert len(layer["units"]) == (max_units or 32) and layer["n_samples"] == 12
+    assert n > 400  # units, 4 statistics each per unit and per image, labels, means
+    sizes = [len(p["layers"]["layer2.0"]["units"]) for p in parts]
+    assert sizes == ([6, 9, 9, 8] if unit_block == 3 else [0, 16, 0, 4])
+    # the per-image direction needs every unit: a part's alone is another number
+    one = gradients.merge(target, opts, [parts[-1]])["layers"]["layer2.0"]
+    assert not np.allclose(one["across_units"]["direction"],
+                           layer["across_units"]["direction"])
+    if max_units:
+        return
+    # one process's numbers, summed part by part, are the definition's (to rounding: the
+    # gradients batched otherwise)
+    from seltrain.analysis.gradients import unit_input_gradients
+    x = torch.cat([b[0] for b in target.data])
+    g = unit_input_gradients(target.model, "layer2.0", x, std=target.info.std)
+    u = g.double().flatten(2)  # [U, N, P]
+    norm = u.norm(dim=2, keepdim=True)
+    u = u / torch.where(norm > 0, norm, 1)  # a silent unit's zero gradient stays out
+    c = (norm[..., 0] > 0).sum(0).double()  # per image: its units with a gradient
+    assert c.min() < u.shape[0]  # some are silent on some images
+    direction = (c * c - u.sum(0).pow(2).sum(1)) / (c * (c - 1))
+    np.testing.assert_allclose(layer["across_units"]["direction"], direction.numpy(),
+                               rtol=1e-12)
