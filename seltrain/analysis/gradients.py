@@ -379,7 +379,9 @@ def gradient_part(model: nn.Module, layers: Sequence[str | nn.Module] | str, x, 
                   part: tuple[int, int], **kwargs) -> dict:
     """``gradient_variability``'s sums for part ``part`` = (j, J) of every layer's units only:
     the j-th of J runs of whole unit blocks (``unit_parts``), for one fan-out chunk:
-    ``{"layers": {layer: sums}, "labels": [...]}``; ``join_parts`` finishes them."""
+    ``{"layers": {layer: sums}, "labels": [...]}``; ``join_parts`` finishes them. With
+    J = ``UNIT_CHUNKS`` the joined numbers are one process's exactly (another J: to rounding,
+    as one process adds its per-image sums in ``UNIT_CHUNKS`` terms)."""
     stats, labels = _statistics(model, layers, x, y, part=part, **kwargs)
     return {"layers": {k: s.state() for k, s in stats.items()}, "labels": labels}
 
