@@ -67,6 +67,15 @@ one-image convolutions round differently, so a pre-activation within rounding of
 on either side of its ReLU: that image's gradient then differs over a receptive field, for
 every unit above that ReLU (seen: 1 image of 64 in resnet20, benchmarks/bench_gradients.py);
 all other gradients agree to 1e-6 of the largest entry.
+
+In chunks (the analyses' fan-out, seltrain/analysis/fanout.py): ``UNIT_CHUNKS`` runs of whole
+unit blocks of every layer (``unit_parts``), so a chunk makes the very backward calls that one
+process makes for its units. The across-samples statistics are per unit, so a chunk's rows are
+final. The across-units ones need, per image, the sum over every unit of the unit-normalised
+gradients: a chunk returns its part's per-image sums (N x P float64 per layer: 6 MB for 256
+CIFAR images, 300 MB at 224 px) and the merge adds them. One process adds its per-image sums
+part by part too (one term per part), so the merged numbers equal its numbers exactly, not
+only to rounding.
 """
 from __future__ import annotations
 
@@ -92,6 +101,10 @@ STATISTICS = {
     "norm_cv": "std / mean of the input-gradient norm (population std, zeros included)",
     "zero_fraction": "share of exactly-zero input gradients (a silent unit)",
 }
+
+
+# The fan-out's chunks: each takes this share of every layer's unit blocks (``unit_parts``).
+UNIT_CHUNKS = 4
 
 
 class _Stop(Exception):
@@ -216,19 +229,38 @@ def _norm_cv(norms: np.ndarray, axis: int) -> np.ndarray:
         return np.where(mean > 0, norms.std(axis) / mean, np.nan)
 
 
+def unit_parts(n_units: int, unit_block: int, n_parts: int | None = None) -> list[slice]:
+    """Where, in a layer's chosen units, each of ``n_parts`` (default ``UNIT_CHUNKS``) runs of
+    whole blocks of ``unit_block`` units lies: a part never cuts a block, so the fan-out's
+    chunks run the very backward calls of the single-process run (module docstring)."""
+    n_parts = UNIT_CHUNKS if n_parts is None else n_parts
+    n_blocks = -(-n_units // unit_block)
+    edges = [min(j * n_blocks // n_parts * unit_block, n_units) for j in range(n_parts + 1)]
+    return [slice(a, b) for a, b in zip(edges, edges[1:])]
+
+
 class _LayerStatistics:
     """Running sums for one layer: per unit, the sum of its unit-normalised gradients over
-    images; per image, over units (finished with each batch); every gradient norm."""
+    images; per image, over units (finished with each batch); every gradient norm.
 
-    def __init__(self, units: Tensor, n_pixels: int, device):
+    The per-image sum over units is added up part by part (``parts``, runs of whole blocks):
+    each part's sum is one term of the total, as each fan-out chunk's is in the merge, so the
+    two add the same float64 numbers in the same order. A chunk (``keep_sample_sums``) keeps
+    its part's per-image sums for the merge instead of finishing them."""
+
+    def __init__(self, units: Tensor, n_pixels: int, device, parts: list[slice],
+                 keep_sample_sums: bool = False):
         self.units = units
+        self.part_ends = {p.stop for p in parts if p.stop > p.start}
         self.unit_sums = torch.zeros(len(units), n_pixels, dtype=torch.float64, device=device)
         self.norms: list[np.ndarray] = []  # [N_b, U'] per batch
         self.sample_direction: list[np.ndarray] = []
+        self.sample_sums: list[np.ndarray] | None = [] if keep_sample_sums else None
 
     def add_batch(self, blocks: Iterator[tuple[Tensor, Tensor]], n: int) -> None:
         sample_sums = torch.zeros(n, self.unit_sums.shape[1], dtype=torch.float64,
                                   device=self.unit_sums.device)
+        part_sums = torch.zeros_like(sample_sums)
         norms = torch.zeros(n, len(self.units), dtype=torch.float64)
         pos = 0
         for idx, g in blocks:
@@ -236,11 +268,39 @@ class _LayerStatistics:
             nrm = g.norm(dim=2)  # [B, N]
             unit_vectors = g / torch.where(nrm > 0, nrm, 1)[..., None]  # zero stays zero
             self.unit_sums[pos:pos + len(idx)] += unit_vectors.sum(1, dtype=torch.float64)
-            sample_sums += unit_vectors.sum(0, dtype=torch.float64)
+            part_sums += unit_vectors.sum(0, dtype=torch.float64)
             norms[:, pos:pos + len(idx)] = nrm.T.double().cpu()
             pos += len(idx)
-        self.sample_direction.append(_direction(sample_sums, (norms > 0).sum(1)))
+            if pos in self.part_ends:  # a part's last block: its sum is one term of the total
+                sample_sums += part_sums
+                part_sums.zero_()
+        if self.sample_sums is not None:
+            self.sample_sums.append(sample_sums.cpu().numpy())
+        else:
+            self.sample_direction.append(_direction(sample_sums, (norms > 0).sum(1)))
         self.norms.append(norms.numpy())
+
+    def state(self) -> dict:
+        """A chunk's sums, for ``joined``."""
+        return {"units": self.units.numpy(), "unit_sums": self.unit_sums.cpu().numpy(),
+                "norms": self.norms, "sample_sums": self.sample_sums}
+
+    @classmethod
+    def joined(cls, states: list[dict], device) -> "_LayerStatistics":
+        """The statistics of a whole layer from its parts' ``state``, in order: rows and
+        columns concatenated, the per-image sums added part by part as ``add_batch`` adds."""
+        units = torch.cat([torch.as_tensor(st["units"]) for st in states])
+        s = cls(units, states[0]["unit_sums"].shape[1], device, [])
+        s.unit_sums = torch.as_tensor(np.concatenate([st["unit_sums"] for st in states]),
+                                      device=device)
+        for b, first in enumerate(states[0]["sample_sums"]):
+            norms = np.concatenate([st["norms"][b] for st in states], axis=1)
+            total = torch.zeros(first.shape, dtype=torch.float64, device=device)
+            for st in states:
+                total += torch.as_tensor(st["sample_sums"][b], device=device)
+            s.sample_direction.append(_direction(total, torch.as_tensor((norms > 0).sum(1))))
+            s.norms.append(norms)
+        return s
 
     def result(self) -> dict:
         norms = np.concatenate(self.norms)  # [N, U']
@@ -309,6 +369,34 @@ def gradient_variability(model: nn.Module, layers: Sequence[str | nn.Module] | s
     Returns {layer: {"units", "n_samples", "across_samples": {stat: [U']}, "across_units":
     {stat: [N]}, "means": layer_means(...), "labels": [N] (when ``y`` or labelled batches
     are given)}}; keys are the layers as given."""
+    stats, labels = _statistics(model, layers, x, y, max_samples=max_samples,
+                                batch_size=batch_size, unit_block=unit_block,
+                                max_units=max_units, seed=seed, std=std, device=device)
+    return _finished(stats, labels)
+
+
+def gradient_part(model: nn.Module, layers: Sequence[str | nn.Module] | str, x, y=None, *,
+                  part: tuple[int, int], **kwargs) -> dict:
+    """``gradient_variability``'s sums for part ``part`` = (j, J) of every layer's units only:
+    the j-th of J runs of whole unit blocks (``unit_parts``), for one fan-out chunk:
+    ``{"layers": {layer: sums}, "labels": [...]}``; ``join_parts`` finishes them. With
+    J = ``UNIT_CHUNKS`` the joined numbers are one process's exactly (another J: to rounding,
+    as one process adds its per-image sums in ``UNIT_CHUNKS`` terms)."""
+    stats, labels = _statistics(model, layers, x, y, part=part, **kwargs)
+    return {"layers": {k: s.state() for k, s in stats.items()}, "labels": labels}
+
+
+def join_parts(parts: list[dict], device) -> dict[str, dict]:
+    """``gradient_variability``'s result from the ``gradient_part`` of every part, in order."""
+    return _finished({k: _LayerStatistics.joined([p["layers"][k] for p in parts], device)
+                      for k in parts[0]["layers"]}, parts[0]["labels"])
+
+
+def _statistics(model: nn.Module, layers: Sequence[str | nn.Module] | str, x, y=None, *,
+                max_samples: int | None = None, batch_size: int = 64, unit_block: int = 16,
+                max_units: int | None = None, seed: int = 0, std=None, device=None,
+                part: tuple[int, int] | None = None
+                ) -> tuple[dict[str, _LayerStatistics], list[np.ndarray]]:
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if batch_size < 1:
@@ -328,14 +416,24 @@ def gradient_variability(model: nn.Module, layers: Sequence[str | nn.Module] | s
             xb = xb.to(device)
             for key, module in resolved.items():
                 if key not in stats:
-                    stats[key] = _LayerStatistics(
-                        _chosen_units(model, module, key, xb[:1], max_units, seed),
-                        xb[0].numel(), device)
+                    units = _chosen_units(model, module, key, xb[:1], max_units, seed)
+                    parts = unit_parts(len(units), unit_block)
+                    if part is not None:  # one chunk: one part, its sums kept for the merge
+                        units = units[unit_parts(len(units), unit_block, part[1])[part[0]]]
+                        parts = [slice(0, len(units))]
+                    stats[key] = _LayerStatistics(units, xb[0].numel(), device, parts,
+                                                  keep_sample_sums=part is not None)
                 s = stats[key]
-                s.add_batch(gradient_blocks(model, module, xb, s.units, unit_block=unit_block,
-                                            std=std), len(xb))
+                # a chunk may hold none of a narrow layer's blocks: no forward for nothing
+                blocks = gradient_blocks(model, module, xb, s.units, unit_block=unit_block,
+                                         std=std) if len(s.units) else iter(())
+                s.add_batch(blocks, len(xb))
     if not stats:
         raise ValueError("no images to take gradients of")
+    return stats, labels
+
+
+def _finished(stats: dict[str, _LayerStatistics], labels: list[np.ndarray]) -> dict[str, dict]:
     out = {}
     for key, s in stats.items():
         r = s.result()
@@ -389,11 +487,38 @@ def compute(target: Target, opts: GradientsOptions) -> dict:
     """``seltrain analyze gradients``: ``gradient_variability`` of the target's layers with
     respect to pixel values (``opts.wrt``) or the normalised input, and the per-layer means.
     Returns ``{"layers": {layer: result}, "summary": <summary.json>}``."""
-    std = target.info.std if opts.wrt == "pixels" else None
-    res = gradient_variability(target.model, target.layers, target.data,
-                               batch_size=opts.batch_size, unit_block=opts.unit_block,
-                               max_units=opts.max_units, seed=opts.seed, std=std,
-                               device=target.device)
+    return _summarised(gradient_variability(target.model, target.layers, target.data,
+                                            **_variability_options(target, opts)), opts)
+
+
+def chunks(opts: GradientsOptions) -> list:
+    """Parts that run apart (seltrain.analysis.fanout): the j-th of ``UNIT_CHUNKS`` runs of
+    every layer's unit blocks; the merge finishes the across-units statistics, which need
+    every unit."""
+    return [("units", j, UNIT_CHUNKS) for j in range(UNIT_CHUNKS)]
+
+
+def chunk_label(opts: GradientsOptions, chunk) -> str:
+    return f"units part {chunk[1] + 1} of {chunk[2]}"
+
+
+def compute_chunk(target: Target, opts: GradientsOptions, chunk) -> dict:
+    _, j, n = chunk
+    return gradient_part(target.model, target.layers, target.data, part=(j, n),
+                         **_variability_options(target, opts))
+
+
+def merge(target: Target, opts: GradientsOptions, parts: list[dict]) -> dict:
+    return _summarised(join_parts(parts, target.device), opts)
+
+
+def _variability_options(target: Target, opts: GradientsOptions) -> dict:
+    return {"batch_size": opts.batch_size, "unit_block": opts.unit_block,
+            "max_units": opts.max_units, "seed": opts.seed, "device": target.device,
+            "std": target.info.std if opts.wrt == "pixels" else None}
+
+
+def _summarised(res: dict[str, dict], opts: GradientsOptions) -> dict:
     means = {n: r["means"] for n, r in res.items()}
     summary: dict = {"wrt": opts.wrt, "layers": means}
     for key in next(iter(means.values())):

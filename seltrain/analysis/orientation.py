@@ -5,8 +5,9 @@ Matched to the author's code, ukky17/ori_selectivity_CNN (Keras): grating.py
 permuted-grating control) and ablation.py (``ablation_selective``, ``cross_entropy``,
 ``plot_impact_tuned``). Every deviation is listed at the end of this docstring. Besides the
 math: ``compute`` (``seltrain analyze orientation``, ``OrientationOptions``; his shift
-invariance is in ``shift_invariance``) and ``OrientationTracking``, the trainer's per-epoch
-hook for ``run.track_orientation``.
+invariance is in ``shift_invariance``; the fan-out's chunks, runs of layers, and their merge
+in ``orientation_parts``) and ``OrientationTracking``, the trainer's per-epoch hook for
+``run.track_orientation``.
 
 Stimuli
 -------
@@ -94,10 +95,13 @@ from torch import Tensor, nn
 from seltrain.analysis.ablation import ablated_logits
 from seltrain.analysis.options import (AnalysisOptions, max_images_option, number, option,
                                        whole_number)
+# the fan-out (seltrain/analysis/fanout.py) reads the chunk hooks from this module
+from seltrain.analysis.orientation_parts import (LAYER_CHUNKS, assemble,  # noqa: F401
+                                                 chunk_label, chunks, compute_chunk,
+                                                 layer_results, merge)
 from seltrain.analysis.serialize import write_csv, write_json
-from seltrain.analysis.shift_invariance import shift_invariance_layers
 from seltrain.analysis.target import Target
-from seltrain.probes import layer_outputs, resolve_layer, unit_activation
+from seltrain.probes import layer_outputs, unit_activation
 
 GOSI_THRESHOLD = 0.33  # Ukita's cut-off for an orientation-selective unit
 CE_CLIP = 1e-7  # Keras K.epsilon(): his cross_entropy clips probabilities to [eps, 1 - eps]
@@ -477,75 +481,9 @@ def compute(target: Target, opts: OrientationOptions) -> dict:
     bottom-gOSI ablation (Ukita: units strictly above/below the median, zeroed at the
     ablation point) with cross-entropy, accuracy and the shift invariance of the layers above.
     Returns ``{"orientation": <orientation.json>, "summary": <summary.json>}``."""
-    threshold = opts.gosi_threshold
-    if not opts.no_ablation and not 1 <= opts.shift < target.image_size:
-        # The shift is circular (torch.roll): a multiple of the image size is no shift at
-        # all, and shift invariance would read 1.0 everywhere.
-        opts.fail("shift", opts.shift, f"give a shift from 1 to {target.image_size - 1} pixels "
-                  f"(the images are {target.image_size} px; the shift wraps around)")
-    stim = stimuli(target.image_size, target.info.channels, target.info.mean, target.info.std)
-    params = grating_parameters(target.image_size)
-    angles = params["orientations_deg"]
-    responses = layers_grating_responses(target.model, target.layers, stim,
-                                         device=target.device)
-    layers, perms = {}, None
-    for name in target.layers:
-        R, best_f = tuning_curves(responses[name])
-        o, g = osi(R, angles), gosi(R, angles)
-        # Ukita's controls: the same indices on shuffled gratings, and how far the preferred
-        # orientation moves across the spatial frequencies a unit responds to
-        null = null_indices(responses[name], opts.permutations, opts.seed, angles)
-        rng = orientation_range(responses[name], angles)
-        perms = null["permutations"]
-        selective = g > threshold
-        layers[name] = {
-            "osi": o, "gosi": g, "tuning_curves": R, "best_frequency": best_f,
-            "preferred_orientation_deg": preferred_orientation(R, angles),
-            "orientation_range_deg": rng, "null_osi": null["osi"], "null_gosi": null["gosi"],
-            "mean_osi": float(o.mean()), "mean_gosi": float(g.mean()),
-            "fraction_selective": fraction_selective(g, threshold),
-            "mean_null_osi": float(null["osi"].mean()),
-            "mean_null_gosi": float(null["gosi"].mean()),
-            "fraction_selective_null": fraction_selective(null["gosi"], threshold),
-            "n_selective": int(selective.sum()),
-            "mean_orientation_range_selective": float(np.nanmean(rng[selective]))
-            if np.isfinite(rng[selective]).any() else math.nan}
-    split_abl, before, after = {}, {}, {}
-    if not opts.no_ablation:
-        before = shift_invariance_layers(target.model, target.layers, target.data,
-                                         shift=opts.shift, device=target.device)
-        for i, name in enumerate(target.layers):
-            r = gosi_split_ablation(target.model, name, target.data,
-                                    gosi_values=layers[name]["gosi"],
-                                    percentile=opts.percentile, device=target.device)
-            split_abl[name] = r
-            above = target.layers[i + 1:]
-            path = resolve_layer(target.model, name)[0]
-            # the layers above the ablated one, with its top or bottom group silenced
-            after[name] = {group: shift_invariance_layers(
-                target.model, above, target.data, shift=opts.shift, device=target.device,
-                ablation=(path, r[group]["units"])) for group in ("top", "bottom")} \
-                if above else {}
-    result = {"checkpoint": target.ckpt_path, "split": target.split, "threshold": threshold,
-              "grating_parameters": params, "permutations": perms, "seed": opts.seed,
-              "layers": layers, "gosi_split_ablation": split_abl,
-              "shift_invariance": {"shift": opts.shift, "before": before,
-                                   "after_ablation": after}}
-    keys = ("mean_osi", "mean_gosi", "fraction_selective", "mean_null_osi", "mean_null_gosi",
-            "fraction_selective_null", "mean_orientation_range_selective")
-    summary = {"layers": {n: {k: v[k] for k in keys} for n, v in layers.items()}}
-    summary["mean_gosi"] = float(np.mean([v["mean_gosi"] for v in layers.values()]))
-    summary["mean_null_gosi"] = float(np.mean([v["mean_null_gosi"] for v in layers.values()]))
-    summary["fraction_selective"] = float(np.mean(np.concatenate(
-        [v["gosi"] for v in layers.values()]) > threshold))
-    for n, r in split_abl.items():
-        summary["layers"][n].update(
-            ce_increase_top=r["top"]["ce_increase_mean"],
-            ce_increase_bottom=r["bottom"]["ce_increase_mean"],
-            n_top=r["top"]["n_units"], n_bottom=r["bottom"]["n_units"],
-            acc_change_top=r["top"]["acc_change"], acc_change_bottom=r["bottom"]["acc_change"],
-            ablated_module=r["ablated_module"], shift_invariance=before[n]["mean"])
-    return {"orientation": result, "summary": summary}
+    # The single-process run is the fan-out's merge of one part holding every layer
+    # (seltrain/analysis/orientation_parts.py), so the two write the same numbers.
+    return assemble(target, opts, [layer_results(target, opts, target.layers)])
 
 
 def write(r: dict, target: Target, opts: OrientationOptions, out: str) -> list[str]:
