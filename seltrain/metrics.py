@@ -331,3 +331,43 @@ def _span(epochs: list[int]) -> str:
         out.append(str(epochs[i]) if i == j else f"{epochs[i]}-{epochs[j]}")
         i = j + 1
     return ", ".join(out)
+
+
+# --------------------------------------------------------------------------- a run's records
+
+def open_run_sink(run_dir: str, cfg, *, resume_epoch: int | None, resume_step: int | None,
+                  history: list | None, hparam_keys, metrics: list[str],
+                  layout: dict | None) -> RunSink:
+    """A run's sink: its resolved recipe written beside it (``config.yaml``, atomic: `seltrain
+    report` reads it at any time), its HParams entry (``hparam_keys`` of the recipe against
+    ``metrics``) and its TensorBoard custom-scalars ``layout``."""
+    from seltrain.config import flat_keys
+
+    with atomic_write(os.path.join(run_dir, "config.yaml")) as f:
+        f.write(cfg.to_yaml())
+    sink = RunSink(run_dir, tensorboard=cfg.run.tensorboard, resume_epoch=resume_epoch,
+                   resume_step=resume_step, history=history, epochs=cfg.train.epochs)
+    flat = flat_keys(cfg.to_dict())
+    sink.hparams({k: flat.get(k) for k in hparam_keys}, list(metrics))
+    sink.layout(layout)
+    return sink
+
+
+def run_summary(cfg, best: dict, throughput: list[float], world_size: int,
+                run_dir: str) -> dict:
+    """summary.json: the recipe's headline keys, the best epoch's record and the throughput."""
+    from seltrain.alpha_schedule import describe
+
+    # The first epoch carries one-off costs (JIT, caches); report the rest when there is one.
+    steady = throughput[1:] or throughput
+    return {"alpha": cfg.selectivity.alpha,
+            "alpha_schedule": describe(cfg.selectivity.alpha_schedule, cfg.selectivity.alpha),
+            "seed": cfg.train.seed, "arch": cfg.model.arch,
+            "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
+            "best_epoch": best.get("epoch"), "val_acc": best.get("val_acc"),
+            "test_acc": best.get("test_acc"), "test_si": best.get("test_si"),
+            "test_si_per_layer": best.get("test_si_per_layer"),
+            "test_dead_per_layer": best.get("test_dead_per_layer"),
+            "images_per_s": float(np.mean(steady)) if steady else None,
+            "world_size": world_size, "engine": cfg.train.engine,
+            "run_dir": os.path.abspath(run_dir)}

@@ -15,21 +15,20 @@ import time
 from functools import partial
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from seltrain import distributed
-from seltrain.alpha_schedule import alpha_at, describe
+from seltrain.alpha_schedule import alpha_at
 from seltrain.analysis import tb_views
-from seltrain.atomic import atomic_write
 from seltrain.checkpoint import Checkpointer, TrainState
-from seltrain.config import Config, flat_keys
+from seltrain.config import Config
 from seltrain.data import DevicePreprocess, RankSharding, build_data
 from seltrain.engine import build_engine
 from seltrain.errors import ConfigError
 from seltrain.fault_injection import step_hooks_from_env
-from seltrain.metrics import HPARAM_METRICS, LossSums, NullSink, RunSink
+from seltrain.metrics import (HPARAM_METRICS, LossSums, NullSink, open_run_sink,
+                              run_summary)
 from seltrain.models import build_model
 from seltrain.probes import Probe, eval_mode, resolve_layers
 from seltrain.rng import seed_everything
@@ -330,27 +329,20 @@ class Trainer:
             self.close()
 
     def _open_sink(self, state: TrainState, history: list | None):
-        """Rank 0's RunSink (config.yaml beside it, the HParams entry written), continuing
-        from ``state``; a NullSink on the other ranks."""
+        """Rank 0's RunSink (metrics.open_run_sink), continuing from ``state``; a NullSink on
+        the other ranks. The analyses' headline tags are declared now: TensorBoard's HParams
+        table has a column only for a metric a run declared at its start, and `seltrain
+        analyze` fills them later."""
         if not self.ctx.is_main:
             return NullSink()
-        # Atomic: `seltrain report` reads it at any time.
-        with atomic_write(os.path.join(self.run_dir, "config.yaml")) as f:
-            f.write(self.cfg.to_yaml())
         resumed = state.epoch >= 0
-        sink = RunSink(self.run_dir, tensorboard=self.cfg.run.tensorboard,
-                       resume_epoch=state.epoch if resumed else None,
-                       resume_step=state.global_step if resumed else None, history=history,
-                       epochs=self.cfg.train.epochs)
-        flat = flat_keys(self.cfg.to_dict())
-        # The analyses' headline tags too, declared now: the HParams table has a column only
-        # for a metric the run declared at its start, and `seltrain analyze` fills them later.
-        sink.hparams({k: flat.get(k) for k in self.hparam_keys},
-                     [*HPARAM_METRICS, *tb_views.headline_tags()])
-        sink.layout(tb_views.run_layout(has_val=self.data.val is not None,
-                                        eval_si=self.cfg.selectivity.eval_si,
-                                        hook_tags=[h.tag for h in self.epoch_hooks]))
-        return sink
+        return open_run_sink(
+            self.run_dir, self.cfg, resume_epoch=state.epoch if resumed else None,
+            resume_step=state.global_step if resumed else None, history=history,
+            hparam_keys=self.hparam_keys, metrics=[*HPARAM_METRICS, *tb_views.headline_tags()],
+            layout=tb_views.run_layout(has_val=self.data.val is not None,
+                                       eval_si=self.cfg.selectivity.eval_si,
+                                       hook_tags=[h.tag for h in self.epoch_hooks]))
 
     def _is_new_best(self, record: dict, best: dict) -> bool:
         """Whether ``record`` beats ``best`` on the selection metric: val accuracy, or test
@@ -386,17 +378,5 @@ class Trainer:
         return record
 
     def _summary(self, state: TrainState) -> dict:
-        cfg, best = self.cfg, state.best
-        # The first epoch carries one-off costs (JIT, caches); report the rest when there is one.
-        steady = state.throughput[1:] or state.throughput
-        return {"alpha": cfg.selectivity.alpha,
-                "alpha_schedule": describe(cfg.selectivity.alpha_schedule, cfg.selectivity.alpha),
-                "seed": cfg.train.seed, "arch": cfg.model.arch,
-                "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
-                "best_epoch": best.get("epoch"), "val_acc": best.get("val_acc"),
-                "test_acc": best.get("test_acc"), "test_si": best.get("test_si"),
-                "test_si_per_layer": best.get("test_si_per_layer"),
-                "test_dead_per_layer": best.get("test_dead_per_layer"),
-                "images_per_s": float(np.mean(steady)) if steady else None,
-                "world_size": self.ctx.world_size, "engine": cfg.train.engine,
-                "run_dir": os.path.abspath(self.run_dir)}
+        return run_summary(self.cfg, state.best, state.throughput, self.ctx.world_size,
+                           self.run_dir)
