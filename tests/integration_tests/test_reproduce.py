@@ -5,8 +5,9 @@ The sweep (``sweep``, once per session): 2 alphas (0, -1) x 2 seeds of ResNet20 
 synthetic images, 2 epochs each, trained with ``seltrain train`` into ``<exp>/trials/<name>/``,
 the layout ``seltrain tune`` leaves (the search itself is checked by its ``--dry-run`` here
 and run for real in test_tune.py). Each report command runs once (``ran``), in-process on its
-own copy of the sweep, with the small ``--analysis-args`` of ``TINY_ARGS`` added, and the
-figures it saves are kept as drawn, so their plotted data can be read back.
+own copy of the sweep, with the row's own ``--analysis-args`` (``$EXP`` the copy, the
+other placeholders as ``PLACEHOLDERS`` says) and then the small ones of ``TINY_ARGS``, and
+the figures it saves are kept as drawn, so their plotted data can be read back.
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ COMMANDS = {
     "orientation": "seltrain report $EXP --analyses orientation",
     "robustness": "seltrain report $EXP --analyses robustness",
     "dimensionality": "seltrain report $EXP --analyses dimensionality,gradients",
+    "pwcca": 'seltrain report $EXP --analyses pwcca --analysis-args "--reference '
+             '$EXP/trials/<an alpha 0 trial>"',
+    "rotation": 'seltrain report $EXP --analyses rotation --analysis-args "--layers layer3.2"',
+    "ablation_val": 'seltrain report $EXP --analyses ablation --analysis-args '
+                    '"--rank-split val"',
 }
 TINY_ARGS = {
     "selectivity": LAYERS,
@@ -56,12 +62,19 @@ TINY_ARGS = {
                   "--attack fgsm",
     "dimensionality": f"{LAYERS} --max-images 32 --corruptions gaussian_noise --eps 8/255 "
                       "--steps 1 --batch-size 16 --max-units 8",
+    "pwcca": LAYERS,
+    "rotation": "--max-images 32 --seed 3",
+    "ablation_val": "--layers layer3.2 --max-images 64",
 }
 DOC = os.path.join(REPO, "docs", "REPRODUCE.md")
 
 
 def trial_name(alpha, seed) -> str:
     return f"alpha{alpha:g}_seed{seed}"
+
+
+# What the placeholders of a command's --analysis-args stand for here ($EXP: the copy run).
+PLACEHOLDERS = {"<an alpha 0 trial>": trial_name(0.0, 0)}
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +111,16 @@ def ran(sweep, tmp_path_factory):
             figures[os.path.basename(str(path))] = fig
             return out
 
+        # the row's own --analysis-args, then the small ones of this module
+        args = argv[argv.index("--analysis-args") + 1] if "--analysis-args" in argv else ""
+        for name, value in {"$EXP": str(exp), **PLACEHOLDERS}.items():
+            args = args.replace(name, value)
         plots._save = keep
         try:
             report.report_experiment(str(exp), out=io.StringIO(), tensorboard=False,
                                      analyses=analyses, formats=formats,
-                                     analysis_args=shlex.split(TINY_ARGS.get(key, "")))
+                                     analysis_args=shlex.split(args) +
+                                     shlex.split(TINY_ARGS.get(key, "")))
         finally:
             plots._save = save
         done[key] = (exp, figures)
@@ -144,6 +162,25 @@ def _check_bars(ax, per_trial):
 
 def _summary(exp, trial, analysis):
     return json.load(open(exp / "trials" / trial / "analysis" / analysis / "summary.json"))
+
+
+def _open(exp, trial, options):
+    """The trial's best checkpoint opened as the analyses open it (``options``: their own)."""
+    from seltrain.analysis.target import TargetRef
+
+    run = str(exp / "trials" / trial)
+    return TargetRef(run, os.path.join(run, "checkpoints", "best.pt")).load(options)
+
+
+def _check_headline(exp, figs, analysis, key):
+    """analysis_results.csv's ``key`` is each trial's summary.json, and its plot against
+    alpha the seeds' mean and std of them."""
+    table = pd.read_csv(exp / "analysis_results.csv").set_index("trial")
+    per_trial = {t: _summary(exp, t, analysis)[key] for t in table.index}
+    assert len(per_trial) == len(ALPHAS) * len(SEEDS)
+    assert table[key].to_dict() == pytest.approx(per_trial)
+    (ax,) = _panels(figs[f"analysis_{key}_vs_alpha.png"])
+    _check_bars(ax, per_trial)
 
 
 def _valid(path) -> bool:
@@ -236,6 +273,38 @@ def test_unit_si_distribution_per_alpha(ran):
             np.testing.assert_allclose(stairs.get_data().values, want, atol=1e-12)
 
 
+def test_pwcca_against_the_unregularized_network_per_alpha(ran):
+    """Row "PWCCA ...": every trial against the alpha 0 trial the command names; the reference
+    against itself is 1 in every layer, and another trial's number is PWCCA recomputed here
+    from the two networks' unit activations."""
+    from seltrain.analysis.dimensionality import layer_features
+    from seltrain.analysis.pwcca import PwccaOptions, pwcca
+
+    exp, figs = ran("pwcca")
+    ref = PLACEHOLDERS["<an alpha 0 trial>"]
+    for t in (trial_name(a, s) for a in ALPHAS for s in SEEDS):
+        s = _summary(exp, t, "pwcca")
+        assert s["reference"] == str(exp / "trials" / ref / "checkpoints" / "best.pt")
+        assert s["n_images"] == 128 and s["warning"] is None  # 128 images, at most 64 units
+        assert list(s["layers"]) == ["layer1.0", "layer3.2"]
+        table = pd.read_csv(exp / "trials" / t / "analysis" / "pwcca" / "pwcca.csv")
+        np.testing.assert_allclose(table["pwcca"], [v["pwcca"] for v in s["layers"].values()])
+        for v in s["layers"].values():
+            if t == ref:
+                assert v["pwcca"] == pytest.approx(1.0, abs=1e-9)
+            else:  # other weights (another seed, or alpha -1): related, not the same
+                assert 0.2 < v["pwcca"] < 0.999
+    other = trial_name(-1.0, 1)
+    opts = PwccaOptions(layers=("layer3.2",), device="cpu")
+    mine, theirs = (_open(exp, t, opts) for t in (other, ref))
+    x, y = (layer_features(n.model, ["layer3.2"], n.data, spatial="mean", device="cpu")
+            ["layer3.2"] for n in (mine, theirs))
+    assert x.shape == (128, 64)
+    assert _summary(exp, other, "pwcca")["layers"]["layer3.2"]["pwcca"] == pytest.approx(
+        pwcca(x, y)["pwcca"], abs=1e-6)
+    _check_headline(exp, figs, "pwcca", "mean_pwcca")
+
+
 # --------------------------------------------------------------------------- Zhou et al. 2018
 
 def test_ablation_drop_against_si(ran):
@@ -261,6 +330,64 @@ def test_ablation_drop_against_si(ran):
             warnings.simplefilter("ignore")  # a layer whose units all drop alike: no rho
             want = spearmanr(units["si"], units["max_class_drop"])[0]
         assert got is None and np.isnan(want) or got == pytest.approx(want)
+
+
+def test_ablation_ranked_on_val_scored_on_test(ran):
+    """Row "Ablation ranked on a held-out split": every trial records which split ranked and
+    which scored; the ranking SI is the whole validation split's, and rho is Spearman's of it
+    against the test drops."""
+    from seltrain.analysis.ablation import AblationOptions
+    from seltrain.analysis.unit_selectivity import unit_selectivity
+
+    exp, _ = ran("ablation_val")
+    for t in (trial_name(a, s) for a in ALPHAS for s in SEEDS):
+        s = _summary(exp, t, "ablation")
+        assert (s["rank_split"], s["score_split"]) == ("val", "test")
+    t = trial_name(-1.0, 0)
+    res = json.load(open(exp / "trials" / t / "analysis" / "ablation" / "ablation_layer3.2.json"))
+    val = _open(exp, t, AblationOptions(split="val", layers=("layer3.2",), device="cpu"))
+    assert val.data.num_images == 64
+    si_val = unit_selectivity(val)["si"]["layer3.2"]
+    np.testing.assert_allclose(res["si"], si_val, rtol=0, atol=1e-12)
+    test = _open(exp, t, AblationOptions(layers=("layer3.2",), device="cpu", max_images=64))
+    assert np.abs(unit_selectivity(test)["si"]["layer3.2"] - si_val).max() > 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = spearmanr(si_val, res["single_unit"]["max_class_drop"])[0]
+    got = res["correlations"]["max_class_drop"]["si"]["rho"]
+    assert got is None and np.isnan(rho) or got == pytest.approx(rho, abs=1e-12)
+
+
+def test_random_rotation_against_the_unit_axes(ran):
+    """Row "Random rotation of a layer's basis": the rotated network computes the trial's
+    logits, its rotation is the seed's Haar draw, and the summary's means are the drops' CSV."""
+    import torch
+
+    from seltrain.analysis.rotation import RotationOptions, random_orthogonal, rotate_layer
+
+    exp, figs = ran("rotation")
+    q_seed = random_orthogonal(64, torch.Generator().manual_seed(3)).numpy()
+    for t in (trial_name(a, s) for a in ALPHAS for s in SEEDS):
+        out = exp / "trials" / t / "analysis" / "rotation"
+        s = _summary(exp, t, "rotation")["layers"]["layer3.2"]
+        assert s["rotated_baseline_acc"] == s["baseline_acc"] and s["units"] == 64
+        table = pd.read_csv(out / "drops_layer3.2.csv")
+        assert len(table) == 64
+        for side in ("axes", "rotated"):
+            assert s[f"mean_max_class_drop_{side}"] == pytest.approx(
+                table[f"max_class_drop_{side}"].mean())
+        q = np.array(json.load(open(out / "rotation_layer3.2.json"))["rotation"])
+        np.testing.assert_allclose(q, q_seed, atol=1e-12)
+        assert _valid(out / "max_class_drop_layer3.2.png")
+    net = _open(exp, trial_name(-1.0, 1), RotationOptions(layers=("layer3.2",), device="cpu",
+                                                           max_images=64))
+    x = next(iter(net.data))[0]
+    rotated = rotate_layer(net.model, "layer3.2", x, q=torch.from_numpy(q_seed))
+    with torch.no_grad():
+        want, got = net.model.eval()(x), rotated(x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    for key in ("mean_max_class_drop_axes", "mean_max_class_drop_rotated"):
+        _check_headline(exp, figs, "rotation", key)
 
 
 # --------------------------------------------------------------------------- Ukita
