@@ -62,7 +62,8 @@ def aggregate(trials, by: list[str]):
     best validation accuracy, test accuracy, test SI and, where recorded, dead units."""
     dead = {f"test_dead_{s}": ("test_dead", s) for s in ("mean", "std")} \
         if "test_dead" in trials and trials["test_dead"].notna().any() else {}
-    return (trials.groupby(by, dropna=False)
+    keyed = trials.assign(**{k: trials[k].map(_hashable) for k in by if k != "alpha"})
+    return (keyed.groupby(by, dropna=False)
             .agg(n=("seed", "size"), best_val_acc_mean=("best_val_acc", "mean"),
                  best_val_acc_std=("best_val_acc", "std"), test_acc_mean=("test_acc", "mean"),
                  test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
@@ -77,7 +78,8 @@ def labels(rows, keys: Sequence[str]) -> list[str]:
     last = [k.rpartition(".")[2] for k in keys]
     names = [s if last.count(s) == 1 else k for k, s in zip(keys, last)]
     records = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
-    return [", ".join(f"{n}={r.get(k)}" for n, k in zip(names, keys)) for r in records]
+    return [", ".join(f"{n}={_hashable(r.get(k))}" for n, k in zip(names, keys))
+            for r in records]
 
 
 def best_line(by_group, keys: Sequence[str], col: str, mode: str) -> str:
