@@ -7,9 +7,11 @@ search, after it, or of an experiment copied off a cluster:
 - ``collect_trials``: one row per trial (alpha, seed, epochs run, stopped early, best record);
 - ``report_experiment``: results.csv, results_by_alpha.csv, the printed table, the sweep
   figures (after Leavitt & Morcos 2021, figs. 2-4) in plots/ and, as images, in TensorBoard
-  (tb_sweep/, written through the run metrics sink);
-- ``sweep_analyses`` (``--analyses``): runs ``seltrain analyze`` analyses on every trial's best
-  checkpoint and plots their headline numbers against alpha and mean SI;
+  (tb_sweep/, written through the run metrics sink); a search over other keys as well gets
+  results_by_group.csv and a series per group in those figures (seltrain/report_groups.py);
+- ``sweep_analyses`` (``--analyses``, seltrain/report_analyses.py): runs ``seltrain analyze``
+  analyses on every trial's best checkpoint and plots their headline numbers against alpha
+  and mean SI;
 - ``report_targets``: a target folder (a network seltrain did not train, target.json) or a
   folder of them, treated as trials are: ``--analyses`` runs on each, and the table lists
   each target with its analyses' headline numbers (targets.csv).
@@ -28,10 +30,11 @@ import sys
 
 import numpy as np
 
+from seltrain import report_groups
 from seltrain.atomic import atomic_write
-from seltrain.checkpoint import run_checkpoint, trials_root
+from seltrain.checkpoint import trials_root
 from seltrain.config import get_dotted
-from seltrain.errors import CheckpointError, ConfigError, DataError, did_you_mean, excerpt
+from seltrain.errors import ConfigError, DataError, did_you_mean, excerpt
 from seltrain.metrics import read_records
 
 
@@ -165,16 +168,14 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
         df.to_csv(f, index=False)
     done = df[df["complete"]]
     use = done if len(done) else df
-    dead = {f"test_dead_{s}": ("test_dead", s) for s in ("mean", "std")} \
-        if "test_dead" in use and use["test_dead"].notna().any() else {}
-    agg = (use.groupby("alpha")
-           .agg(n=("seed", "size"), best_val_acc_mean=("best_val_acc", "mean"),
-                best_val_acc_std=("best_val_acc", "std"), test_acc_mean=("test_acc", "mean"),
-                test_acc_std=("test_acc", "std"), test_si_mean=("test_si", "mean"),
-                test_si_std=("test_si", "std"), **dead)
-           .reset_index())
-    with atomic_write(os.path.join(exp_dir, "results_by_alpha.csv"), newline="") as f:
-        agg.to_csv(f, index=False)
+    agg = report_groups.aggregate(use, ["alpha"])
+    # Other searched keys that split an alpha's trials: a row and a series per combination.
+    keys = report_groups.group_keys(df, report_groups.searched_keys(exp_dir))
+    by_group = report_groups.aggregate(use, keys + ["alpha"]) if keys else None
+    for name, table in (("alpha", agg), ("group", by_group)):
+        if table is not None:
+            with atomic_write(os.path.join(exp_dir, f"results_by_{name}.csv"), newline="") as f:
+                table.to_csv(f, index=False)
     col = {"val_acc": "best_val_acc_mean", "test_acc": "test_acc_mean",
            "test_si": "test_si_mean"}.get(metric, "best_val_acc_mean")
     pick = agg[col].idxmax() if mode == "max" else agg[col].idxmin()
@@ -190,6 +191,9 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
             print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
                   "std over seeds):", file=out)
             print(agg.to_string(index=False), file=out)
+        if keys:
+            print(f"\nper {', '.join(keys)} and alpha (results_by_group.csv):", file=out)
+            print(by_group.to_string(index=False), file=out)
 
     def spread(c: str) -> str:  # "+- std" only where there is a spread to show
         n, sd = best["n"], best[c.replace("_mean", "_std")]
@@ -199,19 +203,26 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
           f"test_acc {best['test_acc_mean']:.4f}{spread('test_acc_mean')}, test_si "
           f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
           f"{'' if best['n'] > 1 else '; one seed'})", file=out)
-    plots = plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
+    if keys:
+        print(report_groups.best_line(by_group, keys, col, mode), file=out)
+    plots = report_groups.plot_sweep_by_group(df, by_group, keys, os.path.join(
+        exp_dir, "plots")) if keys else plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
     plots.append(plot_si_over_training(exp_dir, use, os.path.join(exp_dir, "plots")))
     extra = {}
     if analyses:
+        from seltrain.report_analyses import sweep_analyses
+
         extra["analyses"] = sweep_analyses(exp_dir, list(analyses), rows, extra=analysis_args,
                                            out=out, formats=formats, fanout=fanout)
         plots = plots + extra["analyses"]["plots"]
     if tensorboard:
         _to_tensorboard(plots, os.path.join(exp_dir, "tb_sweep"))
-    print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv and "
+    print(f"wrote {os.path.join(exp_dir, 'results.csv')}, results_by_alpha.csv"
+          f"{', results_by_group.csv' if keys else ''} and "
           f"{len(plots)} plots ({', '.join(formats)}) in {os.path.join(exp_dir, 'plots')}",
           file=out)
-    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra}
+    return {"trials": df, "by_alpha": agg, "plots": plots, "best": best, **extra,
+            **({"by_group": by_group} if keys else {})}
 
 
 # --------------------------------------------------------------------------- figures
@@ -339,155 +350,6 @@ def _to_tensorboard(paths: list[str], logdir: str) -> None:
         sink.close()
 
 
-# --------------------------------------------------------------------------- analyses of every trial
-
-def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
-                   extra: list[str] | None = None, out=None,
-                   formats: tuple[str, ...] = ("png",), fanout=None) -> dict:
-    """Run ``analyses`` on each trial's best checkpoint and plot their headline numbers (each
-    analysis declares its own: ``SWEEP_HEADLINE``, and ``sweep_panels`` for per-layer
-    figures) against alpha and against mean SI into <exp>/plots/. ``extra``: the options of
-    ``--analysis-args``, read strictly into each analysis' options before anything runs
-    (``commands.sweep_options``). ``trials``: rows of ``collect_trials``. ``fanout``: run
-    them as Ray tasks, one per trial and analysis (``seltrain.analysis.fanout``).
-    Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
-    from seltrain.analysis import plots, sweep_plots
-    from seltrain.analysis.commands import run_analysis, sweep_options
-    from seltrain.analysis.registry import ANALYSES, NAMES
-    from seltrain.analysis.serialize import write_csv
-    out = out or sys.stdout
-
-    bad = [a for a in analyses if a not in ANALYSES]
-    if bad:
-        raise ConfigError(f"--analyses: unknown {', '.join(bad)}"
-                          f"{did_you_mean(bad[0], NAMES)}; choose from {', '.join(NAMES)}")
-    options = {a: dataclasses.replace(o, format=tuple(formats))
-               for a, o in sweep_options(analyses, list(extra or [])).items()}
-    modules = {a: ANALYSES[a] for a in analyses}
-    root = trials_root(exp_dir)
-    rows = []
-    per_trial: dict[str, list[dict]] = {a: [] for a in analyses}
-    skipped = []
-    runs = []
-    for t in trials:
-        run = os.path.join(root, t["trial"])
-        if run_checkpoint(run, ("best.pt",)) is None:
-            skipped.append(t["trial"])
-            print(f"analyses: skipped {run}: no checkpoints/best.pt (the trial ended or was "
-                  "stopped before its first checkpoint)", file=out)
-            continue
-        runs.append((t, run))
-    fanned = _fan_out([run for _, run in runs], options, fanout, out) if fanout else {}
-    for t, run in runs:
-        row = {"trial": t["trial"], "alpha": t["alpha"], "seed": t["seed"],
-               "test_acc": t.get("test_acc"), "mean_si": t.get("test_si")}
-        for a in analyses:
-            s = fanned[(os.path.abspath(run), a)] if fanout else \
-                run_analysis(a, run, options[a], stream=out)[0]
-            row.update({k: s.get(k) for k in modules[a].SWEEP_HEADLINE})
-            per_trial[a].append(s)
-        rows.append(row)
-    if not rows:
-        raise CheckpointError(f"no trial in {exp_dir} has checkpoints/best.pt")
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    write_csv(os.path.join(exp_dir, "analysis_results.csv"),
-              {c: [np.nan if r.get(c) is None else r.get(c) for r in rows] for c in cols})
-    metrics = [m for a in analyses for m in modules[a].SWEEP_HEADLINE if m != "mean_si"]
-    paths = []
-    # Figures against alpha in the sweep style (plots.sweep_against_alpha: symlog axis, the
-    # trials, mean +- std over seeds, a title, per-layer panels where the analysis has them).
-    alpha = [r["alpha"] for r in rows]
-    si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
-    plot_dir = os.path.join(exp_dir, "plots")
-
-    def vs_alpha(name: str, panels: dict, ylabel: str, title: str) -> None:
-        paths.append(sweep_plots.sweep_against_alpha(alpha, panels, os.path.join(
-            plot_dir, f"analysis_{name}_vs_alpha.png"), ylabel=ylabel, title=title))
-
-    for m in metrics:
-        y = [np.nan if r.get(m) is None else r[m] for r in rows]
-        vs_alpha(m, {m: {m: y}}, m, f"{m} against alpha")
-        paths.append(plots.against(si, {m: y}, os.path.join(plot_dir, f"analysis_{m}_vs_si.png"),
-                                   xlabel="mean SI", ylabel=m, title=f"{m} against mean SI"))
-    for a in analyses:
-        sweep_panels = getattr(modules[a], "sweep_panels", None)
-        if sweep_panels is None:
-            continue
-        for fig, (ylabel, panels) in sweep_panels(per_trial[a]).items():
-            vs_alpha(fig, panels, ylabel, f"{fig} against alpha")
-            paths.append(plots.panels_against(si, panels, os.path.join(
-                plot_dir, f"analysis_{fig}_vs_si.png"), xlabel="mean SI", ylabel=ylabel,
-                title=f"{fig} against mean SI"))
-    if "mean_si" in cols and "selectivity" in analyses:
-        # the mean over layers, then each layer (the selectivity analysis' si_per_layer)
-        layers = list(dict.fromkeys(n for s in per_trial["selectivity"]
-                                    for n in s.get("si_per_layer", {})))
-        panels = {"mean over layers": {"mean SI": si},
-                  **{n: {"SI": [s.get("si_per_layer", {}).get(n, np.nan)
-                                for s in per_trial["selectivity"]]} for n in layers}}
-        vs_alpha("mean_si", panels, "mean class selectivity",
-                 "Mean SI against alpha, per layer")
-    paths += _unit_figures(rows, per_trial, plot_dir)
-    print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
-          f"plots in {os.path.join(exp_dir, 'plots')}"
-          + (f"; analysed {len(rows)} of {len(rows) + len(skipped)} trials, skipped "
-             f"{', '.join(skipped)} (no checkpoints/best.pt)" if skipped else ""), file=out)
-    return {"rows": rows, "plots": [str(p) for p in paths], "skipped": skipped}
-
-
-
-def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: str) -> list:
-    """The figures that compare the trials' units, from the files each analysis wrote into
-    its trial's output folder: the distribution of unit SI per alpha (selectivity's
-    selectivity.json), ablation drops against unit SI (ablation's units_<layer>.csv, Zhou et
-    al. 2018) and mean OSI and gOSI against test accuracy (orientation's summary, Ukita's
-    generalisation figure)."""
-    import pandas as pd
-
-    from seltrain.analysis import sweep_plots
-
-    alpha = [r["alpha"] for r in rows]
-    paths = []
-    if "selectivity" in per_trial:
-        si = [json.load(open(os.path.join(s["out_dir"], "selectivity.json")))["si"]
-              for s in per_trial["selectivity"]]
-        layers = list(dict.fromkeys(n for t in si for n in t))
-        paths.append(sweep_plots.si_distributions(
-            alpha, {n: [t.get(n, []) for t in si] for n in layers},
-            os.path.join(plot_dir, "analysis_si_distributions.png")))
-    if "ablation" in per_trial:
-        units = [{n: pd.read_csv(os.path.join(s["out_dir"], f"units_{n}.csv"))
-                  for n in s["layers"]} for s in per_trial["ablation"]]
-        layers = list(dict.fromkeys(n for t in units for n in t))
-        for drop, ylabel in (("max_class_drop", "max class drop"),
-                             ("overall_drop", "overall accuracy drop")):
-            paths.append(sweep_plots.drop_vs_si(
-                alpha, {n: [t[n]["si"] if n in t else [] for t in units] for n in layers},
-                {n: [t[n][drop] if n in t else [] for t in units] for n in layers},
-                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel))
-    if "orientation" in per_trial:
-        summaries = per_trial["orientation"]
-        layers = list(dict.fromkeys(n for s in summaries for n in s["layers"]))
-
-        def mean(key):
-            return {n: [s["layers"].get(n, {}).get(key, np.nan) for s in summaries]
-                    for n in layers}
-
-        acc = [np.nan if r.get("test_acc") is None else r["test_acc"] for r in rows]
-        paths.append(sweep_plots.orientation_vs_accuracy(
-            alpha, acc, mean("mean_osi"), mean("mean_gosi"),
-            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png")))
-    return paths
-
-
-def _fan_out(folders: list[str], options: dict, fanout, out) -> dict:
-    """{(run folder, analysis): summary} of every analysis of every folder, as Ray tasks."""
-    from seltrain.analysis.fanout import run_fanout, this_command
-
-    results = run_fanout(folders, options, fanout, stream=out, again=this_command())
-    return {(os.path.abspath(r.run_dir), r.analysis): r.summary for r in results}
-
-
 # --------------------------------------------------------------------------- targets
 
 def report_targets(folder: str, *, analyses: list[str] | None = None,
@@ -514,7 +376,9 @@ def report_targets(folder: str, *, analyses: list[str] | None = None,
         options = {a: dataclasses.replace(o, format=tuple(formats)) for a, o in
                    sweep_options(list(analyses), list(analysis_args or [])).items()}
         if fanout:
-            _fan_out(folders, options, fanout, out)
+            from seltrain.report_analyses import fan_out
+
+            fan_out(folders, options, fanout, out)
         for f in folders if not fanout else ():
             for a in analyses:
                 run_analysis(a, f, options[a], stream=out)

@@ -44,8 +44,9 @@ LEVELS = [
     # 5. The loop.
     {"trainer"},
     # 6. Many runs: the alpha searches (Ray Tune) and the report on an experiment, which can
-    #    run the analyses on every trial.
-    {"tuning", "report"},
+    #    run the analyses on every trial (report_analyses) and groups a search over other
+    #    keys (report_groups).
+    {"tuning", "report", "report_analyses", "report_groups"},
     # 7. The command line, which reaches every area.
     {"cli", "__main__"},
 ]

@@ -276,27 +276,147 @@ def test_dead_units_at_the_best_epoch_are_tabulated_and_plotted_against_alpha(tm
     assert any(p.endswith("dead_vs_alpha.png") for p in r["plots"])
 
 
-def test_a_search_over_another_key_is_pooled_per_alpha_and_kept_per_trial(tmp_path):
-    """The report groups by alpha only: two start epochs of one alpha (tune/alpha_late.yaml)
-    are one group of results_by_alpha.csv, while results.csv and the printed table keep each
-    trial's start epoch, the way to read such a search today (docs/training.md)."""
+# alpha, start epoch, seed, test_acc, test_si: tune/alpha_late.yaml in small
+LATE = [(-10.0, 0, 0, 0.4, 0.1), (-10.0, 0, 1, 0.5, 0.2), (-10.0, 5, 0, 0.8, 0.3),
+        (-10.0, 5, 1, 0.9, 0.5), (0.0, 0, 0, 0.6, 0.4), (0.0, 5, 0, 0.7, 0.6)]
+START = "selectivity.alpha_schedule.start_epoch"
+
+
+def _late(tmp_path):
     exp = tmp_path / "late"
-    for name, start, seed, test_acc in (("s0_a", 0, 0, 0.4), ("s0_b", 0, 1, 0.5),
-                                        ("s5_a", 5, 0, 0.8), ("s5_b", 5, 1, 0.9)):
-        folder = exp / "trials" / name
-        _run(str(folder), -10.0, seed, 0.1, [(0.5, test_acc, 0.3)], True, planned=1)
+    for alpha, start, seed, test_acc, si in LATE:
+        folder = exp / "trials" / f"alpha{alpha:g}_start_epoch{start}_seed{seed}"
+        _run(str(folder), alpha, seed, 0.1, [(0.5, test_acc, si)], True, planned=1)
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
         cfg["selectivity"]["alpha_schedule"] = {"kind": "step", "start_epoch": start}
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
-    key = "selectivity.alpha_schedule.start_epoch"
     (exp / "seltrain_experiment.json").write_text(json.dumps(
-        {"scheduler": {"type": "none"}, "space": {"selectivity.alpha": "grid", key: "grid"}}))
+        {"scheduler": {"type": "none"}, "space": {"selectivity.alpha": "grid", START: "grid"}}))
+    return exp
+
+
+def test_a_search_over_another_key_is_grouped_by_it_and_alpha(tmp_path, monkeypatch):
+    """tune/alpha_late.yaml: results_by_group.csv holds each start epoch and alpha's means
+    over seeds, each main figure one series per start epoch; results_by_alpha.csv still
+    pools the starts, and results.csv keeps each trial's start epoch."""
+    from seltrain.analysis import plots
+
+    exp = _late(tmp_path)
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, title: figures.setdefault(
+        os.path.basename(str(path)), fig) and save(fig, path, title))
     printed = io.StringIO()
-    r = report.report_experiment(str(exp), out=printed, tensorboard=False)
-    (only,) = r["by_alpha"].to_dict("records")
-    assert (only["alpha"], only["n"]) == (-10.0, 4)
-    assert only["test_acc_mean"] == pytest.approx(0.65)  # both starts pooled
-    rows = {row["trial"]: row for row in csv.DictReader(open(exp / "results.csv"))}
-    assert {t: (row[key], float(row["test_acc"])) for t, row in rows.items()} == {
-        "s0_a": ("0", 0.4), "s0_b": ("0", 0.5), "s5_a": ("5", 0.8), "s5_b": ("5", 0.9)}
-    assert key in printed.getvalue().splitlines()[2]  # the trial table's header
+    r = report.report_experiment(str(exp), out=printed, tensorboard=False, metric="test_acc")
+    by_alpha = {row["alpha"]: row for row in r["by_alpha"].to_dict("records")}
+    assert by_alpha[-10.0]["n"] == 4 and by_alpha[-10.0]["test_acc_mean"] == pytest.approx(0.65)
+    rows = list(csv.DictReader(open(exp / "results_by_group.csv")))
+    assert list(rows[0])[:3] == [START, "alpha", "n"]
+    got = {(int(row[START]), float(row["alpha"])): row for row in rows}
+    assert list(got) == [(0, -10.0), (0, 0.0), (5, -10.0), (5, 0.0)]  # by start, then alpha
+    for key, n, acc, si in (((0, -10.0), 2, (0.4 + 0.5) / 2, (0.1 + 0.2) / 2),
+                            ((0, 0.0), 1, 0.6, 0.4), ((5, -10.0), 2, (0.8 + 0.9) / 2,
+                                                      (0.3 + 0.5) / 2), ((5, 0.0), 1, 0.7, 0.6)):
+        assert int(got[key]["n"]) == n
+        assert float(got[key]["test_acc_mean"]) == pytest.approx(acc)
+        assert float(got[key]["test_si_mean"]) == pytest.approx(si)
+    assert float(got[(5, -10.0)]["test_acc_std"]) == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert got[(0, 0.0)]["test_acc_std"] == ""  # one seed: no spread
+    lines = printed.getvalue().splitlines()
+    assert f"per {START} and alpha (results_by_group.csv):" in lines
+    assert (f"best {START} and alpha by test_acc_mean: start_epoch=5, alpha -10 (test_acc_mean "
+            "0.8500 +- 0.0707; 2 seeds)") in lines
+    assert "results_by_alpha.csv, results_by_group.csv and 4 plots (png)" in printed.getvalue()
+    ax = figures["test_acc_vs_alpha.png"].axes[0]
+    series = {c.get_label(): c for c in ax.containers}
+    assert sorted(series) == ["start_epoch=0 (mean +- std over seeds)",
+                              "start_epoch=5 (mean +- std over seeds)"]
+    for start, want in ((0, [0.45, 0.6]), (5, [0.85, 0.7])):
+        line = series[f"start_epoch={start} (mean +- std over seeds)"].lines[0]
+        np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [-10.0, 0.0])
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), want)
+    assert ax.get_xscale() == "symlog"
+    ax = figures["si_vs_alpha.png"].axes[0]
+    np.testing.assert_allclose([np.asarray(c.lines[0].get_ydata(), float) for c in
+                                ax.containers], [[0.15, 0.4], [0.4, 0.6]])
+    ax = figures["acc_vs_si.png"].axes[0]  # each start's means, at (mean SI, mean accuracy)
+    np.testing.assert_allclose(
+        [np.asarray(c.lines[0].get_xydata(), float).tolist() for c in ax.containers],
+        [[[0.15, 0.45], [0.4, 0.6]], [[0.4, 0.85], [0.6, 0.7]]])
+    assert [t.get_text() for t in ax.texts] == ["-10", "0", "-10", "0"]
+    trials = {row["trial"]: row for row in csv.DictReader(open(exp / "results.csv"))}
+    assert trials["alpha-10_start_epoch5_seed1"][START] == "5"
+
+
+def test_without_other_keys_the_report_is_what_it_was(experiment, tmp_path):
+    """No results_by_group.csv and no group in any output: a search over alpha alone, and one
+    whose other key holds one value per alpha (the fixture's train.lr, which pools nothing),
+    write the same bytes (figures in every format, results_by_alpha.csv, the printed lines
+    after the trial table) as the report before groups (its results_by_alpha.csv below)."""
+    plain = tmp_path / "plain"
+    for name, (alpha, seed, lr, epochs, finished) in TRIALS.items():
+        _run(str(plain / "trials" / name), alpha, seed, lr, epochs, finished)
+    (plain / "seltrain_experiment.json").write_text(json.dumps(
+        {"scheduler": {"type": "asha"}, "space": {"selectivity.alpha": "grid"}}))
+    (plain / "interrupted.json").write_text(json.dumps({"cut_trials": ["alpha10_seed1_e"]}))
+    printed = {}
+    for exp in (experiment, str(plain)):
+        out = io.StringIO()
+        r = report.report_experiment(exp, out=out, tensorboard=False, formats="png,svg,pdf")
+        printed[exp] = out.getvalue().replace(exp, "EXP")
+        assert "by_group" not in r
+        assert not os.path.exists(os.path.join(exp, "results_by_group.csv"))
+    # the trial table has the train.lr column; what follows it is the same
+    assert printed[experiment].split("\nper alpha")[1] == printed[str(plain)].split(
+        "\nper alpha")[1]
+    assert "group" not in printed[experiment]
+    for f in ["results_by_alpha.csv"] + [f"plots/{p}" for p in
+                                         sorted(os.listdir(os.path.join(experiment, "plots")))]:
+        assert open(os.path.join(experiment, f), "rb").read() == (plain / f).read_bytes(), f
+    assert (plain / "results_by_alpha.csv").read_text().splitlines() == [
+        "alpha,n,best_val_acc_mean,best_val_acc_std,test_acc_mean,test_acc_std,test_si_mean,"
+        "test_si_std", "-1.0,2,0.75,0.07071067811865482,0.7150000000000001,0.09192388155425114,"
+        "0.15000000000000002,0.07071067811865477", "0.0,1,0.9,,0.88,,0.4,"]
+
+
+def test_the_bn_dropout_search_draws_each_groups_class_drops_side_by_side(tmp_path,
+                                                                           monkeypatch):
+    """tune/bn_dropout.yaml in small: two arms (vgg16 and vgg16_bn) at alpha 0, their units'
+    max class drop (the ablation's units_<layer>.csv) pooled over each arm's seeds, one box
+    per arm in analysis_class_drop_by_group.png, whose means are the hand-computed ones."""
+    from seltrain import report_analyses
+    from seltrain.analysis import plots
+    from seltrain.analysis.serialize import write_csv
+
+    drops = {("vgg16_bn", 0): [0.1, 0.3, 0.8], ("vgg16", 0): [0.2, 0.4, 0.9],
+             ("vgg16", 1): [0.0, 0.6]}
+    rows, summaries = [], []
+    for i, ((arch, seed), d) in enumerate(drops.items()):
+        out = tmp_path / f"t{i}"
+        out.mkdir()
+        write_csv(str(out / "units_fc1.csv"), {"unit": range(len(d)), "si": [0.5] * len(d),
+                                               "overall_drop": [0.0] * len(d),
+                                               "max_class_drop": d})
+        rows.append({"trial": f"t{i}", "alpha": 0.0, "seed": seed, "model.arch": arch})
+        summaries.append({"out_dir": str(out), "layers": ["fc1"]})
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, title: figures.setdefault(
+        os.path.basename(str(path)), fig) and save(fig, path, title))
+    paths = report_analyses._unit_figures(rows, {"ablation": summaries}, str(tmp_path / "plots"),
+                                          ["model.arch"])
+    assert [os.path.basename(p) for p in paths] == [
+        "analysis_max_class_drop_vs_unit_si.png", "analysis_overall_drop_vs_unit_si.png",
+        "analysis_class_drop_by_group.png"]
+    assert (tmp_path / "plots" / "analysis_class_drop_by_group.png").read_bytes()[:4] == \
+        b"\x89PNG"
+    (ax,) = [a for a in figures["analysis_class_drop_by_group.png"].axes if a.get_visible()]
+    # boxes in the order of the key's values; a group's trials (seeds) pooled
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["arch=vgg16\n(2 trials)",
+                                                            "arch=vgg16_bn\n(1 trial)"]
+    means = [float(np.mean(ln.get_ydata())) for ln in ax.get_lines()
+             if ln.get_linestyle() == "--"]  # meanline: the dashed line per box
+    np.testing.assert_allclose(means, [(0.2 + 0.4 + 0.9 + 0.0 + 0.6) / 5, (0.1 + 0.3 + 0.8) / 3])
+    medians = [ln for ln in ax.get_lines() if ln.get_color() in ("C1", "#ff7f0e")]
+    np.testing.assert_allclose([float(np.mean(ln.get_ydata())) for ln in medians], [0.4, 0.3])
+    assert ax.get_title() == "fc1"
