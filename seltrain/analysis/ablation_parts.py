@@ -101,7 +101,7 @@ def cumulative_counts(model: nn.Module, layer: str | nn.Module, x, y,
     from seltrain.probes import resolve_layer
 
     name, _ = resolve_layer(model, layer)
-    fractions = FRACTIONS if fractions is None else np.asarray(fractions, np.float64)
+    fractions = np.array(FRACTIONS if fractions is None else fractions, np.float64)  # a copy
     n_units = len(next(iter(orders.values())))
     n_abl = np.floor(fractions * n_units + 0.5).astype(np.int64)
 
