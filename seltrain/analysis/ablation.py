@@ -77,9 +77,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 # The fan-out's parts of an ablation (and the counts single_unit_ablation is made of).
-from seltrain.analysis.ablation_parts import (UNIT_CHUNKS, ablation_counts,  # noqa: F401
-                                              chunk_label, chunks, compute_chunk, join_counts,
-                                              merge)
+from seltrain.analysis.ablation_parts import (ORDER_SEED, UNIT_CHUNKS,  # noqa: F401
+                                              ablation_counts, chunk_label, chunks,
+                                              compute_chunk, cumulative_counts,
+                                              cumulative_result, join_counts, merge)
 from seltrain.analysis.options import AnalysisOptions, option, whole_number
 from seltrain.analysis.serialize import write_csv, write_json
 from seltrain.analysis.target import Target, on_split
@@ -430,47 +431,10 @@ def cumulative_ablation(model: nn.Module, layer: str | nn.Module, x, y=None, si=
     """
     if si is None:
         raise ValueError("cumulative_ablation needs si, the selectivity index per unit")
-    name, _ = resolve_layer(model, layer)
-    fractions = np.linspace(0, 1, 11) if fractions is None else np.asarray(fractions, np.float64)
-    orders = ablation_orders(si, n_random, seed)
-    n_units = len(np.asarray(si))
-    n_abl = np.floor(fractions * n_units + 0.5).astype(np.int64)
-
-    def unit_sets(n: int) -> list[Tensor]:
-        if n != n_units:
-            raise ValueError(f"si has {n_units} entries but layer '{name}' has {n} units")
-        return [torch.as_tensor(o[:k]) for o in orders.values() for k in n_abl]
-
-    correct = base = None  # hits on the device: read once, at the end
-    n_images = 0
-    info: dict = {}
-    for yb, ids, logits in ablated_logits(model, layer, x, y, unit_sets, fast=fast,
-                                          units_per_pass=units_per_pass, batch_size=batch_size,
-                                          device=device, desc=f"cumulative ablation {name}",
-                                          info=info):
-        hits = (logits.argmax(-1) == yb[None]).sum(1).double()
-        if correct is None:
-            correct = torch.zeros(len(orders) * len(fractions), dtype=torch.float64,
-                                  device=hits.device)
-            base = torch.zeros((), dtype=torch.float64, device=hits.device)
-        if ids is None:
-            base += hits[0]
-            n_images += len(yb)
-        else:
-            correct[ids.start:ids.stop] += hits
-    if correct is None:
-        raise ValueError("no data: x is empty")
-    acc = (correct.cpu().numpy() / n_images).reshape(len(orders), len(fractions))
-    rand = acc[2:]
-    return {
-        "layer": name, "fractions": fractions, "n_ablated": n_abl,
-        "si_high_first": acc[0], "si_low_first": acc[1], "random": rand,
-        "random_mean": rand.mean(0) if n_random else np.full(len(fractions), np.nan),
-        "random_std": rand.std(0) if n_random else np.full(len(fractions), np.nan),
-        "baseline_acc": float(base) / n_images, "n_images": int(n_images),
-        "method": info["method"], "ablated_module": info["ablated_module"],
-        "units_per_pass": info["units_per_pass"],
-    }
+    counts = cumulative_counts(model, layer, x, y, ablation_orders(si, n_random, seed),
+                               fractions, fast=fast, units_per_pass=units_per_pass,
+                               batch_size=batch_size, device=device)
+    return cumulative_result(counts)
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -513,9 +477,10 @@ def compute(target: Target, opts: AblationOptions) -> dict:
         target.model, name, target.data, **kw))
 
 
-def _analyse(target: Target, opts: AblationOptions, single) -> dict:
+def _analyse(target: Target, opts: AblationOptions, single, cumulative=None) -> dict:
     """``compute`` with ``single(layer, num_classes=, units_per_pass=, device=)``: a layer's
-    single-unit ablation."""
+    single-unit ablation, and ``cumulative(layer, si)``: its cumulative curves (default:
+    ``cumulative_ablation``)."""
     from seltrain.analysis.attributes import correlations, unit_attributes
 
     ranked = on_split(target, opts.rank_split, "--rank-split")  # where SI ranks the units
@@ -535,9 +500,10 @@ def _analyse(target: Target, opts: AblationOptions, single) -> dict:
                         "preferred_class_drop": res["class_drops"][np.arange(len(pref)), pref],
                         "correlations": corr}
         if opts.cumulative:
-            layers[name]["cumulative"] = cumulative_ablation(
-                target.model, name, target.data, si=si, n_random=opts.n_random,
-                units_per_pass=per_pass, device=target.device)
+            layers[name]["cumulative"] = cumulative(name, si) if cumulative else \
+                cumulative_ablation(target.model, name, target.data, si=si,
+                                    n_random=opts.n_random, seed=ORDER_SEED,
+                                    units_per_pass=per_pass, device=target.device)
         rho = corr["max_class_drop"]["si"]
         summary["layers"][name] = {
             "baseline_acc": res["baseline_acc"],

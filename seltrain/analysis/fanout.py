@@ -18,7 +18,8 @@ of the driver loses only the tasks in flight, and ``--force`` recomputes everyth
 
 Chunks: an analysis module may split itself (``chunks(opts)``, ``compute_chunk``, ``merge``):
 robustness by corruption x severity and by attack, ablation and gradients by runs of every
-layer's units, selectivity and orientation by runs of layers.
+layer's units (ablation's cumulative curves by order), selectivity and orientation by runs of
+layers.
 Each chunk is a task; when the last is in, one more task merges their numbers and writes the
 folder, the same files as one process writes.
 

@@ -4,7 +4,9 @@ One Ray for the module (2 CPUs, started here; the CLI runs join it with --addres
 the Python API uses it in-process), and one tiny experiment (two 1-epoch runs of 16 px
 synthetic data under exp/trials/). In order:
 - the tasks write the very files of the single-process run (JSON and CSV byte for byte),
-  one line per finished task, a progress line, and nothing of Ray's on the console;
+  one line per finished task, a progress line, and nothing of Ray's on the console; so do
+  the chunks of ablation (units, and the cumulative curves' orders), orientation (layers)
+  and gradients (unit blocks), merged;
 - the Python API (``run_fanout`` with ``FanoutOptions``) and the report's sweep;
 - a rerun skips what is done, a changed option recomputes only its analysis, --force all;
 - SIGTERM and SIGINT of the driver: exit 143 / 130, finished outputs kept, the rest on rerun.
@@ -118,21 +120,57 @@ def test_tasks_write_the_single_process_files(exp, head, tmp_path):
             want["mean_corruption_accuracy"], abs=1e-6)
 
 
-def test_ablation_in_unit_chunks_writes_the_single_process_files(exp, head, tmp_path):
-    """Four chunks of every layer's units, merged: the files of one process, byte for byte."""
+def test_ablation_in_unit_and_order_chunks_writes_the_single_process_files(exp, head, tmp_path):
+    """Four chunks of every layer's units and, with --cumulative, one per order of the curves
+    (SI high first, SI low first, two random orders), merged: the files of one process, byte
+    for byte."""
     run = exp / "trials" / "a0"
-    args = ["--layers", "layer2.2", "layer3.2", "--max-images", "64", "--device", "cpu"]
+    args = ["--layers", "layer2.2", "layer3.2", "--max-images", "64", "--device", "cpu",
+            "--cumulative", "--n-random", "2"]
     _ok(run_cli("analyze", "ablation", run, *args, "--out", tmp_path / "one"))
     r = _ok(run_cli("analyze", "ablation", run, *args, "--address", head))
-    assert "5 analysis task(s) on Ray (1 CPU, 0 GPU each); 1 of the 1 analyses split into chunks" \
+    assert "9 analysis task(s) on Ray (1 CPU, 0 GPU each); 1 of the 1 analyses split into chunks" \
         in r.stdout
     assert r.stdout.count("(chunk units part ") == 4
+    assert sorted(ln.split("(chunk cumulative, ")[1].split(")")[0] for ln in r.stdout.splitlines()
+                  if "(chunk cumulative, " in ln) == [
+        "SI high first", "SI low first", "random order 1 of 2", "random order 2 of 2"]
     names = _same_files(tmp_path / "one", run / "analysis" / "ablation")
     assert {"units_layer3.2.csv", "class_drops_layer2.2.csv", "ablation_layer3.2.json",
             "summary.json"} <= set(names)
-    drops = json.load(open(run / "analysis" / "ablation" / "ablation_layer3.2.json"))[
-        "single_unit"]["overall_drop"]
-    assert len(drops) == 64
+    layer = json.load(open(run / "analysis" / "ablation" / "ablation_layer3.2.json"))
+    assert len(layer["single_unit"]["overall_drop"]) == 64
+    cum = layer["cumulative"]
+    assert len(cum["random"]) == 2 and len(cum["si_high_first"]) == 11
+    assert cum["si_high_first"][0] == cum["baseline_acc"] and cum["n_ablated"][-1] == 64
+
+
+# Small and quick: orientation's two layers fall in its chunks 2 and 4 (layer2.2's ablation
+# reads the shift invariance of layer3.2, in the other chunk); gradients' 16 units in blocks
+# of 4, one block per chunk.
+CHUNKED = {
+    "orientation": ["--layers", "layer2.2", "layer3.2", "--max-images", "16", "--device", "cpu"],
+    "gradients": ["--layers", "layer2.2", "layer3.2", "--max-images", "16", "--max-units",
+                  "16", "--unit-block", "4", "--batch-size", "8", "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("name, label", [("orientation", "layers part "),
+                                         ("gradients", "units part ")])
+def test_layer_and_unit_block_chunks_write_the_single_process_files(exp, head, tmp_path,
+                                                                   name, label):
+    """Orientation by runs of layers, gradients by runs of unit blocks: four chunk tasks and
+    a merge write the files of one process, byte for byte (about 25 s each on 2 shared
+    cores)."""
+    run = exp / "trials" / "a0"
+    _ok(run_cli("analyze", name, run, *CHUNKED[name], "--out", tmp_path / "one"))
+    r = _ok(run_cli("analyze", name, run, *CHUNKED[name], "--address", head, "--force"))
+    assert "5 analysis task(s) on Ray (1 CPU, 0 GPU each); 1 of the 1 analyses split into " \
+        "chunks" in r.stdout
+    assert sorted(ln.split(f"(chunk {label}")[1].split(")")[0] for ln in r.stdout.splitlines()
+                  if f"(chunk {label}" in ln) == [f"{j} of 4" for j in range(1, 5)]
+    assert {"summary.json", "units_layer2.2.csv", "units_layer3.2.csv"} <= set(
+        _same_files(tmp_path / "one", run / "analysis" / name))
 
 
 def test_python_api_and_the_report_sweep(exp, head, tmp_path):

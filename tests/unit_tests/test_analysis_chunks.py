@@ -14,7 +14,7 @@ import torch
 
 from helpers import randomise_bn
 
-from seltrain.analysis import gradients, orientation
+from seltrain.analysis import ablation, gradients, orientation
 from seltrain.analysis.target import Target
 from seltrain.models import build_model
 
@@ -165,3 +165,51 @@ def test_gradients_merged_chunks_equal_the_single_process_run(unit_block, max_un
     direction = (c * c - u.sum(0).pow(2).sum(1)) / (c * (c - 1))
     np.testing.assert_allclose(layer["across_units"]["direction"], direction.numpy(),
                                rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- ablation
+
+def test_ablation_chunks_with_cumulative_curves_are_one_per_order():
+    opts = ablation.AblationOptions(cumulative=True, n_random=2)
+    chunks = ablation.chunks(opts)
+    assert chunks == [("units", j, 4) for j in range(4)] + [
+        ("cumulative", o) for o in ("si_high_first", "si_low_first", "random_0", "random_1")]
+    assert [ablation.chunk_label(opts, c) for c in chunks[3:]] == [
+        "units part 4 of 4", "cumulative, SI high first", "cumulative, SI low first",
+        "cumulative, random order 1 of 2", "cumulative, random order 2 of 2"]
+    assert len(ablation.chunks(ablation.AblationOptions())) == 4
+
+
+@pytest.mark.parametrize("n_random", [3, 0])
+def test_ablation_merged_chunks_with_cumulative_curves_equal_the_single_process_run(n_random):
+    """Every number, exactly: the single-unit drops (units parts), the attributes and
+    correlations (the merge), and the cumulative curves, each order counted in its own part
+    from the SI it computes itself; the random orders are the single process' (seed 0)."""
+    target = _target("resnet20", ["layer1.1", "layer2.0"], n_images=24, size=16)
+    # Labelled with the network's own predictions: accuracy 1 intact, so the curves fall.
+    with torch.no_grad():
+        data = [(x, target.model(x).argmax(1)) for x, _ in target.data]
+    target = dataclasses.replace(target, data=data, cfg=SimpleNamespace(
+        selectivity=SimpleNamespace(eps=1e-7)))
+    opts = ablation.AblationOptions(cumulative=True, n_random=n_random)
+    whole = ablation.compute(target, opts)
+    parts = [ablation.compute_chunk(target, opts, c) for c in ablation.chunks(opts)]
+    merged = ablation.merge(target, opts, parts)
+    n = assert_same(whole, merged)
+    cum = merged["layers"]["layer2.0"]["cumulative"]
+    assert cum["random"].shape == (n_random, 11) and list(cum["n_ablated"][:3]) == [0, 3, 6]
+    assert n > 3_000  # 48 units' drops per class, attributes, 11-point curves
+    # not a vacuous match: the curves fall as units go, and the random orders differ
+    assert cum["baseline_acc"] == cum["si_high_first"][0] == 1.0
+    assert cum["si_high_first"][3] * 24 == 19 and cum["si_low_first"][1] * 24 == 19
+    if n_random:
+        assert not np.array_equal(cum["random"][0], cum["random"][1])
+        assert np.isfinite(cum["random_std"]).all()
+    else:
+        assert np.isnan(cum["random_mean"]).all()
+    # a part whose order another SI ranked is refused, not merged into the curve
+    order = parts[4]["layer1.1"]["orders"]["si_high_first"]
+    parts[4]["layer1.1"]["orders"]["si_high_first"] = order[::-1]
+    with pytest.raises(ValueError, match="the part of the order si_high_first ranked the "
+                                         "units by another SI than the merge's"):
+        ablation.merge(target, opts, parts)
