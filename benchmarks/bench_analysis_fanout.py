@@ -26,7 +26,7 @@ by ``COST`` (images x forward passes) and the memory each holds (``task_memory``
 Writes benchmarks/results/bench_analysis_fanout.json. Result (2 CPU cores shared with other
 jobs, load average 7.6 at the start, one run, 256 images a trial): one process 102.9 s, Ray
 56.6 s with its start, 1.82x, the 60 JSON/CSV files identical; the plan: 7,200 tasks, the
-largest 0.28% of the work (docs/performance.md, "Analyses of a sweep on Ray").
+largest (PGD) 0.22% of the work (docs/performance.md, "Analyses of a sweep on Ray").
 """
 from __future__ import annotations
 
@@ -72,12 +72,18 @@ def _layer_run(layers: list, j: int, n: int) -> list:
     return layers[j * len(layers) // n:(j + 1) * len(layers) // n]
 
 
-def chunk_cost(name: str, chunk, opts, layers: list[tuple[str, int]], images: int) -> float:
+def chunk_cost(name: str, chunk, opts, layers: list[tuple[str, int]], images: int,
+               depth: dict[str, float] | None = None) -> float:
     """The work of one chunk of analysis ``name``, in image-forward passes, by ``COST``.
     ``layers``: (name, units) of the layers the analysis reads; ``images``: the split's size
-    (capped by ``opts.max_images``). Ablation and the attacks count whole forward passes
-    though ablation runs only the network above the layer: an upper bound."""
+    (capped by ``opts.max_images``); ``depth``: {layer: the share of the network's
+    multiply-adds up to its output}. An ablation pass runs only the network above its layer
+    and a unit's gradient only the network below it, so they count that share of a pass; a
+    layer missing from ``depth`` counts whole passes."""
     n = min(images, opts.max_images) if opts.max_images else images
+    depth = depth or {}
+    below = {name_: depth.get(name_, 1.0) for name_, _ in layers}
+    above = {name_: 1.0 - depth[name_] if name_ in depth else 1.0 for name_, _ in layers}
     kind, a, b = chunk
     if name == "selectivity":   # one pass over the images, reading its run of layers
         return float(n) if _layer_run(layers, a, b) else 0.0   # fewer layers than runs
@@ -87,7 +93,7 @@ def chunk_cost(name: str, chunk, opts, layers: list[tuple[str, int]], images: in
         steps = opts.steps if a == "pgd" else 1
         return n * len(opts.eps) * (steps * COST["attack_step"] + 1)
     if name == "ablation":      # per layer: the intact pass and one pass per zeroed unit
-        return float(sum(n * (1 + _part(units, a, b)) for _, units in layers))
+        return float(sum(n * (1 + above[ln] * _part(units, a, b)) for ln, units in layers))
     if name == "orientation":   # gratings; per layer: the top/bottom-gOSI ablation (2 passes)
         run = _layer_run(layers, a, b)   # and the shift invariance with each group zeroed
         if not run:                      # (2 x 2: shifted and not); once, unablated (2)
@@ -96,7 +102,8 @@ def chunk_cost(name: str, chunk, opts, layers: list[tuple[str, int]], images: in
             return float(COST["gratings"])
         return COST["gratings"] + 2 * n + len(run) * 6 * n
     if name == "gradients":     # per layer: a forward, and one backward per unit of the run
-        return float(sum(n * (1 + COST["backward"] * _part(units, a, b)) for _, units in layers))
+        return float(sum(n * below[ln] * (1 + COST["backward"] * _part(units, a, b))
+                         for ln, units in layers))
     raise ValueError(f"no cost model for the analysis {name}")
 
 
@@ -119,11 +126,12 @@ def task_memory(name: str, chunk, opts, model_bytes: int, act_bytes: int,
 
 def fanout_plan(trials: int, analyses: dict, layers: dict[str, list[tuple[str, int]]],
                 images: int, model_bytes: int = 0, act_bytes: int = 0,
-                largest_act_bytes: int = 0) -> dict:
+                largest_act_bytes: int = 0, depth: dict[str, float] | None = None) -> dict:
     """The tasks ``run_fanout`` makes for ``trials`` targets and ``analyses`` ({name: its
     options}; each analysis' ``chunks(opts)``, and one merge where there are two or more, as
     ``fanout.split`` does), with each task's work (``chunk_cost``) and memory
-    (``task_memory``). ``layers``: {analysis: [(layer, units)]} it reads."""
+    (``task_memory``). ``layers``: {analysis: [(layer, units)]} it reads; ``depth``: as
+    ``chunk_cost`` takes it."""
     from seltrain.analysis.registry import analysis
 
     rows, tasks = {}, []
@@ -133,7 +141,7 @@ def fanout_plan(trials: int, analyses: dict, layers: dict[str, list[tuple[str, i
         if len(parts) < 2:
             raise ValueError(f"{name}: one task per trial has no cost model here")
         per_trial = [(module.chunk_label(opts, c), chunk_cost(name, c, opts, layers[name],
-                                                              images),
+                                                              images, depth),
                       task_memory(name, c, opts, model_bytes, act_bytes, largest_act_bytes))
                      for c in parts]
         per_trial.append(("merge", 0.0, task_memory(name, "merge", opts, model_bytes,
@@ -179,6 +187,31 @@ def activation_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int,
     return 4 * params, 4 * sum(sizes), 4 * max(sizes)
 
 
+def layer_depths(model, image_size: int, names: list[str]) -> dict[str, float]:
+    """{layer: the share of the network's multiply-adds (convolutions and linear layers)
+    spent up to its output}, from one forward pass on the meta device."""
+    import torch
+    from torch import nn
+
+    done = [0]
+    at: dict[str, int] = {}
+
+    def count(m, i, o):
+        per_out = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                   if isinstance(m, nn.Conv2d) else m.in_features)
+        done[0] += o.numel() * per_out
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks += [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: at.__setitem__(n, done[0])) for n in names]
+    with torch.no_grad():
+        model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    for h in hooks:
+        h.remove()
+    return {n: at[n] / done[0] for n in names}
+
+
 def paper_plan(trials: int = 75, images: int = 10_000, image_size: int = 224) -> dict:
     """``fanout_plan`` for the paper's case: ResNet-50 at ``image_size`` px, 1000 classes,
     the analyses at their defaults except robustness (15 corruptions x 5 severities, PGD
@@ -206,10 +239,12 @@ def paper_plan(trials: int = 75, images: int = 10_000, image_size: int = 224) ->
     layers = {"selectivity": blocks, "robustness": blocks, "ablation": layer4,
               "orientation": blocks, "gradients": blocks}
     model_b, act_b, largest_b = activation_bytes("resnet50", 1000, image_size)
-    plan = fanout_plan(trials, analyses, layers, images, model_b, act_b, largest_b)
+    depth = layer_depths(model.eval(), image_size, [n for n, _ in blocks])
+    plan = fanout_plan(trials, analyses, layers, images, model_b, act_b, largest_b, depth)
     plan.update(model="resnet50", image_size=image_size, num_classes=1000,
                 model_bytes=model_b, activation_bytes_per_image=act_b,
                 largest_activation_bytes_per_image=largest_b, batch=PLAN_BATCH,
+                multiply_add_share_up_to=depth,
                 cost_model=dict(COST, unit="image-forward passes through the whole network"),
                 options={n: {k: v for k, v in vars(o).items() if k in (
                     "max_images", "corruptions", "severities", "attack", "eps", "steps",

@@ -53,6 +53,11 @@ def test_plan_of_a_tiny_case_counted_by_hand(bench):
     assert rows["selectivity"]["memory_per_task_max_bytes"] == 100 + 256 * 3 * 2
     assert rows["robustness"]["memory_per_task_max_bytes"] == 100 + 256 * 2 * 10
     assert plan["memory_per_task_max_bytes"] == 5220
+    # With depths (the share of the multiply-adds up to a layer's output), a zeroed unit's
+    # pass runs the 0.25 above layer b: each ablation chunk 10 x (1 + 0.25 x 2).
+    plan = bench.fanout_plan(2, analyses, layers, images=10, depth={"a": 0.5, "b": 0.75})
+    assert plan["analyses"]["ablation"]["work_per_trial"] == 4 * 15
+    assert plan["analyses"]["selectivity"]["work_per_trial"] == 20
 
 
 def test_the_papers_case(bench):
@@ -65,6 +70,13 @@ def test_the_papers_case(bench):
     # ResNet-50: 25.6 M parameters (and BatchNorm statistics) in float32
     assert 100e6 < plan["model_bytes"] < 110e6
     assert 0 < plan["largest_task_share"] < 0.01
+    depth = plan["multiply_add_share_up_to"]
+    assert list(depth) == [n for n in depth if n.startswith("layer")] and len(depth) == 16
+    assert all(a < b for a, b in zip(list(depth.values()), list(depth.values())[1:]))
+    assert 0.99 < depth["layer4.2"] < 1   # only the classifier is above it
+    # Counted so, PGD (10 steps x 7 epsilons over 10,000 images) is the largest task.
+    assert plan["largest_task"] == "robustness (pgd attack)"
+    assert plan["largest_task_work"] == 10_000 * 7 * (10 * 3 + 1)
 
 
 def test_help():
