@@ -24,9 +24,10 @@ by ``COST`` (images x forward passes) and the memory each holds (``task_memory``
     python benchmarks/bench_analysis_fanout.py --plan-only   # the plan alone, seconds
 
 Writes benchmarks/results/bench_analysis_fanout.json. Result (2 CPU cores shared with other
-jobs, load average 7.6 at the start, one run, 256 images a trial): one process 102.9 s, Ray
-56.6 s with its start, 1.82x, the 60 JSON/CSV files identical; the plan: 7,200 tasks, the
-largest (PGD) 0.22% of the work (docs/performance.md, "Analyses of a sweep on Ray").
+jobs, load average 5.1 at the start, 256 images a trial): one process 81.3 s, Ray 58.8 s with
+its start, 1.38x (an earlier run at load 7.6: 1.82x), the 60 JSON/CSV files identical; the
+plan: 7,200 tasks, the largest (PGD) 0.22% of the work (docs/performance.md, "Analyses of a
+sweep on Ray").
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ COST = {
     # a PGD or FGSM step at one epsilon: a forward and a backward; then one forward to score
     "attack_step": 3.0,
 }
-# Images per forward pass on a GPU in the plan (the analyses' data loader batch).
+# Images per forward pass on a GPU in the plan: an assumption (a usual evaluation batch for
+# ResNet-50 at 224 px), not read from a recipe.
 PLAN_BATCH = 256
 
 
