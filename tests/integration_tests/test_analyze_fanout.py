@@ -10,12 +10,16 @@ synthetic data under exp/trials/). In order:
 - the Python API (``run_fanout`` with ``FanoutOptions``) and the report's sweep;
 - a rerun skips what is done, a changed option recomputes only its analysis, --force all;
 - SIGTERM and SIGINT of the driver: exit 143 / 130, finished outputs kept, the rest on rerun.
+- results on a disk the workers do not share (a private tmpfs in the driver's mount
+  namespace): one line at the first task, nothing written.
 """
 from __future__ import annotations
 
 import filecmp
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,6 +310,35 @@ def test_more_gpus_per_task_than_any_node_is_one_line(exp, head):
                                    "--gpus-per-task", "2", "--force"), 2)
     assert ("one analysis task asks for 1 CPU and 2 GPU but no node of the cluster has that "
             "(the largest: 2 CPU, 0 GPU); lower --cpus-per-task/--gpus-per-task") in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare(1) for a private mount namespace")
+def test_results_folder_the_workers_cannot_see_is_one_line(exp, head, tmp_path):
+    """The driver runs in a mount namespace of its own, where the runs' folder is a private
+    copy on a tmpfs (a node-local disk): it writes its token there, the workers (outside)
+    read the folder beneath, find another token, and the first task ends the analysis in one
+    line naming the folder, before any output is written."""
+    trials, view = exp / "trials", tmp_path / "view"
+    view.mkdir()
+    before = {p: os.path.getmtime(p) for p in trials.glob("*/analysis/selectivity/*")}
+    argv = [sys.executable, "-m", "seltrain", "analyze", "selectivity", str(exp), *SEL,
+            "--address", head, "--force"]
+    q = shlex.quote
+    script = (f"mount --bind {q(str(trials))} {q(str(view))} && "
+              f"mount -t tmpfs tmpfs {q(str(trials))} && cp -a {q(str(view))}/. "
+              f"{q(str(trials))}/ && exec {' '.join(map(q, argv))}")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, env=subprocess_env(),
+                       capture_output=True, text=True, timeout=300)
+    line = _one_error_line(r, 2)
+    # The token sits in the first run folder (where its analysis/ goes).
+    assert (f"the results folder {trials / 'a0'} is not shared with the worker nodes: " in line
+            and "cannot read .seltrain_storage_check, which the driver wrote there; put the "
+            "runs on a folder every node mounts (NFS), or analyse them on one machine "
+            "without --address" in line), line
+    assert not [ln for ln in r.stdout.splitlines() if ln.startswith("[")]  # no task finished
+    # Outside the namespace nothing changed: the earlier outputs are as they were.
+    assert {p: os.path.getmtime(p) for p in trials.glob("*/analysis/selectivity/*")} == before
 
 
 def test_a_chunk_that_fails_twice_is_named_and_the_rest_kept(exp, head, tmp_path):
