@@ -167,6 +167,25 @@ class NullSink:
         self.flush()
 
 
+def wait_to_sort_last(logdir: str) -> None:
+    """Return once an event file created now in ``logdir`` sorts after every one there.
+
+    TensorBoard reads a folder's event files in name order, and the newer of two points at
+    one step wins (a resumed run's purge_step, an analysis rerun's headline). The names are
+    ``events.out.tfevents.<seconds>.<host>.<pid>.<writer count>...``: within one second, in
+    one process, the count decides, and 10 sorts before 9. So wait, at most a second, until
+    the clock passes the newest file's second."""
+    try:
+        names = os.listdir(logdir)
+    except OSError:  # no folder yet: nothing to sort after
+        return
+    parts = [n.split(".", 4) for n in names if n.startswith("events.out.tfevents.")]
+    stamps = [int(p[3]) for p in parts if len(p) > 4 and p[3].isdigit()]
+    if stamps:
+        while int(time.time()) <= max(stamps):
+            time.sleep(0.05)
+
+
 class RunSink(NullSink):
     def __init__(self, run_dir: str, *, tensorboard: bool = True, resume_epoch: int | None = None,
                  resume_step: int | None = None, history: list[dict] | None = None,
@@ -191,8 +210,9 @@ class RunSink(NullSink):
 
             # purge_step drops events logged after the checkpoint we resume from, so a
             # resumed run's curves do not double back on themselves.
-            self.tb = SummaryWriter(os.path.normpath(os.path.join(run_dir, tb_subdir)),
-                                    purge_step=resume_step)
+            logdir = os.path.normpath(os.path.join(run_dir, tb_subdir))
+            wait_to_sort_last(logdir)
+            self.tb = SummaryWriter(logdir, purge_step=resume_step)
 
     def _truncate_jsonl(self, last_epoch: int, history: list[dict] | None = None) -> None:
         """Keep the records of epochs 0..last_epoch (the checkpoint's), drop later ones.

@@ -80,6 +80,9 @@ def write_headline(target, name: str, headline: dict) -> str | None:
     from torch.utils.tensorboard import SummaryWriter
 
     step = int((target.ckpt or {}).get("epoch", 0) or 0)
+    from seltrain.metrics import wait_to_sort_last
+
+    wait_to_sort_last(folder)  # TensorBoard takes the last file's point: this one's
     writer = SummaryWriter(folder, filename_suffix=f"{SUFFIX}.{name}")
     try:
         for key, v in values.items():

@@ -291,8 +291,13 @@ def check_hparams_of_stopped_trials(exp: str) -> None:
               for k, v in start.hparams.items()}
         assert {"selectivity.alpha", "train.seed", "model.arch", "train.lr"} <= set(hp), hp
         experiment = metadata.parse_experiment_plugin_data(content["_hparams_/experiment"])
+        # The run's own four, then every analysis' headline tags (filled once analysed).
+        from seltrain.analysis import tb_views
+
         assert [m.name.tag for m in experiment.metric_infos] == [
-            "hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs"]
+            "hparam/val_acc", "hparam/test_acc", "hparam/test_si", "hparam/epochs",
+            *tb_views.headline_tags()]
+        assert len(experiment.metric_infos) == 24
         recs = [json.loads(ln) for ln in open(os.path.join(run, "metrics.jsonl"))]
         best = max(recs, key=lambda x: x["val_acc"])
         last = {t: ea.Scalars(t)[-1].value for t in ("hparam/val_acc", "hparam/test_si",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from seltrain.errors import CheckpointError
-from seltrain.metrics import RunSink, read_records, strict_json
+from seltrain.metrics import RunSink, read_records, strict_json, wait_to_sort_last
 
 
 def _no_constants(text):
@@ -91,3 +91,23 @@ def test_resume_purges_tensorboard_events_after_the_checkpoint_step(tmp_path):
     got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert got == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
                    (5, 105.0), (6, 106.0), (7, 107.0)]
+
+
+def test_a_new_event_file_sorts_after_the_folders_newest(tmp_path):
+    """TensorBoard reads event files in name order (the later file's point wins at a step).
+    Within one second and one process the writer count decides, and 99 sorts after 3: a
+    file written after wait_to_sort_last sorts last all the same."""
+    import os
+    import socket
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    planted = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+               f"{os.getpid()}.99")
+    (tmp_path / planted).write_bytes(b"")
+    wait_to_sort_last(str(tmp_path))
+    writer = SummaryWriter(str(tmp_path))
+    writer.close()
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == 2 and names[0] == planted
