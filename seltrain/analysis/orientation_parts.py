@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seltrain.analysis.shift_invariance import shift_invariance_layers
+# Cut and named as selectivity's layer chunks.
+from seltrain.analysis.unit_selectivity import chunk_label, chunk_layers  # noqa: F401
 from seltrain.probes import resolve_layer
 
 if TYPE_CHECKING:
@@ -145,16 +147,6 @@ def chunks(opts: OrientationOptions) -> list:
     """Parts that run apart (seltrain.analysis.fanout): the j-th run of ``LAYER_CHUNKS``
     runs of the layers; the merge adds the summary over layers."""
     return [("layers", j, LAYER_CHUNKS) for j in range(LAYER_CHUNKS)]
-
-
-def chunk_label(opts: OrientationOptions, chunk) -> str:
-    return f"layers part {chunk[1] + 1} of {chunk[2]}"
-
-
-def chunk_layers(layers: list[str], chunk) -> list[str]:
-    """The j-th of n runs of ``layers`` (empty where there are fewer layers than runs)."""
-    _, j, n = chunk
-    return layers[j * len(layers) // n:(j + 1) * len(layers) // n]
 
 
 def compute_chunk(target: Target, opts: OrientationOptions, chunk) -> dict:

@@ -73,13 +73,15 @@ def chunk_label(opts: SelectivityOptions, chunk) -> str:
     return f"layers part {chunk[1] + 1} of {chunk[2]}"
 
 
-def _chunk_layers(layers: list[str], chunk) -> list[str]:
+def chunk_layers(layers: list[str], chunk) -> list[str]:
+    """The j-th of n runs of ``layers`` (empty where there are fewer layers than runs); the
+    layer chunks of orientation (orientation_parts) are cut the same way."""
     _, j, n = chunk
     return layers[j * len(layers) // n:(j + 1) * len(layers) // n]
 
 
 def compute_chunk(target: Target, opts: SelectivityOptions, chunk) -> dict:
-    layers = _chunk_layers(target.layers, chunk)
+    layers = chunk_layers(target.layers, chunk)
     return unit_selectivity(dataclasses.replace(target, layers=layers)) if layers else {}
 
 
