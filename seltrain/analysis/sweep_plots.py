@@ -49,32 +49,56 @@ def seed_stats(x: Sequence[float], y: Sequence[float]
 
 def sweep_against_alpha(alpha: Sequence[float],
                         panels: Mapping[str, Mapping[str, Sequence[float]]], path, *,
-                        ylabel: str, title: str) -> Path:
+                        ylabel: str, title: str, groups: Sequence[str] | None = None) -> Path:
     """The sweep style for a quantity against alpha: one panel per key of ``panels`` (all
     layers, then each layer), each series drawn as its trials (small grey points) and its
     mean +- std over the seeds of each alpha (``seed_stats``), on the symlog alpha axis
-    (``alpha_axis``), titled. ``alpha``: one value per trial, as each series' values."""
+    (``alpha_axis``), titled. ``alpha``: one value per trial, as each series' values.
+    ``groups``: each trial's group (a search over other keys, ``seltrain report``), or None:
+    with groups, each series is drawn once per group, its trials and means in the group's
+    colour (and, where a panel has several series, colour = series, line style = group), so
+    that no mean pools two groups."""
     fig, axes = plots._figure(len(panels), cols=1 if len(panels) == 1 else
                         2 if len(panels) in (2, 4) else 3, size=(4.2, 3.2))
+    x = np.asarray(alpha, dtype=np.float64)
+    split = {None: np.arange(len(x))} if groups is None else {
+        g: np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)}
     several_seeds = any(n.max() > 1 for s in panels.values() for y in s.values()
-                        for n in (seed_stats(alpha, y)[3],) if len(n))
+                        for idx in split.values()
+                        for n in (seed_stats(x[idx], np.asarray(y, np.float64)[idx])[3],)
+                        if len(n))
     spread = "mean +- std over seeds" if several_seeds else "one seed per alpha"
     same = len({tuple(s) for s in panels.values()}) == 1
     for i, (ax, (name, series)) in enumerate(zip(axes, panels.items())):
         for j, (label, y) in enumerate(series.items()):
             y = np.asarray(y, dtype=np.float64)
-            ok = np.isfinite(y)
-            ax.scatter(np.asarray(alpha, dtype=np.float64)[ok], y[ok], s=8, color="0.6",
-                       zorder=1)
-            xs, mean, std, _ = seed_stats(alpha, y)
-            ax.errorbar(xs, mean, yerr=std, fmt="o-", ms=4, lw=1, capsize=3, color=f"C{j}",
-                        label=spread if len(series) == 1 else f"{label} ({spread})", zorder=2)
+            for k, (group, idx) in enumerate(split.items()):
+                a, v = x[idx], y[idx]
+                ok = np.isfinite(v)
+                if group is None:
+                    ax.scatter(a[ok], v[ok], s=8, color="0.6", zorder=1)
+                    colour, fmt = f"C{j}", "o-"
+                    legend = spread if len(series) == 1 else f"{label} ({spread})"
+                else:
+                    colour = f"C{k}" if len(series) == 1 else f"C{j}"
+                    fmt = "o" + ("-" if len(series) == 1 else LINESTYLES[k % len(LINESTYLES)])
+                    ax.scatter(a[ok], v[ok], s=8, color=colour, alpha=0.4, zorder=1)
+                    legend = (f"{group}" if len(series) == 1 else f"{label}, {group}") + \
+                        f" ({spread})"
+                xs, mean, std, _ = seed_stats(a, v)
+                ax.errorbar(xs, mean, yerr=std, fmt=fmt, ms=4, lw=1, capsize=3, color=colour,
+                            label=legend, zorder=2)
         alpha_axis(ax)
         ax.set_title(name, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
         if i == 0 or not same:
-            ax.legend(fontsize=6 if len(series) > 3 else 7)
+            ax.legend(fontsize=6 if len(series) * len(split) > 3 else 7)
     return plots._save(fig, path, title)
+
+
+# Where a figure's colour already says something else (alpha, a series), the line style says
+# the group.
+LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _by_alpha(alpha: Sequence[float]) -> dict[float, list[int]]:
@@ -114,15 +138,28 @@ def si_distributions(alpha: Sequence[float], si: Mapping[str, Sequence[Sequence[
 
 
 def si_over_training(alpha: Sequence[float], curves: Mapping[str, Sequence[Sequence[float]]],
-                     path, *, title: str | None = None) -> Path:
+                     path, *, title: str | None = None,
+                     groups: Sequence[str] | None = None) -> Path:
     """SI against epoch for each alpha, one panel per key of ``curves`` (the mean over layers,
     then each layer): ``curves[panel]`` holds each trial's per-epoch values (epoch 1 first);
     each alpha's line is the mean over its seeds at each epoch (the seeds that reached it),
-    the band +- their std."""
-    groups = _by_alpha(alpha)
+    the band +- their std. ``groups``: each trial's group (a search over other keys), or
+    None: with groups, a line per group and alpha, colour = alpha (the same in every group),
+    line style = group."""
+    if groups is None:
+        lines = [(f"C{j}", "-", f"alpha {a:g}", idx)
+                 for j, (a, idx) in enumerate(_by_alpha(alpha).items())]
+    else:
+        alphas = sorted(set(map(float, alpha)))
+        lines = []
+        for k, g in enumerate(dict.fromkeys(groups)):
+            mine = [i for i, name in enumerate(groups) if name == g]
+            for a, idx in _by_alpha([alpha[i] for i in mine]).items():
+                lines.append((f"C{alphas.index(a)}", LINESTYLES[k % len(LINESTYLES)],
+                              f"alpha {a:g}, {g}", [mine[i] for i in idx]))
     fig, axes = plots._figure(len(curves), cols=_cols(len(curves)), size=(4.2, 3.2))
     for i, (ax, (name, per_trial)) in enumerate(zip(axes, curves.items())):
-        for j, (a, idx) in enumerate(groups.items()):
+        for colour, style, label, idx in lines:
             n = max(len(per_trial[t]) for t in idx)
             table = np.full((len(idx), n), np.nan)
             for r, t in enumerate(idx):
@@ -133,8 +170,8 @@ def si_over_training(alpha: Sequence[float], curves: Mapping[str, Sequence[Seque
             std = np.array([np.std(c[np.isfinite(c)], ddof=1) if np.isfinite(c).sum() > 1
                             else 0.0 for c in table.T[keep]])
             epochs = np.arange(1, n + 1)[keep]
-            ax.plot(epochs, mean, marker="o", ms=3, color=f"C{j}", label=f"alpha {a:g}")
-            ax.fill_between(epochs, mean - std, mean + std, color=f"C{j}", alpha=0.2, lw=0)
+            ax.plot(epochs, mean, marker="o", ms=3, color=colour, ls=style, label=label)
+            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("class selectivity (test)", fontsize=8)
