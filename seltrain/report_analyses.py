@@ -141,7 +141,8 @@ def _against_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_di
 def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: str,
                   keys: list[str] = ()) -> list:
     """The figures that compare the trials' units, from the files each analysis wrote into
-    its trial's output folder: the distribution of unit SI per alpha (selectivity's
+    its trial's output folder (per alpha, and per group and alpha where other searched keys
+    ``keys`` split the trials): the distribution of unit SI per alpha (selectivity's
     selectivity.json), ablation drops against unit SI (ablation's units_<layer>.csv, Zhou et
     al. 2018) and, where other searched keys (``keys``) split the trials, each group's max
     class drops side by side (Zhou et al.'s BatchNorm x dropout figure), and mean OSI and
@@ -151,6 +152,7 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
     from seltrain.analysis import sweep_plots
 
     alpha = [r["alpha"] for r in rows]
+    groups = report_groups.labels(rows, keys) if keys else None  # a series per group and alpha
     paths = []
     if "selectivity" in per_trial:
         si = [json.load(open(os.path.join(s["out_dir"], "selectivity.json")))["si"]
@@ -158,7 +160,7 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
         layers = list(dict.fromkeys(n for t in si for n in t))
         paths.append(sweep_plots.si_distributions(
             alpha, {n: [t.get(n, []) for t in si] for n in layers},
-            os.path.join(plot_dir, "analysis_si_distributions.png")))
+            os.path.join(plot_dir, "analysis_si_distributions.png"), groups=groups))
     if "ablation" in per_trial:
         units = [{n: pd.read_csv(os.path.join(s["out_dir"], f"units_{n}.csv"))
                   for n in s["layers"]} for s in per_trial["ablation"]]
@@ -168,7 +170,8 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
             paths.append(sweep_plots.drop_vs_si(
                 alpha, {n: [t[n]["si"] if n in t else [] for t in units] for n in layers},
                 {n: [t[n][drop] if n in t else [] for t in units] for n in layers},
-                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel))
+                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel,
+                groups=groups))
         if keys:
             # Boxes in the order of the keys' values, then alpha (named only if it varies).
             order = pd.DataFrame(rows)[[*keys, "alpha"]].sort_values([*keys, "alpha"],
@@ -190,7 +193,7 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
         acc = [np.nan if r.get("test_acc") is None else r["test_acc"] for r in rows]
         paths.append(sweep_plots.orientation_vs_accuracy(
             alpha, acc, mean("mean_osi"), mean("mean_gosi"),
-            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png")))
+            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png"), groups=groups))
     return paths
 
 

@@ -513,6 +513,56 @@ def test_the_analyses_figures_draw_a_series_per_start_epoch(tmp_path, monkeypatc
                      "start_epoch=5": [[0.3, 20], [0.6, 16]]}
 
 
+def test_the_unit_figures_draw_each_start_epoch_and_alpha_apart(tmp_path, monkeypatch):
+    """``--analyses selectivity,ablation`` on tune/alpha_late.yaml, from hand-written
+    selectivity.json and units_<layer>.csv files: the unit SI histograms and the drops
+    against unit SI pool the units of one start epoch and alpha's seeds, never two start
+    epochs."""
+    from seltrain import report_analyses
+    from seltrain.analysis.serialize import write_csv
+
+    # start epoch, seed, units' SI (none on a bin edge), their max class drop
+    trials = [(0, 0, [0.12, 0.32], [0.1, 0.2]), (0, 1, [0.52], [0.3]),
+              (5, 0, [0.72, 0.92], [0.5, 0.4])]
+    rows, sel, abl = [], [], []
+    for i, (start, seed, si, drop) in enumerate(trials):
+        out = tmp_path / f"t{i}"
+        out.mkdir()
+        (out / "selectivity.json").write_text(json.dumps({"si": {"l1": si}}))
+        write_csv(str(out / "units_l1.csv"), {"unit": range(len(si)), "si": si,
+                                              "overall_drop": [0.0] * len(si),
+                                              "max_class_drop": drop})
+        rows.append({"trial": f"t{i}", "alpha": -10.0, "seed": seed, START: start,
+                     "test_acc": 0.5 + 0.1 * i})
+        sel.append({"out_dir": str(out)})
+        abl.append({"out_dir": str(out), "layers": ["l1"]})
+    ori = [{"layers": {"l1": {"mean_osi": 0.2 * i, "mean_gosi": 0.1 * i}}} for i in range(3)]
+    figures = _drawn(monkeypatch)
+    report_analyses._unit_figures(rows, {"selectivity": sel, "ablation": abl,
+                                         "orientation": ori}, str(tmp_path / "plots"), [START])
+    (ax,) = [a for a in figures["analysis_si_distributions.png"].axes if a.get_visible()]
+    hist = {p.get_label(): p for p in ax.patches}
+    assert sorted(hist) == ["alpha -10, start_epoch=0 (2 seeds, mean 0.320)",
+                            "alpha -10, start_epoch=5 (1 seed, mean 0.820)"]
+    want = np.zeros(20)
+    want[[2, 6, 10]] = 1 / 3  # 0.12, 0.32, 0.52: a third of start epoch 0's units each
+    np.testing.assert_allclose(hist["alpha -10, start_epoch=0 (2 seeds, mean 0.320)"]
+                               .get_data().values, want)
+    assert hist["alpha -10, start_epoch=5 (1 seed, mean 0.820)"].get_linestyle() == "--"
+    (ax,) = [a for a in figures["analysis_max_class_drop_vs_unit_si.png"].axes
+             if a.get_visible()]
+    points = {c.get_label(): sorted(map(tuple, np.asarray(c.get_offsets(), float).tolist()))
+              for c in ax.collections}
+    assert points == {"alpha -10, start_epoch=0: rho 1.00": [(0.12, 0.1), (0.32, 0.2),
+                                                               (0.52, 0.3)],
+                      "alpha -10, start_epoch=5: rho nan": [(0.72, 0.5), (0.92, 0.4)]}
+    osi = [a for a in figures["analysis_orientation_vs_test_acc.png"].axes if a.get_visible()][0]
+    points = {c.get_label(): sorted(map(tuple, np.asarray(c.get_offsets(), float).tolist()))
+              for c in osi.collections}  # (test accuracy, mean OSI) of each trial
+    np.testing.assert_allclose(points["alpha -10, start_epoch=0"], [(0.5, 0.0), (0.6, 0.2)])
+    np.testing.assert_allclose(points["alpha -10, start_epoch=5"], [(0.7, 0.4)])
+
+
 def test_without_other_keys_the_report_is_what_it_was(experiment, tmp_path):
     """No results_by_group.csv and no group in any output: a search over alpha alone, and one
     whose other key holds one value per alpha (the fixture's train.lr, which pools nothing),
