@@ -8,7 +8,9 @@ search, after it, or of an experiment copied off a cluster:
 - ``report_experiment``: results.csv, results_by_alpha.csv, the printed table, the sweep
   figures (after Leavitt & Morcos 2021, figs. 2-4) in plots/ and, as images, in TensorBoard
   (tb_sweep/, written through the run metrics sink); a search over other keys as well gets
-  results_by_group.csv and a series per group in those figures (seltrain/report_groups.py);
+  results_by_group.csv, results_by_alpha.csv per alpha and group, the best alpha of each
+  group and a series per group in every figure (seltrain/report_groups.py): no number pools
+  two groups;
 - ``sweep_analyses`` (``--analyses``, seltrain/report_analyses.py): runs ``seltrain analyze``
   analyses on every trial's best checkpoint and plots their headline numbers against alpha
   and mean SI;
@@ -130,7 +132,9 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     (``sweep_analyses``); the result then carries "analyses". ``fanout``: a
     ``seltrain.analysis.fanout.FanoutOptions`` to run them as Ray tasks (None: one process).
 
-    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
+    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}
+    (and "by_group" where other searched keys split an alpha's trials: then "by_alpha" has a
+    row per alpha and group, and "best" is the best group and alpha).
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
     about where its alpha ends up (they stay in the table and in results.csv).
     """
