@@ -8,7 +8,9 @@ search, after it, or of an experiment copied off a cluster:
 - ``report_experiment``: results.csv, results_by_alpha.csv, the printed table, the sweep
   figures (after Leavitt & Morcos 2021, figs. 2-4) in plots/ and, as images, in TensorBoard
   (tb_sweep/, written through the run metrics sink); a search over other keys as well gets
-  results_by_group.csv and a series per group in those figures (seltrain/report_groups.py);
+  results_by_group.csv, results_by_alpha.csv per alpha and group, the best alpha of each
+  group and a series per group in every figure (seltrain/report_groups.py): no number pools
+  two groups;
 - ``sweep_analyses`` (``--analyses``, seltrain/report_analyses.py): runs ``seltrain analyze``
   analyses on every trial's best checkpoint and plots their headline numbers against alpha
   and mean SI;
@@ -130,7 +132,9 @@ def report_experiment(exp_dir: str, *, metric: str = "val_acc", mode: str = "max
     (``sweep_analyses``); the result then carries "analyses". ``fanout``: a
     ``seltrain.analysis.fanout.FanoutOptions`` to run them as Ray tasks (None: one process).
 
-    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}.
+    Returns {"trials": DataFrame, "by_alpha": DataFrame, "plots": [paths], "best": dict}
+    (and "by_group" where other searched keys split an alpha's trials: then "by_alpha" has a
+    row per alpha and group, and "best" is the best group and alpha).
     Aggregates use completed trials only: a trial ASHA stopped after one epoch says little
     about where its alpha ends up (they stay in the table and in results.csv).
     """
@@ -168,9 +172,9 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
         df.to_csv(f, index=False)
     done = df[df["complete"]]
     use = done if len(done) else df
-    agg = report_groups.aggregate(use, ["alpha"])
     # Other searched keys that split an alpha's trials: a row and a series per combination.
     keys = report_groups.group_keys(df, report_groups.searched_keys(exp_dir))
+    agg = report_groups.by_alpha(use, keys)  # per alpha (and group: no row pools two groups)
     by_group = report_groups.aggregate(use, keys + ["alpha"]) if keys else None
     for name, table in (("alpha", agg), ("group", by_group)):
         if table is not None:
@@ -178,8 +182,10 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
                 table.to_csv(f, index=False)
     col = {"val_acc": "best_val_acc_mean", "test_acc": "test_acc_mean",
            "test_si": "test_si_mean"}.get(metric, "best_val_acc_mean")
-    pick = agg[col].idxmax() if mode == "max" else agg[col].idxmin()
-    best = agg.loc[pick].to_dict()
+    if keys:  # the best group and alpha, as best_alpha_lines names it
+        best = report_groups._pick(by_group, col, mode)
+    else:
+        best = agg.loc[agg[col].idxmax() if mode == "max" else agg[col].idxmin()].to_dict()
     with pd.option_context("display.max_rows", 500, "display.width", 200,
                            "display.float_format", "{:.4f}".format):
         show = df.drop(columns=["trial", "complete", "epochs_planned",
@@ -187,7 +193,9 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
         print(f"\n{len(df)} trials in {exp_dir} ({len(done)} complete, "
               f"{int(df['stopped_early'].sum())} stopped early)", file=out)
         print(show.to_string(index=False), file=out)
-        if (agg["n"] > 1).any():  # with one trial per alpha the table above says it all
+        # with one trial per alpha the table above says it all; with groups, the group
+        # table below holds results_by_alpha.csv's rows
+        if (agg["n"] > 1).any() and not keys:
             print(f"\nper alpha ({'completed trials' if len(done) else 'all trials'}, mean and "
                   "std over seeds):", file=out)
             print(agg.to_string(index=False), file=out)
@@ -195,19 +203,18 @@ def _report_trials(exp_dir: str, *, metric: str, mode: str, out, tensorboard: bo
             print(f"\nper {', '.join(keys)} and alpha (results_by_group.csv):", file=out)
             print(by_group.to_string(index=False), file=out)
 
-    def spread(c: str) -> str:  # "+- std" only where there is a spread to show
-        n, sd = best["n"], best[c.replace("_mean", "_std")]
-        return "" if n < 2 or math.isnan(sd) else f" +- {sd:.4f}"
-
-    print(f"\nbest alpha by {col}: {best['alpha']:g} ({col} {best[col]:.4f}{spread(col)}, "
-          f"test_acc {best['test_acc_mean']:.4f}{spread('test_acc_mean')}, test_si "
-          f"{best['test_si_mean']:.4f}{spread('test_si_mean')}"
-          f"{'' if best['n'] > 1 else '; one seed'})", file=out)
     if keys:
-        print(report_groups.best_line(by_group, keys, col, mode), file=out)
+        print("\n" + "\n".join(report_groups.best_alpha_lines(by_group, keys, col, mode)),
+              file=out)
+    else:
+        print(f"\nbest alpha by {col}: {best['alpha']:g} {report_groups.describe(best, col)}",
+              file=out)
     plots = report_groups.plot_sweep_by_group(df, by_group, keys, os.path.join(
         exp_dir, "plots")) if keys else plot_sweep(df, agg, os.path.join(exp_dir, "plots"))
-    plots.append(plot_si_over_training(exp_dir, use, os.path.join(exp_dir, "plots")))
+    groups = report_groups.labels(use, keys) if keys else None
+    plots.append(plot_si_over_training(exp_dir, use, os.path.join(exp_dir, "plots"), groups))
+    if "test_dead" in use and use["test_dead"].notna().any():
+        plots.append(plot_dead(use, os.path.join(exp_dir, "plots"), groups))
     extra = {}
     if analyses:
         from seltrain.report_analyses import sweep_analyses
@@ -277,9 +284,6 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
                 "test_acc_vs_alpha.png"),
                ("test_si", "C1", "mean class selectivity (test)", "Mean SI against alpha",
                 "si_vs_alpha.png")]
-    if "test_dead_mean" in by_alpha:
-        figures.append(("test_dead", "C3", "dead units (fraction, mean over layers)",
-                        "Dead units against alpha", "dead_vs_alpha.png"))
     for metric, colour, ylabel, title, name in figures:
         plt, fig, ax = _axes()
         _trial_points(ax, trials, metric)
@@ -312,10 +316,12 @@ def plot_sweep(trials, by_alpha, out_dir: str) -> list[str]:
     return paths
 
 
-def plot_si_over_training(exp_dir: str, trials, out_dir: str) -> str:
+def plot_si_over_training(exp_dir: str, trials, out_dir: str,
+                          groups: list[str] | None = None) -> str:
     """si_over_training.png: each trial's per-epoch test SI (metrics.jsonl ``test_si`` and
     ``test_si_per_layer``), the mean over layers and each layer, per alpha (mean +- std over
-    seeds). ``trials``: the rows the aggregates use (completed trials, where there are)."""
+    seeds). ``trials``: the rows the aggregates use (completed trials, where there are);
+    ``groups``: each one's group (``report_groups.labels``), a line per group and alpha."""
     from seltrain.analysis import sweep_plots
 
     root = trials_root(exp_dir)
@@ -329,8 +335,30 @@ def plot_si_over_training(exp_dir: str, trials, out_dir: str) -> str:
         per_layer.append([r.get("test_si_per_layer") or {} for r in records])
     for layer in dict.fromkeys(n for t in per_layer for rec in t for n in rec):
         curves[layer] = [[rec.get(layer, np.nan) for rec in t] for t in per_layer]
-    return str(sweep_plots.si_over_training(trials["alpha"].tolist(), curves,
-                                            os.path.join(out_dir, "si_over_training.png")))
+    return str(sweep_plots.si_over_training(
+        trials["alpha"].tolist(), curves, os.path.join(out_dir, "si_over_training.png"),
+        groups=groups, title=None if groups is None else
+        "SI over training per group and alpha (mean +- std over seeds)"))
+
+
+def plot_dead(trials, out_dir: str, groups: list[str] | None = None) -> str:
+    """dead_vs_alpha.png: the dead units of each trial's best epoch against alpha, a panel
+    for the mean over layers (``test_dead``) and one per layer (``dead/<layer>``), each
+    alpha's mean +- std over seeds (``sweep_plots.sweep_against_alpha``), a series per group
+    where there are groups. ``trials``: the rows the aggregates use, so the first panel's
+    means are results_by_alpha.csv's ``test_dead_mean``."""
+    from seltrain.analysis import sweep_plots
+
+    def column(c: str) -> list[float]:
+        return trials[c].to_numpy(float).tolist() if c in trials else []
+
+    panels = {"mean over layers": {"dead units": column("test_dead")},
+              **{c.partition("/")[2]: {"dead units": column(c)} for c in trials
+                 if c.startswith("dead/")}}
+    return str(sweep_plots.sweep_against_alpha(
+        trials["alpha"].tolist(), panels, os.path.join(out_dir, "dead_vs_alpha.png"),
+        ylabel="dead units (fraction)", title="Dead units against alpha, per layer",
+        groups=groups))
 
 
 def _to_tensorboard(paths: list[str], logdir: str) -> None:

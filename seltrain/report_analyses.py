@@ -30,7 +30,6 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     Returns {"rows": [...], "plots": [...]}; writes <exp>/analysis_results.csv."""
     import pandas as pd
 
-    from seltrain.analysis import plots, sweep_plots
     from seltrain.analysis.commands import run_analysis, sweep_options
     from seltrain.analysis.registry import ANALYSES, NAMES
     from seltrain.analysis.serialize import write_csv
@@ -75,41 +74,8 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     cols = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(os.path.join(exp_dir, "analysis_results.csv"),
               {c: [np.nan if r.get(c) is None else r.get(c) for r in rows] for c in cols})
-    metrics = [m for a in analyses for m in modules[a].SWEEP_HEADLINE if m != "mean_si"]
-    paths = []
-    # Figures against alpha in the sweep style (plots.sweep_against_alpha: symlog axis, the
-    # trials, mean +- std over seeds, a title, per-layer panels where the analysis has them).
-    alpha = [r["alpha"] for r in rows]
-    si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
     plot_dir = os.path.join(exp_dir, "plots")
-
-    def vs_alpha(name: str, panels: dict, ylabel: str, title: str) -> None:
-        paths.append(sweep_plots.sweep_against_alpha(alpha, panels, os.path.join(
-            plot_dir, f"analysis_{name}_vs_alpha.png"), ylabel=ylabel, title=title))
-
-    for m in metrics:
-        y = [np.nan if r.get(m) is None else r[m] for r in rows]
-        vs_alpha(m, {m: {m: y}}, m, f"{m} against alpha")
-        paths.append(plots.against(si, {m: y}, os.path.join(plot_dir, f"analysis_{m}_vs_si.png"),
-                                   xlabel="mean SI", ylabel=m, title=f"{m} against mean SI"))
-    for a in analyses:
-        sweep_panels = getattr(modules[a], "sweep_panels", None)
-        if sweep_panels is None:
-            continue
-        for fig, (ylabel, panels) in sweep_panels(per_trial[a]).items():
-            vs_alpha(fig, panels, ylabel, f"{fig} against alpha")
-            paths.append(plots.panels_against(si, panels, os.path.join(
-                plot_dir, f"analysis_{fig}_vs_si.png"), xlabel="mean SI", ylabel=ylabel,
-                title=f"{fig} against mean SI"))
-    if "mean_si" in cols and "selectivity" in analyses:
-        # the mean over layers, then each layer (the selectivity analysis' si_per_layer)
-        layers = list(dict.fromkeys(n for s in per_trial["selectivity"]
-                                    for n in s.get("si_per_layer", {})))
-        panels = {"mean over layers": {"mean SI": si},
-                  **{n: {"SI": [s.get("si_per_layer", {}).get(n, np.nan)
-                                for s in per_trial["selectivity"]]} for n in layers}}
-        vs_alpha("mean_si", panels, "mean class selectivity",
-                 "Mean SI against alpha, per layer")
+    paths = _against_figures(rows, per_trial, plot_dir, keys)
     paths += _unit_figures(rows, per_trial, plot_dir, keys)
     print(f"wrote {os.path.join(exp_dir, 'analysis_results.csv')} and {len(paths)} analysis "
           f"plots in {os.path.join(exp_dir, 'plots')}"
@@ -118,11 +84,65 @@ def sweep_analyses(exp_dir: str, analyses: list[str], trials: list[dict], *,
     return {"rows": rows, "plots": [str(p) for p in paths], "skipped": skipped}
 
 
+def _against_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: str,
+                     keys: list[str] = ()) -> list:
+    """The analyses' headline numbers (each analysis' ``SWEEP_HEADLINE``, the columns of
+    ``rows``) and per-layer panels (``sweep_panels`` of its summaries ``per_trial[name]``)
+    against alpha (analysis_<name>_vs_alpha) and against mean SI (analysis_<name>_vs_si),
+    and mean SI per layer against alpha (analysis_mean_si_vs_alpha). ``rows``: one per
+    trial (alpha, seed, mean_si, the keys, the headline numbers); ``keys``: the other searched
+    keys that split the trials, a series per group in every figure."""
+    from seltrain.analysis import plots, sweep_plots
+    from seltrain.analysis.registry import ANALYSES
+
+    modules = {a: ANALYSES[a] for a in per_trial}
+    metrics = [m for a in per_trial for m in modules[a].SWEEP_HEADLINE if m != "mean_si"]
+    paths = []
+    # Figures against alpha in the sweep style (plots.sweep_against_alpha: symlog axis, the
+    # trials, mean +- std over seeds, a title, per-layer panels where the analysis has them).
+    alpha = [r["alpha"] for r in rows]
+    si = [np.nan if r["mean_si"] is None else r["mean_si"] for r in rows]
+    # Where other searched keys split an alpha's trials, a series per group in every figure
+    # against alpha or mean SI, as in the main figures: no mean pools two groups.
+    groups = report_groups.labels(rows, keys) if keys else None
+
+    def vs_alpha(name: str, panels: dict, ylabel: str, title: str) -> None:
+        paths.append(sweep_plots.sweep_against_alpha(alpha, panels, os.path.join(
+            plot_dir, f"analysis_{name}_vs_alpha.png"), ylabel=ylabel, title=title,
+            groups=groups))
+
+    for m in metrics:
+        y = [np.nan if r.get(m) is None else r[m] for r in rows]
+        vs_alpha(m, {m: {m: y}}, m, f"{m} against alpha")
+        paths.append(plots.against(si, {m: y}, os.path.join(plot_dir, f"analysis_{m}_vs_si.png"),
+                                   xlabel="mean SI", ylabel=m, title=f"{m} against mean SI",
+                                   groups=groups))
+    for a in per_trial:
+        sweep_panels = getattr(modules[a], "sweep_panels", None)
+        if sweep_panels is None:
+            continue
+        for fig, (ylabel, panels) in sweep_panels(per_trial[a]).items():
+            vs_alpha(fig, panels, ylabel, f"{fig} against alpha")
+            paths.append(plots.panels_against(si, panels, os.path.join(
+                plot_dir, f"analysis_{fig}_vs_si.png"), xlabel="mean SI", ylabel=ylabel,
+                title=f"{fig} against mean SI", groups=groups))
+    if any("mean_si" in r for r in rows) and "selectivity" in per_trial:
+        # the mean over layers, then each layer (the selectivity analysis' si_per_layer)
+        layers = list(dict.fromkeys(n for s in per_trial["selectivity"]
+                                    for n in s.get("si_per_layer", {})))
+        panels = {"mean over layers": {"mean SI": si},
+                  **{n: {"SI": [s.get("si_per_layer", {}).get(n, np.nan)
+                                for s in per_trial["selectivity"]]} for n in layers}}
+        vs_alpha("mean_si", panels, "mean class selectivity",
+                 "Mean SI against alpha, per layer")
+    return paths
+
 
 def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: str,
                   keys: list[str] = ()) -> list:
     """The figures that compare the trials' units, from the files each analysis wrote into
-    its trial's output folder: the distribution of unit SI per alpha (selectivity's
+    its trial's output folder (per alpha, and per group and alpha where other searched keys
+    ``keys`` split the trials): the distribution of unit SI per alpha (selectivity's
     selectivity.json), ablation drops against unit SI (ablation's units_<layer>.csv, Zhou et
     al. 2018) and, where other searched keys (``keys``) split the trials, each group's max
     class drops side by side (Zhou et al.'s BatchNorm x dropout figure), and mean OSI and
@@ -132,6 +152,7 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
     from seltrain.analysis import sweep_plots
 
     alpha = [r["alpha"] for r in rows]
+    groups = report_groups.labels(rows, keys) if keys else None  # a series per group and alpha
     paths = []
     if "selectivity" in per_trial:
         si = [json.load(open(os.path.join(s["out_dir"], "selectivity.json")))["si"]
@@ -139,7 +160,7 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
         layers = list(dict.fromkeys(n for t in si for n in t))
         paths.append(sweep_plots.si_distributions(
             alpha, {n: [t.get(n, []) for t in si] for n in layers},
-            os.path.join(plot_dir, "analysis_si_distributions.png")))
+            os.path.join(plot_dir, "analysis_si_distributions.png"), groups=groups))
     if "ablation" in per_trial:
         units = [{n: pd.read_csv(os.path.join(s["out_dir"], f"units_{n}.csv"))
                   for n in s["layers"]} for s in per_trial["ablation"]]
@@ -149,7 +170,8 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
             paths.append(sweep_plots.drop_vs_si(
                 alpha, {n: [t[n]["si"] if n in t else [] for t in units] for n in layers},
                 {n: [t[n][drop] if n in t else [] for t in units] for n in layers},
-                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel))
+                os.path.join(plot_dir, f"analysis_{drop}_vs_unit_si.png"), ylabel=ylabel,
+                groups=groups))
         if keys:
             # Boxes in the order of the keys' values, then alpha (named only if it varies).
             order = pd.DataFrame(rows)[[*keys, "alpha"]].sort_values([*keys, "alpha"],
@@ -171,7 +193,7 @@ def _unit_figures(rows: list[dict], per_trial: dict[str, list[dict]], plot_dir: 
         acc = [np.nan if r.get("test_acc") is None else r["test_acc"] for r in rows]
         paths.append(sweep_plots.orientation_vs_accuracy(
             alpha, acc, mean("mean_osi"), mean("mean_gosi"),
-            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png")))
+            os.path.join(plot_dir, "analysis_orientation_vs_test_acc.png"), groups=groups))
     return paths
 
 

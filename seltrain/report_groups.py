@@ -7,7 +7,11 @@ of one series.
   seltrain_experiment.json, the search space ``seltrain tune`` writes there);
 - ``aggregate``: the means and spreads over seeds per group and alpha
   (results_by_group.csv; per alpha alone it is results_by_alpha.csv);
-- ``plot_sweep_by_group``: the main sweep figures with one series per group;
+- ``by_alpha``: results_by_alpha.csv, per alpha and group where there are groups;
+- ``best_alpha_lines``: the printed best alpha of each group, then the best group;
+- ``plot_sweep_by_group``: the main sweep figures with one series per group (and
+  ``labels``, each trial's group, for the other figures that draw a series per group:
+  si_over_training, dead_vs_alpha, the ``--analyses`` figures against alpha and mean SI);
 - ``class_drop_by_group``: the distributions of the units' max class-specific drop side by
   side, one box per group (Zhou et al. 2018, the BatchNorm x dropout comparison).
 
@@ -71,6 +75,51 @@ def aggregate(trials, by: list[str]):
             .reset_index())
 
 
+def by_alpha(trials, keys: Sequence[str]):
+    """results_by_alpha.csv: ``aggregate`` per alpha, and where other searched keys split an
+    alpha's trials (``group_keys``), per alpha and group: its columns are alpha, then the
+    keys, then those of the alpha-only table (n, best_val_acc_mean, ...), sorted by alpha,
+    then the keys' values. A mean over the trials of one alpha whatever their start epoch or
+    architecture describes no network anyone trained, so no row pools two groups; the
+    columns a reader of the alpha-only table uses keep their names and meaning, and a reader
+    that picks the rows of one alpha gets one row per group where it got one row. (It holds
+    the rows of results_by_group.csv, ordered by alpha first.)"""
+    return aggregate(trials, ["alpha", *keys])
+
+
+def describe(best: Mapping, col: str) -> str:
+    """"(best_val_acc_mean 0.9000 +- 0.0100, test_acc ..., test_si ...)" of a row of the
+    aggregates: the metric that picked it, then test accuracy and SI, with the seeds' spread
+    where there is one ("; one seed" where there is not)."""
+    def spread(c: str) -> str:
+        n, sd = best["n"], best[c.replace("_mean", "_std")]
+        return "" if n < 2 or np.isnan(sd) else f" +- {sd:.4f}"
+
+    return (f"({col} {best[col]:.4f}{spread(col)}, test_acc {best['test_acc_mean']:.4f}"
+            f"{spread('test_acc_mean')}, test_si {best['test_si_mean']:.4f}"
+            f"{spread('test_si_mean')}{'' if best['n'] > 1 else '; one seed'})")
+
+
+def _pick(table, col: str, mode: str) -> dict:
+    # A one-row frame, not a row Series, so each value keeps its column's type (5, not 5.0).
+    (row,) = table.loc[[table[col].idxmax() if mode == "max" else
+                        table[col].idxmin()]].to_dict("records")
+    return row
+
+
+def best_alpha_lines(by_group, keys: Sequence[str], col: str, mode: str) -> list[str]:
+    """The printed best alpha of each group by ``col`` (one line per group, in the order of
+    results_by_group.csv), then ``best_line``'s best group and alpha, which is the best of
+    those lines."""
+    names = labels(by_group, keys)
+    rows = {}
+    for name, idx in _in_order(names).items():
+        rows[name] = _pick(by_group.iloc[idx], col, mode)
+    return [f"best alpha by {col} per {', '.join(keys)}:",
+            *(f"  {name}: alpha {row['alpha']:g} {describe(row, col)}"
+              for name, row in rows.items()), best_line(by_group, keys, col, mode)]
+
+
 def labels(rows, keys: Sequence[str]) -> list[str]:
     """Each row's group named by its values, "start_epoch=5" (a key by its last part, or in
     full where two keys end alike), for legends and box labels. ``rows``: a DataFrame or a
@@ -85,9 +134,7 @@ def labels(rows, keys: Sequence[str]) -> list[str]:
 def best_line(by_group, keys: Sequence[str], col: str, mode: str) -> str:
     """The printed line naming the best group and alpha by ``col`` (a mean of
     results_by_group.csv), with the seeds' spread where there is one."""
-    # A one-row frame, not a row Series, so each value keeps its column's type (5, not 5.0).
-    (best,) = by_group.loc[[by_group[col].idxmax() if mode == "max" else
-                            by_group[col].idxmin()]].to_dict("records")
+    best = _pick(by_group, col, mode)
     n, sd = int(best["n"]), best[col.replace("_mean", "_std")]
     spread = "" if n < 2 or np.isnan(sd) else f" +- {sd:.4f}"
     return (f"best {', '.join(keys)} and alpha by {col}: {labels([best], keys)[0]}, "
@@ -104,8 +151,8 @@ def _in_order(names: Sequence[str]) -> dict[str, list[int]]:
 
 
 def plot_sweep_by_group(trials, by_group, keys: Sequence[str], out_dir: str) -> list[str]:
-    """test_acc_vs_alpha, si_vs_alpha (and dead_vs_alpha where dead units were recorded) with
-    one series per group: its trials as small points (hollow where ASHA stopped one), its
+    """test_acc_vs_alpha and si_vs_alpha with one series per group (dead_vs_alpha, per layer
+    too, is ``report.plot_dead``'s): its trials as small points (hollow where ASHA stopped one), its
     mean +- std over seeds per alpha; acc_vs_si with each group's trials and means in its
     colour, each mean named by its alpha. ``trials``: every trial; ``by_group``:
     ``aggregate(completed trials, keys + ["alpha"])``."""
@@ -120,9 +167,6 @@ def plot_sweep_by_group(trials, by_group, keys: Sequence[str], out_dir: str) -> 
     figures = [("test_acc", "test accuracy", "Test accuracy against alpha", "test_acc_vs_alpha"),
                ("test_si", "mean class selectivity (test)", "Mean SI against alpha",
                 "si_vs_alpha")]
-    if "test_dead_mean" in by_group:
-        figures.append(("test_dead", "dead units (fraction, mean over layers)",
-                        "Dead units against alpha", "dead_vs_alpha"))
     paths = []
     for metric, ylabel, title, name in figures:
         fig, (ax,) = plots._figure(1, size=(6.4, 4.2))

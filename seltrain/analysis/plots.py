@@ -338,38 +338,64 @@ def gradient_variability(means: Mapping[str, Mapping[str, float]], path, *,
     return _save(fig, path, title)
 
 
+def _split(n: int, groups: Sequence[str] | None) -> dict:
+    """{group: the indices of its trials}, in the order the groups first appear; one group,
+    None, of every index where there are no groups."""
+    if groups is None:
+        return {None: np.arange(n)}
+    return {g: np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)}
+
+
 def panels_against(x: Sequence[float], panels: Mapping[str, Mapping[str, Sequence[float]]],
-                   path, *, xlabel: str, ylabel: str, title: str | None = None) -> Path:
+                   path, *, xlabel: str, ylabel: str, title: str | None = None,
+                   groups: Sequence[str] | None = None) -> Path:
     """One panel per key of ``panels`` (e.g. a layer), each a scatter of its series against
     ``x`` (e.g. alpha over the trials of a sweep), points joined in x order: the per-layer
-    comparisons of ``seltrain report --analyses dimensionality,gradients``."""
+    comparisons of ``seltrain report --analyses dimensionality,gradients``. ``groups``: each
+    point's group (a search over other keys), or None: with groups, each series is a line per
+    group (colour = group; where a panel has several series, colour = series, line style =
+    group), its points joined in x order within the group."""
     x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
+    split = _split(len(x), groups)
     fig, axes = _figure(len(panels), cols=2 if len(panels) in (2, 4) else 3, size=(3.6, 2.9))
     # the same series in every panel (e.g. one per layer): one legend, on the first panel
     same = len({tuple(s) for s in panels.values()}) == 1
     for i, (ax, (name, series)) in enumerate(zip(axes, panels.items())):
-        for label, y in series.items():
+        for j, (label, y) in enumerate(series.items()):
             y = np.asarray(y, dtype=np.float64)
-            ax.plot(x[order], y[order], marker="o", ms=4, lw=0.8, label=label)
+            for k, (group, idx) in enumerate(split.items()):
+                idx = idx[np.argsort(x[idx], kind="stable")]
+                if group is None:
+                    ax.plot(x[idx], y[idx], marker="o", ms=4, lw=0.8, label=label)
+                    continue
+                one = len(series) == 1
+                ax.plot(x[idx], y[idx], marker="o", ms=4, lw=0.8, color=f"C{k if one else j}",
+                        ls="-" if one else ("-", "--", ":", "-.")[k % 4],
+                        label=group if one else f"{label}, {group}")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
-        if len(series) > 1 and (i == 0 or not same):
-            ax.legend(fontsize=6 if len(series) > 4 else 7)
+        if (len(series) > 1 or groups is not None) and (i == 0 or not same):
+            ax.legend(fontsize=6 if len(series) * len(split) > 4 else 7)
     return _save(fig, path, title)
 
 
 def against(x: Sequence[float], ys: Mapping[str, Sequence[float]], path, *, xlabel: str,
-            ylabel: str, title: str | None = None) -> Path:
+            ylabel: str, title: str | None = None, groups: Sequence[str] | None = None) -> Path:
     """Scatter of one or more quantities against one (e.g. robustness against mean SI over
-    the trials of a sweep, ``seltrain report``)."""
+    the trials of a sweep, ``seltrain report``). ``groups``: each point's group (a search over
+    other keys), or None: with groups, a scatter (and a colour) per group and quantity."""
+    x = np.asarray(x, dtype=np.float64)
+    split = _split(len(x), groups)
     fig, (ax,) = _figure(1, size=(4.5, 3.4))
     for label, y in ys.items():
-        ax.scatter(x, y, s=14, label=label)
+        y = np.asarray(y, dtype=np.float64)
+        for group, idx in split.items():
+            ax.scatter(x[idx], y[idx], s=14, label=label if group is None else
+                       group if len(ys) == 1 else f"{label}, {group}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if len(ys) > 1:
+    if len(ys) > 1 or groups is not None:
         ax.legend(fontsize=8)
     return _save(fig, path, title)
 

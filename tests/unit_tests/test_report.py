@@ -259,11 +259,12 @@ def test_dead_units_at_the_best_epoch_are_tabulated_and_plotted_against_alpha(tm
         rec = json.loads((folder / "metrics.jsonl").read_text())
         rec["test_dead_per_layer"] = dead
         (folder / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    from seltrain.analysis import plots
+
     figures = {}
-    save = report._save
-    monkeypatch.setattr(report, "_save",
-                        lambda plt, fig, path: figures.setdefault(os.path.basename(path), fig)
-                        and save(plt, fig, path))
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, title: figures.setdefault(
+        os.path.basename(str(path)), fig) and save(fig, path, title))
     r = report.report_experiment(str(exp), out=io.StringIO(), tensorboard=False)
     rows = {row["trial"]: row for row in csv.DictReader(open(exp / "results.csv"))}
     assert float(rows["a"]["test_dead"]) == 0.375 and float(rows["a"]["dead/l1"]) == 0.5
@@ -271,8 +272,17 @@ def test_dead_units_at_the_best_epoch_are_tabulated_and_plotted_against_alpha(tm
     by = {row["alpha"]: row for row in csv.DictReader(open(exp / "results_by_alpha.csv"))}
     assert float(by["-10.0"]["test_dead_mean"]) == pytest.approx(0.25)
     assert float(by["-10.0"]["test_dead_std"]) == pytest.approx(math.sqrt(2 * 0.125 ** 2))
-    (means,) = figures["dead_vs_alpha.png"].axes[0].containers
-    np.testing.assert_allclose(np.asarray(means.lines[0].get_ydata(), float), [0.25, 0.0])
+    # a panel for the mean over layers (results_by_alpha.csv's means), then one per layer
+    panels = [a for a in figures["dead_vs_alpha.png"].axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == ["mean over layers", "l1", "l2"]
+    for ax, want in zip(panels, ([0.25, 0.0], [(0.5 + 0.25) / 2, 0.0], [(0.25 + 0.0) / 2, 0.0])):
+        (means,) = ax.containers
+        np.testing.assert_allclose(np.asarray(means.lines[0].get_xdata(), float), [-10.0, 0.0])
+        np.testing.assert_allclose(np.asarray(means.lines[0].get_ydata(), float), want)
+        assert ax.get_xscale() == "symlog"
+    (bars,) = panels[1].containers[0].lines[2]  # l1 at alpha -10: +- the seeds' std
+    np.testing.assert_allclose(bars.get_segments()[0][:, 1], 0.375 + np.array([-1, 1]) *
+                               np.std([0.5, 0.25], ddof=1))
     assert any(p.endswith("dead_vs_alpha.png") for p in r["plots"])
 
 
@@ -297,8 +307,10 @@ def _late(tmp_path):
 
 def test_a_search_over_another_key_is_grouped_by_it_and_alpha(tmp_path, monkeypatch):
     """tune/alpha_late.yaml: results_by_group.csv holds each start epoch and alpha's means
-    over seeds, each main figure one series per start epoch; results_by_alpha.csv still
-    pools the starts, and results.csv keeps each trial's start epoch."""
+    over seeds, each main figure one series per start epoch; results_by_alpha.csv has the
+    same rows ordered by alpha (no row pools two start epochs), the printed best alpha is
+    each start epoch's, then the best of them, and results.csv keeps each trial's start
+    epoch."""
     from seltrain.analysis import plots
 
     exp = _late(tmp_path)
@@ -308,8 +320,17 @@ def test_a_search_over_another_key_is_grouped_by_it_and_alpha(tmp_path, monkeypa
         os.path.basename(str(path)), fig) and save(fig, path, title))
     printed = io.StringIO()
     r = report.report_experiment(str(exp), out=printed, tensorboard=False, metric="test_acc")
-    by_alpha = {row["alpha"]: row for row in r["by_alpha"].to_dict("records")}
-    assert by_alpha[-10.0]["n"] == 4 and by_alpha[-10.0]["test_acc_mean"] == pytest.approx(0.65)
+    by_alpha = list(csv.DictReader(open(exp / "results_by_alpha.csv")))
+    assert list(by_alpha[0])[:4] == ["alpha", START, "n", "best_val_acc_mean"]
+    # by alpha, then start epoch: alpha -10's four trials are two rows of two seeds, not one
+    # mean of 0.65 over both start epochs
+    assert [(float(b["alpha"]), int(b[START]), int(b["n"]), float(b["test_acc_mean"]))
+            for b in by_alpha] == [(-10.0, 0, 2, pytest.approx(0.45)),
+                                   (-10.0, 5, 2, pytest.approx(0.85)),
+                                   (0.0, 0, 1, pytest.approx(0.6)), (0.0, 5, 1, pytest.approx(0.7))]
+    assert float(by_alpha[1]["test_si_std"]) == pytest.approx(np.std([0.3, 0.5], ddof=1))
+    assert r["by_alpha"]["n"].tolist() == [2, 2, 1, 1]
+    assert (r["best"][START], r["best"]["alpha"]) == (5, -10.0)  # the best group's best alpha
     rows = list(csv.DictReader(open(exp / "results_by_group.csv")))
     assert list(rows[0])[:3] == [START, "alpha", "n"]
     got = {(int(row[START]), float(row["alpha"])): row for row in rows}
@@ -324,8 +345,15 @@ def test_a_search_over_another_key_is_grouped_by_it_and_alpha(tmp_path, monkeypa
     assert got[(0, 0.0)]["test_acc_std"] == ""  # one seed: no spread
     lines = printed.getvalue().splitlines()
     assert f"per {START} and alpha (results_by_group.csv):" in lines
-    assert (f"best {START} and alpha by test_acc_mean: start_epoch=5, alpha -10 (test_acc_mean "
-            "0.8500 +- 0.0707; 2 seeds)") in lines
+    i = lines.index(f"best alpha by test_acc_mean per {START}:")
+    assert lines[i + 1:i + 4] == [
+        "  start_epoch=0: alpha 0 (test_acc_mean 0.6000, test_acc 0.6000, test_si 0.4000; one "
+        "seed)",
+        "  start_epoch=5: alpha -10 (test_acc_mean 0.8500 +- 0.0707, test_acc 0.8500 +- 0.0707, "
+        "test_si 0.4000 +- 0.1414)",
+        f"best {START} and alpha by test_acc_mean: start_epoch=5, alpha -10 (test_acc_mean "
+        "0.8500 +- 0.0707; 2 seeds)"]
+    assert not any(ln.startswith(("per alpha", "best alpha by test_acc_mean:")) for ln in lines)
     assert "results_by_alpha.csv, results_by_group.csv and 4 plots (png)" in printed.getvalue()
     ax = figures["test_acc_vs_alpha.png"].axes[0]
     series = {c.get_label(): c for c in ax.containers}
@@ -346,6 +374,193 @@ def test_a_search_over_another_key_is_grouped_by_it_and_alpha(tmp_path, monkeypa
     assert [t.get_text() for t in ax.texts] == ["-10", "0", "-10", "0"]
     trials = {row["trial"]: row for row in csv.DictReader(open(exp / "results.csv"))}
     assert trials["alpha-10_start_epoch5_seed1"][START] == "5"
+
+
+# alpha, start epoch, seed, test SI per epoch (1, 2), dead units of layers l1, l2 (epoch 2)
+LATE_EPOCHS = [(-10.0, 0, 0, [0.3, 0.1], (0.5, 0.25)), (-10.0, 0, 1, [0.5, 0.3], (0.25, 0.25)),
+               (-10.0, 5, 0, [0.6, 0.5], (0.0, 0.0)), (0.0, 0, 0, [0.4, 0.45], (0.0, 0.0)),
+               (0.0, 5, 0, [0.4, 0.5], (0.125, 0.0))]
+
+
+def _drawn(monkeypatch) -> dict:
+    """{file name: figure} of every figure saved through plots._save."""
+    from seltrain.analysis import plots
+
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, title: figures.setdefault(
+        os.path.basename(str(path)), fig) and save(fig, path, title))
+    return figures
+
+
+def _series(ax) -> dict:
+    """{legend label: (x, y)} of the mean +- std series (errorbar containers) of a panel."""
+    return {c.get_label(): (np.asarray(c.lines[0].get_xdata(), float).tolist(),
+                            np.asarray(c.lines[0].get_ydata(), float).tolist())
+            for c in ax.containers}
+
+
+def test_si_over_training_and_dead_units_are_drawn_per_start_epoch_and_alpha(tmp_path,
+                                                                           monkeypatch):
+    """tune/alpha_late.yaml over two epochs: si_over_training.png has a line per start epoch
+    and alpha (colour = alpha, the same in both groups; line style = start epoch), each the
+    seeds' mean per epoch of metrics.jsonl's test_si (and test_si_per_layer in the layer
+    panels); dead_vs_alpha.png a panel for the mean over layers and one per layer, a series
+    per start epoch of the best epoch's dead fractions."""
+    exp = tmp_path / "late"
+    for alpha, start, seed, si, (d1, d2) in LATE_EPOCHS:
+        folder = exp / "trials" / f"alpha{alpha:g}_start_epoch{start}_seed{seed}"
+        _run(str(folder), alpha, seed, 0.1, [(0.4, 0.5, si[0]), (0.6, 0.5, si[1])], True,
+             planned=2)
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg["selectivity"]["alpha_schedule"] = {"kind": "step", "start_epoch": start}
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        recs = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
+        for rec in recs:  # layer l1 0.1 above the mean, l2 0.1 below
+            rec["test_si_per_layer"] = {"l1": rec["test_si"] + 0.1, "l2": rec["test_si"] - 0.1}
+            rec["test_dead_per_layer"] = {"l1": d1, "l2": d2}
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (exp / "seltrain_experiment.json").write_text(json.dumps(
+        {"scheduler": {"type": "none"}, "space": {"selectivity.alpha": "grid", START: "grid"}}))
+    figures = _drawn(monkeypatch)
+    report.report_experiment(str(exp), out=io.StringIO(), tensorboard=False)
+
+    mean, l1, l2 = [a for a in figures["si_over_training.png"].axes if a.get_visible()]
+    assert [a.get_title() for a in (mean, l1, l2)] == ["mean over layers", "l1", "l2"]
+    lines = {ln.get_label(): ln for ln in mean.get_lines()}
+    want = {"alpha -10, start_epoch=0": [(0.3 + 0.5) / 2, (0.1 + 0.3) / 2],
+            "alpha 0, start_epoch=0": [0.4, 0.45], "alpha -10, start_epoch=5": [0.6, 0.5],
+            "alpha 0, start_epoch=5": [0.4, 0.5]}
+    assert sorted(lines) == sorted(want)
+    for label, y in want.items():
+        np.testing.assert_allclose(lines[label].get_xdata(), [1, 2])
+        np.testing.assert_allclose(lines[label].get_ydata(), y)
+    # colour = alpha, line style = start epoch
+    assert {(ln.get_color(), ln.get_linestyle()) for ln in lines.values()} == {
+        (lines["alpha -10, start_epoch=0"].get_color(), "-"),
+        (lines["alpha -10, start_epoch=0"].get_color(), "--"),
+        (lines["alpha 0, start_epoch=0"].get_color(), "-"),
+        (lines["alpha 0, start_epoch=0"].get_color(), "--")}
+    assert lines["alpha -10, start_epoch=5"].get_color() == \
+        lines["alpha -10, start_epoch=0"].get_color() != lines["alpha 0, start_epoch=5"].get_color()
+    (l1_line,) = [ln for ln in l1.get_lines() if ln.get_label() == "alpha -10, start_epoch=0"]
+    np.testing.assert_allclose(l1_line.get_ydata(), [0.5, 0.3])
+
+    panels = [a for a in figures["dead_vs_alpha.png"].axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == ["mean over layers", "l1", "l2"]
+    one = " (mean +- std over seeds)"
+    for ax, start0, start5 in zip(panels, ([(0.75 / 2 + 0.5 / 2) / 2, 0.0], [0.375, 0.0],
+                                           [0.25, 0.0]),
+                                  ([0.0, 0.0625], [0.0, 0.125], [0.0, 0.0])):
+        got = _series(ax)
+        assert sorted(got) == [f"start_epoch=0{one}", f"start_epoch=5{one}"]
+        assert got[f"start_epoch=0{one}"][0] == got[f"start_epoch=5{one}"][0] == [-10.0, 0.0]
+        np.testing.assert_allclose(got[f"start_epoch=0{one}"][1], start0)
+        np.testing.assert_allclose(got[f"start_epoch=5{one}"][1], start5)
+    by_alpha = list(csv.DictReader(open(exp / "results_by_alpha.csv")))
+    assert float(by_alpha[0]["test_dead_mean"]) == pytest.approx(0.3125)  # alpha -10, start 0
+
+
+def test_the_analyses_figures_draw_a_series_per_start_epoch(tmp_path, monkeypatch):
+    """``--analyses`` on tune/alpha_late.yaml, from hand-written rows and summaries: mean SI per
+    layer (selectivity), the ablation's headline number and dimensionality's per-layer panels,
+    against alpha and against mean SI, each a series per start epoch whose means are the
+    seeds' means within that start epoch."""
+    from seltrain import report_analyses
+
+    # alpha, start, seed, mean SI, l1's SI, mean overall drop, l1's clean components
+    table = [(-10.0, 0, 0, 0.1, 0.2, 0.02, 10), (-10.0, 0, 1, 0.2, 0.3, 0.04, 12),
+             (-10.0, 5, 0, 0.3, 0.5, 0.10, 20), (0.0, 0, 0, 0.4, 0.6, 0.06, 14),
+             (0.0, 5, 0, 0.6, 0.7, 0.08, 16)]
+    rows = [{"trial": f"t{i}", "alpha": a, "seed": seed, START: start, "test_acc": 0.5,
+             "mean_si": si, "mean_overall_drop": drop}
+            for i, (a, start, seed, si, _, drop, _) in enumerate(table)]
+    per_trial = {"selectivity": [{"si_per_layer": {"l1": l1}} for *_, l1, _, _ in table],
+                 "ablation": [{} for _ in table],
+                 "dimensionality": [{"layers": {"l1": {"representation": {"clean": c}}}}
+                                    for *_, c in table]}
+    figures = _drawn(monkeypatch)
+    report_analyses._against_figures(rows, per_trial, str(tmp_path / "plots"), [START])
+    one = " (mean +- std over seeds)"
+    mean, l1 = [a for a in figures["analysis_mean_si_vs_alpha.png"].axes if a.get_visible()]
+    for ax, start0, start5 in ((mean, [0.15, 0.4], [0.3, 0.6]), (l1, [0.25, 0.6], [0.5, 0.7])):
+        got = _series(ax)
+        assert got[f"start_epoch=0{one}"][0] == got[f"start_epoch=5{one}"][0] == [-10.0, 0.0]
+        np.testing.assert_allclose(got[f"start_epoch=0{one}"][1], start0)
+        np.testing.assert_allclose(got[f"start_epoch=5{one}"][1], start5)
+    (ax,) = [a for a in figures["analysis_mean_overall_drop_vs_alpha.png"].axes
+             if a.get_visible()]
+    got = _series(ax)
+    np.testing.assert_allclose(got[f"start_epoch=0{one}"][1], [0.03, 0.06])
+    np.testing.assert_allclose(got[f"start_epoch=5{one}"][1], [0.10, 0.08])
+    assert ax.get_xscale() == "symlog"
+    (ax,) = [a for a in figures["analysis_mean_overall_drop_vs_si.png"].axes
+             if a.get_visible()]
+    points = {c.get_label(): sorted(map(tuple, np.asarray(c.get_offsets(), float).tolist()))
+              for c in ax.collections}
+    assert points == {"start_epoch=0": [(0.1, 0.02), (0.2, 0.04), (0.4, 0.06)],
+                      "start_epoch=5": [(0.3, 0.10), (0.6, 0.08)]}
+    (ax,) = [a for a in figures["analysis_dimensionality_clean_vs_alpha.png"].axes
+             if a.get_visible()]
+    got = _series(ax)
+    np.testing.assert_allclose(got[f"start_epoch=0{one}"][1], [11, 14])
+    np.testing.assert_allclose(got[f"start_epoch=5{one}"][1], [20, 16])
+    (ax,) = [a for a in figures["analysis_dimensionality_clean_vs_si.png"].axes
+             if a.get_visible()]
+    lines = {ln.get_label(): np.asarray(ln.get_xydata(), float).tolist()
+             for ln in ax.get_lines()}
+    assert lines == {"start_epoch=0": [[0.1, 10], [0.2, 12], [0.4, 14]],  # in mean SI order
+                     "start_epoch=5": [[0.3, 20], [0.6, 16]]}
+
+
+def test_the_unit_figures_draw_each_start_epoch_and_alpha_apart(tmp_path, monkeypatch):
+    """``--analyses selectivity,ablation`` on tune/alpha_late.yaml, from hand-written
+    selectivity.json and units_<layer>.csv files: the unit SI histograms and the drops
+    against unit SI pool the units of one start epoch and alpha's seeds, never two start
+    epochs."""
+    from seltrain import report_analyses
+    from seltrain.analysis.serialize import write_csv
+
+    # start epoch, seed, units' SI (none on a bin edge), their max class drop
+    trials = [(0, 0, [0.12, 0.32], [0.1, 0.2]), (0, 1, [0.52], [0.3]),
+              (5, 0, [0.72, 0.92], [0.5, 0.4])]
+    rows, sel, abl = [], [], []
+    for i, (start, seed, si, drop) in enumerate(trials):
+        out = tmp_path / f"t{i}"
+        out.mkdir()
+        (out / "selectivity.json").write_text(json.dumps({"si": {"l1": si}}))
+        write_csv(str(out / "units_l1.csv"), {"unit": range(len(si)), "si": si,
+                                              "overall_drop": [0.0] * len(si),
+                                              "max_class_drop": drop})
+        rows.append({"trial": f"t{i}", "alpha": -10.0, "seed": seed, START: start,
+                     "test_acc": 0.5 + 0.1 * i})
+        sel.append({"out_dir": str(out)})
+        abl.append({"out_dir": str(out), "layers": ["l1"]})
+    ori = [{"layers": {"l1": {"mean_osi": 0.2 * i, "mean_gosi": 0.1 * i}}} for i in range(3)]
+    figures = _drawn(monkeypatch)
+    report_analyses._unit_figures(rows, {"selectivity": sel, "ablation": abl,
+                                         "orientation": ori}, str(tmp_path / "plots"), [START])
+    (ax,) = [a for a in figures["analysis_si_distributions.png"].axes if a.get_visible()]
+    hist = {p.get_label(): p for p in ax.patches}
+    assert sorted(hist) == ["alpha -10, start_epoch=0 (2 seeds, mean 0.320)",
+                            "alpha -10, start_epoch=5 (1 seed, mean 0.820)"]
+    want = np.zeros(20)
+    want[[2, 6, 10]] = 1 / 3  # 0.12, 0.32, 0.52: a third of start epoch 0's units each
+    np.testing.assert_allclose(hist["alpha -10, start_epoch=0 (2 seeds, mean 0.320)"]
+                               .get_data().values, want)
+    assert hist["alpha -10, start_epoch=5 (1 seed, mean 0.820)"].get_linestyle() == "--"
+    (ax,) = [a for a in figures["analysis_max_class_drop_vs_unit_si.png"].axes
+             if a.get_visible()]
+    points = {c.get_label(): sorted(map(tuple, np.asarray(c.get_offsets(), float).tolist()))
+              for c in ax.collections}
+    assert points == {"alpha -10, start_epoch=0: rho 1.00": [(0.12, 0.1), (0.32, 0.2),
+                                                               (0.52, 0.3)],
+                      "alpha -10, start_epoch=5: rho nan": [(0.72, 0.5), (0.92, 0.4)]}
+    osi = [a for a in figures["analysis_orientation_vs_test_acc.png"].axes if a.get_visible()][0]
+    points = {c.get_label(): sorted(map(tuple, np.asarray(c.get_offsets(), float).tolist()))
+              for c in osi.collections}  # (test accuracy, mean OSI) of each trial
+    np.testing.assert_allclose(points["alpha -10, start_epoch=0"], [(0.5, 0.0), (0.6, 0.2)])
+    np.testing.assert_allclose(points["alpha -10, start_epoch=5"], [(0.7, 0.4)])
 
 
 def test_without_other_keys_the_report_is_what_it_was(experiment, tmp_path):
