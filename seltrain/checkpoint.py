@@ -9,8 +9,10 @@ with the real name. A full disk is reported as such (torch's zip writer would on
 run folder's lock (``RunFolder.claim``).
 
 ``Checkpointer`` is what the trainer asks of a run's ``checkpoints/``: ``save`` after every
-epoch (last.pt, and best.pt as its copy), ``resume`` (the recipe compared before any weights
-load, then weights, optimizer, schedule and RNG), ``repair`` (a best.pt a crash left behind).
+epoch (last.pt, best.pt as its copy, and ``epoch_NNN.pt`` as another for the epochs
+``run.keep_epochs`` names), ``resume`` (the recipe compared before any weights load, then
+weights, optimizer, schedule and RNG), ``repair`` (a best.pt or kept epoch's copy that a crash
+left behind).
 
 Trust: only seltrain's own ``.pt`` files are read here, and without unpickling code. DeepSpeed's
 ZeRO shard files (``checkpoints/deepspeed/``, read by DeepSpeed on ``--resume``) and Ray Tune's
@@ -144,6 +146,12 @@ def saved_config(path: str) -> dict | None:
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
 
 
+def epoch_name(epoch: int) -> str:
+    """The name (without .pt) of the copy ``run.keep_epochs`` keeps of 0-based ``epoch``:
+    ``epoch_003``, three digits so that a folder listing sorts by epoch."""
+    return f"epoch_{epoch:03d}"
+
+
 def run_checkpoint(run_dir: str, names: tuple[str, ...] = RUN_CHECKPOINTS) -> str | None:
     """The first of ``names`` in ``run_dir``/checkpoints, or None."""
     for name in names:
@@ -160,35 +168,63 @@ def trials_root(exp_dir: str) -> str:
     return trials if os.path.isdir(trials) else exp_dir
 
 
-def find_checkpoints(path: str, skipped: list | None = None) -> list[tuple[str, str]]:
+def which_names(which: str = "best") -> tuple[str, ...]:
+    """The checkpoint files ``--checkpoint`` names, in the order they are looked up: best
+    (best.pt, else last.pt), last, or a kept epoch (``epoch_003``)."""
+    return RUN_CHECKPOINTS if which == "best" else (f"{which}.pt",)
+
+
+def _missing(run: str, which: str) -> str:
+    """Why ``run`` has no checkpoint ``which``, with the kept epochs it does have."""
+    if which == "best":
+        return ("no checkpoints/best.pt or checkpoints/last.pt (the run ended or was stopped "
+                "before its first checkpoint)")
+    folder = os.path.join(run, "checkpoints")
+    kept = sorted(f[:-3] for f in (os.listdir(folder) if os.path.isdir(folder) else ())
+                  if f.startswith("epoch_") and f.endswith(".pt"))
+    return (f"no checkpoints/{which}.pt (kept epochs: {', '.join(kept) or 'none'}; "
+            "run.keep_epochs names the epochs a run keeps)")
+
+
+def find_checkpoints(path: str, skipped: list | None = None,
+                     which: str = "best") -> list[tuple[str, str]]:
     """[(run folder, checkpoint file)] for a checkpoint file, a run folder (its best.pt, else
-    last.pt) or an experiment folder (the same for every run folder under trials/, or under
-    the folder itself). In an experiment, every run folder without a checkpoint is appended
-    to ``skipped`` as (folder, why)."""
+    last.pt; or the one ``which`` names, ``which_names``) or an experiment folder (the same
+    for every run folder under trials/, or under the folder itself). In an experiment, every
+    run folder without that checkpoint is appended to ``skipped`` as (folder, why)."""
+    names = which_names(which)
     if os.path.isfile(path):
+        if which != "best":
+            raise ConfigError(f"--checkpoint {which} picks among a run folder's checkpoints, "
+                              f"but {path} is a checkpoint file already; leave --checkpoint "
+                              "out, or give the run folder")
         ckpt = os.path.abspath(path)
         parent = os.path.dirname(ckpt)
         run = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
         return [(run, ckpt)]
     if not os.path.isdir(path):
         raise CheckpointError(f"no checkpoint, run folder or experiment at {path}")
-    own = run_checkpoint(path)
+    own = run_checkpoint(path, names)
     if own:
         return [(os.path.abspath(path), own)]
+    if which != "best" and _looks_like_a_run(path):
+        raise CheckpointError(f"{path} has {_missing(path, which)}")
     root = trials_root(path)
     found = []
     for name in sorted(os.listdir(root)):
         run = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(run):
             continue
-        ckpt = run_checkpoint(run)
+        ckpt = run_checkpoint(run, names)
         if ckpt:
             found.append((os.path.abspath(run), ckpt))
         elif skipped is not None and _looks_like_a_run(run):
-            skipped.append((os.path.abspath(run), "no checkpoints/best.pt or "
-                            "checkpoints/last.pt (the run ended or was stopped before its first "
-                            "checkpoint)"))
+            skipped.append((os.path.abspath(run), _missing(run, which)))
     if not found:
+        if which != "best":
+            raise CheckpointError(f"{path} holds no checkpoints/{which}.pt, nor "
+                                  f"trials/*/checkpoints/{which}.pt (run.keep_epochs names "
+                                  "the epochs a run keeps)")
         raise CheckpointError(f"{path} holds no checkpoints/best.pt, checkpoints/last.pt or "
                               "trials/*/checkpoints/best.pt")
     return found
@@ -274,6 +310,10 @@ class Checkpointer:
             self._write(last, state, history)
             if new_best and self.ctx.is_main:
                 atomic_copy(last, self.path("best"))
+            if self._kept(state.epoch) and self.ctx.is_main:
+                # A byte copy, written atomically: a resume rewrites it whole (``repair``),
+                # never a second file for the same epoch.
+                atomic_copy(last, self.path(epoch_name(state.epoch)))
         except SeltrainError as e:
             if not self.ctx.distributed:
                 raise
@@ -324,7 +364,12 @@ class Checkpointer:
             print(f"resuming {self.run_dir} after epoch {state.epoch + 1}", flush=True)
             if state.best.get("epoch") == state.epoch:
                 self.repair(state.epoch)
+            if self._kept(state.epoch):
+                self.repair(state.epoch, epoch_name(state.epoch))
         return state, history
+
+    def _kept(self, epoch: int) -> bool:
+        return epoch in self.cfg.run.keep_epochs
 
     def check_recipe(self, saved: dict) -> None:
         """Every recipe key that differs from the checkpoint's, named in one line; run before
@@ -346,11 +391,12 @@ class Checkpointer:
                 f"{len(differ)} key(s): {'; '.join(differ)}; use the original settings or a "
                 "new run.name")
 
-    def repair(self, epoch: int) -> None:
+    def repair(self, epoch: int, name: str = "best") -> None:
         """Epoch ``epoch`` (last.pt's) was a new best, so best.pt must equal last.pt; a crash
         (or a full disk) between writing last.pt and copying it to best.pt leaves an older
-        best.pt, rewritten here from last.pt."""
-        last, best = self.path("last"), self.path("best")
+        best.pt, rewritten here from last.pt. The same for a kept epoch's ``name``
+        (``epoch_NNN``), missing when a crash came before its copy."""
+        last, best = self.path("last"), self.path(name)
         try:
             ok = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"] \
                 == epoch
@@ -358,5 +404,6 @@ class Checkpointer:
             ok = False
         if not ok:
             atomic_copy(last, best)
-            print(f"seltrain: restored {best} from last.pt (epoch {epoch + 1} was the best; "
+            why = "was the best" if name == "best" else "is in run.keep_epochs"
+            print(f"seltrain: restored {best} from last.pt (epoch {epoch + 1} {why}; "
                   "the copy had not been made)", file=sys.stderr, flush=True)

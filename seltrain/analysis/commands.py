@@ -47,7 +47,7 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
         raise TypeError(f"{name} takes {module.Options.__name__}, not {type(opts).__name__}")
     skipped: list[tuple[str, str]] = []
     targets = [TargetRef(target_dir, spec=path)] if isinstance(path, TargetSpec) \
-        else find_targets(path, skipped)
+        else find_targets(path, skipped, opts.checkpoint)
     for run_dir, why in skipped:
         print(f"{name}: skipped {run_dir}: {why}", file=stream)
     if opts.out and len(targets) > 1:
