@@ -786,7 +786,7 @@ ROWS = [
         r"--max-images -5: give a whole number >= 0 \(0: all\)"),
     Row("analyze_checkpoint_not_kept",
         ["analyze", "selectivity", "{done}", "--checkpoint", "epoch_001"], 3,
-        r"runs/r has no checkpoints/epoch_001.pt \(kept epochs: none; run.keep_epochs names "
+        r"/r has no checkpoints/epoch_001.pt \(kept epochs: none; run.keep_epochs names "
         r"the epochs a run keeps\)"),
     Row("analyze_checkpoint_unknown",
         ["analyze", "selectivity", "{done}", "--checkpoint", "first"], 2,
