@@ -25,7 +25,7 @@ from seltrain.checkpoint import (Checkpointer, TrainState, atomic_save, find_che
 from seltrain.config import load_config
 from seltrain.distributed import DistContext
 from seltrain.engine import DDPEngine
-from seltrain.errors import CheckpointError
+from seltrain.errors import CheckpointError, ConfigError
 from seltrain.models import build_model
 
 
@@ -197,6 +197,38 @@ def test_best_else_last_in_a_run_and_in_every_trial(tmp_path):
         find_checkpoints(str(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match="holds no checkpoints/best.pt"):
         find_checkpoints(str(exp / "trials" / "c"))
+
+
+def test_checkpoint_picks_a_kept_epoch_of_a_run_or_of_every_trial(tmp_path):
+    """``--checkpoint epoch_002`` (find_checkpoints' ``which``): each trial's epoch_002.pt; a
+    trial without one is skipped with the epochs it kept; the folders of the results."""
+    from types import SimpleNamespace
+
+    from seltrain.analysis.outputs import final_folder
+
+    exp = tmp_path / "exp"
+    a = _touch(exp / "trials" / "a" / "checkpoints" / "epoch_002.pt")
+    _touch(exp / "trials" / "a" / "checkpoints" / "best.pt")
+    _touch(exp / "trials" / "b" / "checkpoints" / "epoch_000.pt")
+    _touch(exp / "trials" / "b" / "checkpoints" / "best.pt")
+    skipped = []
+    assert find_checkpoints(str(exp), skipped, "epoch_002") == [(str(exp / "trials" / "a"), a)]
+    assert skipped == [(str(exp / "trials" / "b"), "no checkpoints/epoch_002.pt (kept epochs: "
+                        "epoch_000; run.keep_epochs names the epochs a run keeps)")]
+    last = _touch(exp / "trials" / "b" / "checkpoints" / "last.pt")
+    assert find_checkpoints(str(exp / "trials" / "b"), which="last") == \
+        [(str(exp / "trials" / "b"), last)]
+    with pytest.raises(CheckpointError, match=r"b has no checkpoints/epoch_002.pt \(kept "
+                       r"epochs: epoch_000;"):
+        find_checkpoints(str(exp / "trials" / "b"), which="epoch_002")
+    with pytest.raises(ConfigError, match="is a checkpoint file already; leave --checkpoint"):
+        find_checkpoints(a, which="epoch_002")
+    opts = SimpleNamespace(out=None)
+    run = str(exp / "trials" / "a")
+    assert final_folder(run, opts, "ablation", 1, a) == \
+        os.path.join(run, "analysis", "epoch_002", "ablation")
+    assert final_folder(run, opts, "ablation", 1, os.path.join(run, "checkpoints", "best.pt")) \
+        == os.path.join(run, "analysis", "ablation")
 
 
 def test_load_trained_model_builds_the_recipe_model_or_says_it_does_not_fit(tmp_path):
