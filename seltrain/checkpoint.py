@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -174,14 +175,33 @@ def which_names(which: str = "best") -> tuple[str, ...]:
     return RUN_CHECKPOINTS if which == "best" else (f"{which}.pt",)
 
 
+def kept_epochs(run_dir: str) -> list[str]:
+    """The kept epochs' checkpoints of ``run_dir`` (``run.keep_epochs``), in epoch order."""
+    folder = os.path.join(run_dir, "checkpoints")
+    names = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else ())
+                   if re.fullmatch(r"epoch_\d{3,}\.pt", f))
+    return [os.path.abspath(os.path.join(folder, f))
+            for f in sorted(names, key=lambda f: int(f[6:-3]))]
+
+
+def _run_checkpoints(run_dir: str, which: str) -> list[str]:
+    """The checkpoints of ``run_dir`` that ``which`` picks: every kept epoch's (``kept``) or
+    the first of ``which_names`` there is."""
+    if which == "kept":
+        return kept_epochs(run_dir)
+    one = run_checkpoint(run_dir, which_names(which))
+    return [one] if one else []
+
+
 def _missing(run: str, which: str) -> str:
     """Why ``run`` has no checkpoint ``which``, with the kept epochs it does have."""
     if which == "best":
         return ("no checkpoints/best.pt or checkpoints/last.pt (the run ended or was stopped "
                 "before its first checkpoint)")
-    folder = os.path.join(run, "checkpoints")
-    kept = sorted(f[:-3] for f in (os.listdir(folder) if os.path.isdir(folder) else ())
-                  if f.startswith("epoch_") and f.endswith(".pt"))
+    if which == "kept":
+        return ("no kept epochs (no checkpoints/epoch_NNN.pt; run.keep_epochs names the "
+                "epochs a run keeps)")
+    kept = [os.path.basename(f)[:-3] for f in kept_epochs(run)]
     return (f"no checkpoints/{which}.pt (kept epochs: {', '.join(kept) or 'none'}; "
             "run.keep_epochs names the epochs a run keeps)")
 
@@ -189,10 +209,10 @@ def _missing(run: str, which: str) -> str:
 def find_checkpoints(path: str, skipped: list | None = None,
                      which: str = "best") -> list[tuple[str, str]]:
     """[(run folder, checkpoint file)] for a checkpoint file, a run folder (its best.pt, else
-    last.pt; or the one ``which`` names, ``which_names``) or an experiment folder (the same
-    for every run folder under trials/, or under the folder itself). In an experiment, every
-    run folder without that checkpoint is appended to ``skipped`` as (folder, why)."""
-    names = which_names(which)
+    last.pt; or the one ``which`` names, ``which_names``; ``kept``: every kept epoch's) or an
+    experiment folder (the same for every run folder under trials/, or under the folder
+    itself). In an experiment, every run folder without that checkpoint is appended to
+    ``skipped`` as (folder, why)."""
     if os.path.isfile(path):
         if which != "best":
             raise ConfigError(f"--checkpoint {which} picks among a run folder's checkpoints, "
@@ -204,9 +224,9 @@ def find_checkpoints(path: str, skipped: list | None = None,
         return [(run, ckpt)]
     if not os.path.isdir(path):
         raise CheckpointError(f"no checkpoint, run folder or experiment at {path}")
-    own = run_checkpoint(path, names)
+    own = _run_checkpoints(path, which)
     if own:
-        return [(os.path.abspath(path), own)]
+        return [(os.path.abspath(path), c) for c in own]
     if which != "best" and _looks_like_a_run(path):
         raise CheckpointError(f"{path} has {_missing(path, which)}")
     root = trials_root(path)
@@ -215,15 +235,16 @@ def find_checkpoints(path: str, skipped: list | None = None,
         run = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(run):
             continue
-        ckpt = run_checkpoint(run, names)
-        if ckpt:
-            found.append((os.path.abspath(run), ckpt))
+        ckpts = _run_checkpoints(run, which)
+        if ckpts:
+            found += [(os.path.abspath(run), c) for c in ckpts]
         elif skipped is not None and _looks_like_a_run(run):
             skipped.append((os.path.abspath(run), _missing(run, which)))
     if not found:
         if which != "best":
-            raise CheckpointError(f"{path} holds no checkpoints/{which}.pt, nor "
-                                  f"trials/*/checkpoints/{which}.pt (run.keep_epochs names "
+            want = "epoch_NNN" if which == "kept" else which
+            raise CheckpointError(f"{path} holds no checkpoints/{want}.pt, nor "
+                                  f"trials/*/checkpoints/{want}.pt (run.keep_epochs names "
                                   "the epochs a run keeps)")
         raise CheckpointError(f"{path} holds no checkpoints/best.pt, checkpoints/last.pt or "
                               "trials/*/checkpoints/best.pt")

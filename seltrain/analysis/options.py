@@ -100,17 +100,19 @@ def words(text: str) -> tuple[str, ...]:
 
 
 def checkpoint_choice(text: str) -> str:
-    """``--checkpoint``: ``best``, ``last``, or a kept epoch as ``epoch_003`` or ``3``
-    (``run.keep_epochs``, 0-based as metrics.jsonl); the checkpoint's name without .pt."""
+    """``--checkpoint``: ``best``, ``last``, a kept epoch as ``epoch_003`` or ``3``
+    (``run.keep_epochs``, 0-based as metrics.jsonl; the checkpoint's name without .pt), or
+    ``kept``: every kept epoch."""
     from seltrain.checkpoint import epoch_name
 
     t = str(text).strip().lower()
-    if t in ("best", "last"):
+    if t in ("best", "last", "kept"):
         return t
     digits = t[len("epoch_"):] if t.startswith("epoch_") else t
     if digits.isdigit():
         return epoch_name(int(digits))
-    raise ValueError("give best, last, or a kept epoch (run.keep_epochs) as epoch_003 or 3")
+    raise ValueError("give best, last, kept (every kept epoch), or one kept epoch "
+                     "(run.keep_epochs) as epoch_003 or 3")
 
 
 # The figure formats (seltrain/analysis/plots.py writes each chosen one): PNG for screens and
@@ -155,9 +157,10 @@ class AnalysisOptions:
                        parse=whole_number)
     checkpoint: str = option(
         "best", "which checkpoint of a run folder (of every trial of an experiment): best "
-        "(last.pt where there is no best.pt), last, or an epoch run.keep_epochs kept "
-        "(epoch_003 or 3; results go to <run>/analysis/epoch_003/<analysis>)",
-        parse=checkpoint_choice, metavar="best|last|epoch_NNN")
+        "(last.pt where there is no best.pt), last, an epoch run.keep_epochs kept (epoch_003 "
+        "or 3; results go to <run>/analysis/epoch_003/<analysis>), or kept: every kept epoch "
+        "(ablation then adds <run>/analysis/ablation_over_epochs)",
+        parse=checkpoint_choice, metavar="best|last|kept|epoch_NNN")
     format: tuple[str, ...] = option(
         ("png",), "the figures' formats, comma-separated from png, svg, pdf (svg and pdf are "
         "vector, for papers): every figure is written in each", parse=parse_formats,

@@ -122,16 +122,28 @@ class OutputFolder:
 def final_folder(run_dir: str, opts, name: str, n_targets: int,
                  ckpt_path: str | None = None) -> str:
     """Where analysis ``name`` of the run ``run_dir`` goes: ``--out`` (``--out/<run>`` with
-    several runs) or ``<run>/analysis/<name>``; of a kept epoch's checkpoint
-    (``checkpoints/epoch_003.pt``, ``run.keep_epochs``) ``<run>/analysis/epoch_003/<name>``,
-    so that each epoch's results sit beside the others and the best checkpoint's."""
+    several runs) or ``<run>/analysis/<name>``. A kept epoch's checkpoint
+    (``checkpoints/epoch_003.pt``, ``run.keep_epochs``) goes to
+    ``<run>/analysis/epoch_003/<name>`` (``--out/<run>/epoch_003``), so each epoch's results
+    sit beside the others and the best checkpoint's."""
+    stem = os.path.splitext(os.path.basename(ckpt_path or ""))[0]
+    kept = KEPT_EPOCH.fullmatch(stem) is not None
     if opts.out:
+        if kept:
+            return os.path.abspath(os.path.join(opts.out, os.path.basename(run_dir), stem))
         return os.path.abspath(os.path.join(opts.out, os.path.basename(run_dir))
                                if n_targets > 1 else opts.out)
-    stem = os.path.splitext(os.path.basename(ckpt_path or ""))[0]
-    if KEPT_EPOCH.fullmatch(stem):
+    if kept:
         return os.path.abspath(os.path.join(run_dir, "analysis", stem, name))
     return os.path.abspath(os.path.join(run_dir, "analysis", name))
+
+
+def over_epochs_folder(run_dir: str, opts, name: str) -> str:
+    """Where ``--checkpoint kept`` puts analysis ``name``'s results across the kept epochs:
+    ``<run>/analysis/<name>_over_epochs`` (``--out/<run>/<name>_over_epochs``)."""
+    base = os.path.join(opts.out, os.path.basename(run_dir)) if opts.out else \
+        os.path.join(run_dir, "analysis")
+    return os.path.abspath(os.path.join(base, f"{name}_over_epochs"))
 
 
 # A kept epoch's checkpoint name (seltrain.checkpoint.epoch_name).

@@ -790,8 +790,8 @@ ROWS = [
         r"the epochs a run keeps\)"),
     Row("analyze_checkpoint_unknown",
         ["analyze", "selectivity", "{done}", "--checkpoint", "first"], 2,
-        r"--checkpoint first: give best, last, or a kept epoch \(run.keep_epochs\) as "
-        r"epoch_003 or 3"),
+        r"--checkpoint first: give best, last, kept \(every kept epoch\), or one kept epoch "
+        r"\(run.keep_epochs\) as epoch_003 or 3"),
     # ---- The 15 tracebacks
     Row("binary_recipe", ["config", "show", "{tmp}/noise.yaml"], 2,
         r"noise.yaml is not a text YAML file", setup=write_text("noise.yaml", bytes(range(256)))),

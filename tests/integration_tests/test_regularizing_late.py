@@ -139,32 +139,52 @@ def test_a_window_resumed_mid_window_equals_one_that_ran_through(tmp_path):
 
 
 @pytest.mark.slow
-def test_ablation_of_a_kept_epoch(tmp_path):
-    """~5 s: `seltrain analyze ablation RUN --checkpoint epoch_000` ablates the network as it
-    was after epoch 0. Its intact accuracy is epoch 0's test_acc in metrics.jsonl (not the
-    best epoch's), its results go to <run>/analysis/epoch_000/ablation, and the cumulative
-    curves start at that accuracy and end, every unit of the layer zeroed, at one value."""
+def test_ablation_of_the_kept_epochs(tmp_path):
+    """~20 s: `seltrain analyze ablation RUN --checkpoint kept --cumulative` ablates the
+    network as it was after epoch 0 and after epoch 1 (run.keep_epochs=[0,1]; the best epoch
+    is another checkpoint). Each epoch's intact accuracy is its test_acc in metrics.jsonl;
+    its results go to <run>/analysis/epoch_00E/ablation; the curves start at that accuracy
+    and meet with every unit zeroed; <run>/analysis/ablation_over_epochs/ablation_over_epochs.csv
+    holds, per epoch, the accuracies with half the units zeroed (the curves' fraction 0.5)."""
+    import csv
     import json as _json
 
     from seltrain.analysis.ablation import AblationOptions
     from seltrain.analysis.commands import run_analysis
 
-    cfg = _cfg(tmp_path, "early", "train.epochs=2", "selectivity.alpha=0",
+    cfg = _cfg(tmp_path, "early", "train.epochs=3", "selectivity.alpha=0",
                "selectivity.alpha_schedule.kind=constant",
-               "selectivity.alpha_schedule.start_epoch=0", "run.keep_epochs=[0]")
+               "selectivity.alpha_schedule.start_epoch=0", "run.keep_epochs=[0,1]")
     Trainer(cfg).fit()
     run = tmp_path / "early"
-    opts = AblationOptions(checkpoint="0", layers=("layer3.2",), cumulative=True, n_random=1,
-                           device="cpu")
-    (summary,) = run_analysis("ablation", str(run), opts, stream=open(os.devnull, "w"))
-    out = run / "analysis/epoch_000/ablation"
-    assert summary["out_dir"] == str(out)
-    res = _json.loads((out / "ablation_layer3.2.json").read_text())
-    epoch0 = _records(run)[0]
-    assert res["single_unit"]["baseline_acc"] == pytest.approx(epoch0["test_acc"], abs=1e-12)
-    marker = _json.loads((out / ".seltrain-analysis.json").read_text())
-    assert marker["checkpoint"] == str(run / "checkpoints/epoch_000.pt")
-    cum = res["cumulative"]
-    assert cum["si_high_first"][0] == cum["random"][0][0] == pytest.approx(epoch0["test_acc"])
-    assert cum["si_high_first"][-1] == cum["si_low_first"][-1] == cum["random"][0][-1]
+    opts = AblationOptions(checkpoint="kept", layers=("layer3.2",), cumulative=True,
+                           n_random=2, device="cpu")
+    summaries = run_analysis("ablation", str(run), opts, stream=open(os.devnull, "w"))
+    assert [s["out_dir"] for s in summaries] == [str(run / f"analysis/epoch_00{e}/ablation")
+                                                 for e in (0, 1)]
     assert not (run / "analysis/ablation").exists()
+    with open(run / "analysis/ablation_over_epochs/ablation_over_epochs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["layer"]) for r in rows] == [("0", "layer3.2"), ("1", "layer3.2")]
+    records = _records(run)
+    for e, row in zip((0, 1), rows):
+        out = run / f"analysis/epoch_00{e}/ablation"
+        res = _json.loads((out / "ablation_layer3.2.json").read_text())
+        marker = _json.loads((out / ".seltrain-analysis.json").read_text())
+        assert marker["checkpoint"] == str(run / f"checkpoints/epoch_00{e}.pt")
+        acc = records[e]["test_acc"]
+        assert res["single_unit"]["baseline_acc"] == pytest.approx(acc, abs=1e-12)
+        cum = res["cumulative"]
+        assert cum["si_high_first"][0] == cum["random"][0][0] == pytest.approx(acc)
+        assert cum["si_high_first"][-1] == cum["si_low_first"][-1] == cum["random"][1][-1]
+        # 64 units, fraction 0.5: the 32 of highest SI, of lowest SI, or 32 at random zeroed
+        assert cum["fractions"][5] == 0.5 and cum["n_ablated"][5] == 32
+        assert float(row["intact_acc"]) == pytest.approx(acc, abs=1e-12)
+        assert float(row["si_high_half_acc"]) == pytest.approx(cum["si_high_first"][5])
+        assert float(row["si_low_half_acc"]) == pytest.approx(cum["si_low_first"][5])
+        assert float(row["random_half_acc"]) == pytest.approx(
+            (cum["random"][0][5] + cum["random"][1][5]) / 2)
+        assert float(row["mean_unit_drop"]) == pytest.approx(
+            sum(res["single_unit"]["overall_drop"]) / 64)
+    assert records[0]["test_si"] != records[1]["test_si"]  # two different networks
+    assert (run / "analysis/ablation_over_epochs/ablation_over_epochs.png").stat().st_size > 1000

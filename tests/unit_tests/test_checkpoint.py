@@ -223,12 +223,20 @@ def test_checkpoint_picks_a_kept_epoch_of_a_run_or_of_every_trial(tmp_path):
         find_checkpoints(str(exp / "trials" / "b"), which="epoch_002")
     with pytest.raises(ConfigError, match="is a checkpoint file already; leave --checkpoint"):
         find_checkpoints(a, which="epoch_002")
+    # kept: every kept epoch of every trial, in epoch order (10 after 2, not before it)
+    a10 = _touch(exp / "trials" / "a" / "checkpoints" / "epoch_010.pt")
+    b0 = str(exp / "trials" / "b" / "checkpoints" / "epoch_000.pt")
+    assert find_checkpoints(str(exp), which="kept") == [
+        (str(exp / "trials" / "a"), a), (str(exp / "trials" / "a"), a10),
+        (str(exp / "trials" / "b"), b0)]
     opts = SimpleNamespace(out=None)
     run = str(exp / "trials" / "a")
     assert final_folder(run, opts, "ablation", 1, a) == \
         os.path.join(run, "analysis", "epoch_002", "ablation")
     assert final_folder(run, opts, "ablation", 1, os.path.join(run, "checkpoints", "best.pt")) \
         == os.path.join(run, "analysis", "ablation")
+    out = SimpleNamespace(out=str(tmp_path / "o"))
+    assert final_folder(run, out, "ablation", 3, a) == str(tmp_path / "o" / "a" / "epoch_002")
 
 
 def test_load_trained_model_builds_the_recipe_model_or_says_it_does_not_fit(tmp_path):
