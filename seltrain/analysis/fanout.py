@@ -45,8 +45,9 @@ from typing import Mapping, Sequence
 from seltrain.analysis.options import AnalysisOptions
 from seltrain.errors import ConfigError, Interrupted, SeltrainError
 
-# Options that choose where results go or whether to replace them, not what they are.
-NOT_HASHED = ("out", "force")
+# Options that choose where results go or whether to replace them, not what they are
+# (--checkpoint picks the file, whose bytes the key hashes anyway).
+NOT_HASHED = ("out", "force", "checkpoint")
 # A task that raises is tried this many times in all before it counts as failed.
 ATTEMPTS = 2
 # Seconds between progress lines while nothing finishes.
