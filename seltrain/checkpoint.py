@@ -295,8 +295,9 @@ class TrainState:
 
 
 # Recipe keys that may change between an interrupted run and its resumption.
+# run.keep_epochs only adds copies of later epochs' last.pt: which ones never changes a number.
 RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir",
-                    "data.root", "data.on_device")
+                    "data.root", "data.on_device", "run.keep_epochs")
 
 
 class Checkpointer:
@@ -425,6 +426,8 @@ class Checkpointer:
             ok = False
         if not ok:
             atomic_copy(last, best)
-            why = "was the best" if name == "best" else "is in run.keep_epochs"
-            print(f"seltrain: restored {best} from last.pt (epoch {epoch + 1} {why}; "
-                  "the copy had not been made)", file=sys.stderr, flush=True)
+            # run.keep_epochs counts from 0, the console's "epoch N/M" from 1
+            why = f"epoch {epoch + 1} was the best" if name == "best" else \
+                f"epoch {epoch} is in run.keep_epochs"
+            print(f"seltrain: restored {best} from last.pt ({why}; the copy had not been made)",
+                  file=sys.stderr, flush=True)

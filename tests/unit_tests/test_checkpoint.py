@@ -310,7 +310,8 @@ def test_resume_names_every_changed_key_before_loading(tmp_path):
     ck, _ = _checkpointer(tmp_path)
     ck.save(TrainState(0, 2, {}, []), new_best=False, history=None)
     other, engine = _checkpointer(tmp_path, "train.lr=0.1", "train.momentum=0.5",
-                                  "run.progress=false")  # progress may change
+                                  "run.progress=false",  # progress may change
+                                  "run.keep_epochs=[3]")  # and the epochs kept from now on
     before = {k: v.clone() for k, v in engine.network.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"the recipe differs from the checkpoint's in 2 "
                                               r"key\(s\): train\.lr was 0\.5, now 0\.1; "
@@ -318,6 +319,25 @@ def test_resume_names_every_changed_key_before_loading(tmp_path):
         other.resume()
     for k, v in engine.network.state_dict().items():
         assert torch.equal(v, before[k])  # nothing was loaded
+
+
+def test_kept_epochs_are_copies_of_their_last_pt_and_a_resume_restores_a_lost_one(
+        tmp_path, capsys):
+    ck, _ = _checkpointer(tmp_path, "run.keep_epochs=[0,2]")
+    copies = {}
+    for e in range(3):
+        ck.save(TrainState(e, 2 * e + 2, {}, []), new_best=False, history=None)
+        copies[e] = open(ck.path("last"), "rb").read()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch_000.pt", "epoch_002.pt",
+                                                            "last.pt"]
+    assert open(ck.path("epoch_000"), "rb").read() == copies[0]
+    assert open(ck.path("epoch_002"), "rb").read() == copies[2]
+    # a crash between last.pt and its copy: the resume makes the copy, once
+    os.remove(ck.path("epoch_002"))
+    state, _ = _checkpointer(tmp_path, "run.keep_epochs=[0,2]")[0].resume()
+    assert state.epoch == 2 and open(ck.path("epoch_002"), "rb").read() == copies[2]
+    assert "epoch_002.pt from last.pt (epoch 2 is in run.keep_epochs; the copy had not been " \
+        "made)" in capsys.readouterr().err
 
 
 def test_resume_repairs_a_best_pt_left_behind(tmp_path, capsys):
