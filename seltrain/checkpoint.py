@@ -9,8 +9,10 @@ with the real name. A full disk is reported as such (torch's zip writer would on
 run folder's lock (``RunFolder.claim``).
 
 ``Checkpointer`` is what the trainer asks of a run's ``checkpoints/``: ``save`` after every
-epoch (last.pt, and best.pt as its copy), ``resume`` (the recipe compared before any weights
-load, then weights, optimizer, schedule and RNG), ``repair`` (a best.pt a crash left behind).
+epoch (last.pt, best.pt as its copy, and ``epoch_NNN.pt`` as another for the epochs
+``run.keep_epochs`` names), ``resume`` (the recipe compared before any weights load, then
+weights, optimizer, schedule and RNG), ``repair`` (a best.pt or kept epoch's copy that a crash
+left behind).
 
 Trust: only seltrain's own ``.pt`` files are read here, and without unpickling code. DeepSpeed's
 ZeRO shard files (``checkpoints/deepspeed/``, read by DeepSpeed on ``--resume``) and Ray Tune's
@@ -27,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -144,6 +147,12 @@ def saved_config(path: str) -> dict | None:
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
 
 
+def epoch_name(epoch: int) -> str:
+    """The name (without .pt) of the copy ``run.keep_epochs`` keeps of 0-based ``epoch``:
+    ``epoch_003``, three digits so that a folder listing sorts by epoch."""
+    return f"epoch_{epoch:03d}"
+
+
 def run_checkpoint(run_dir: str, names: tuple[str, ...] = RUN_CHECKPOINTS) -> str | None:
     """The first of ``names`` in ``run_dir``/checkpoints, or None."""
     for name in names:
@@ -160,35 +169,83 @@ def trials_root(exp_dir: str) -> str:
     return trials if os.path.isdir(trials) else exp_dir
 
 
-def find_checkpoints(path: str, skipped: list | None = None) -> list[tuple[str, str]]:
+def which_names(which: str = "best") -> tuple[str, ...]:
+    """The checkpoint files ``--checkpoint`` names, in the order they are looked up: best
+    (best.pt, else last.pt), last, or a kept epoch (``epoch_003``)."""
+    return RUN_CHECKPOINTS if which == "best" else (f"{which}.pt",)
+
+
+def kept_epochs(run_dir: str) -> list[str]:
+    """The kept epochs' checkpoints of ``run_dir`` (``run.keep_epochs``), in epoch order."""
+    folder = os.path.join(run_dir, "checkpoints")
+    names = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else ())
+                   if re.fullmatch(r"epoch_\d{3,}\.pt", f))
+    return [os.path.abspath(os.path.join(folder, f))
+            for f in sorted(names, key=lambda f: int(f[6:-3]))]
+
+
+def _run_checkpoints(run_dir: str, which: str) -> list[str]:
+    """The checkpoints of ``run_dir`` that ``which`` picks: every kept epoch's (``kept``) or
+    the first of ``which_names`` there is."""
+    if which == "kept":
+        return kept_epochs(run_dir)
+    one = run_checkpoint(run_dir, which_names(which))
+    return [one] if one else []
+
+
+def _missing(run: str, which: str) -> str:
+    """Why ``run`` has no checkpoint ``which``, with the kept epochs it does have."""
+    if which == "best":
+        return ("no checkpoints/best.pt or checkpoints/last.pt (the run ended or was stopped "
+                "before its first checkpoint)")
+    if which == "kept":
+        return ("no kept epochs (no checkpoints/epoch_NNN.pt; run.keep_epochs names the "
+                "epochs a run keeps)")
+    kept = [os.path.basename(f)[:-3] for f in kept_epochs(run)]
+    return (f"no checkpoints/{which}.pt (kept epochs: {', '.join(kept) or 'none'}; "
+            "run.keep_epochs names the epochs a run keeps)")
+
+
+def find_checkpoints(path: str, skipped: list | None = None,
+                     which: str = "best") -> list[tuple[str, str]]:
     """[(run folder, checkpoint file)] for a checkpoint file, a run folder (its best.pt, else
-    last.pt) or an experiment folder (the same for every run folder under trials/, or under
-    the folder itself). In an experiment, every run folder without a checkpoint is appended
-    to ``skipped`` as (folder, why)."""
+    last.pt; or the one ``which`` names, ``which_names``; ``kept``: every kept epoch's) or an
+    experiment folder (the same for every run folder under trials/, or under the folder
+    itself). In an experiment, every run folder without that checkpoint is appended to
+    ``skipped`` as (folder, why)."""
     if os.path.isfile(path):
+        if which != "best":
+            raise ConfigError(f"--checkpoint {which} picks among a run folder's checkpoints, "
+                              f"but {path} is a checkpoint file already; leave --checkpoint "
+                              "out, or give the run folder")
         ckpt = os.path.abspath(path)
         parent = os.path.dirname(ckpt)
         run = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
         return [(run, ckpt)]
     if not os.path.isdir(path):
         raise CheckpointError(f"no checkpoint, run folder or experiment at {path}")
-    own = run_checkpoint(path)
+    own = _run_checkpoints(path, which)
     if own:
-        return [(os.path.abspath(path), own)]
+        return [(os.path.abspath(path), c) for c in own]
+    if which != "best" and _looks_like_a_run(path):
+        raise CheckpointError(f"{path} has {_missing(path, which)}")
     root = trials_root(path)
     found = []
     for name in sorted(os.listdir(root)):
         run = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(run):
             continue
-        ckpt = run_checkpoint(run)
-        if ckpt:
-            found.append((os.path.abspath(run), ckpt))
+        ckpts = _run_checkpoints(run, which)
+        if ckpts:
+            found += [(os.path.abspath(run), c) for c in ckpts]
         elif skipped is not None and _looks_like_a_run(run):
-            skipped.append((os.path.abspath(run), "no checkpoints/best.pt or "
-                            "checkpoints/last.pt (the run ended or was stopped before its first "
-                            "checkpoint)"))
+            skipped.append((os.path.abspath(run), _missing(run, which)))
     if not found:
+        if which != "best":
+            want = "epoch_NNN" if which == "kept" else which
+            raise CheckpointError(f"{path} holds no checkpoints/{want}.pt, nor "
+                                  f"trials/*/checkpoints/{want}.pt (run.keep_epochs names "
+                                  "the epochs a run keeps)")
         raise CheckpointError(f"{path} holds no checkpoints/best.pt, checkpoints/last.pt or "
                               "trials/*/checkpoints/best.pt")
     return found
@@ -238,8 +295,9 @@ class TrainState:
 
 
 # Recipe keys that may change between an interrupted run and its resumption.
+# run.keep_epochs only adds copies of later epochs' last.pt: which ones never changes a number.
 RESUME_FREE_KEYS = ("run.progress", "run.tensorboard", "data.num_workers", "run.out_dir",
-                    "data.root", "data.on_device")
+                    "data.root", "data.on_device", "run.keep_epochs")
 
 
 class Checkpointer:
@@ -274,6 +332,10 @@ class Checkpointer:
             self._write(last, state, history)
             if new_best and self.ctx.is_main:
                 atomic_copy(last, self.path("best"))
+            if self._kept(state.epoch) and self.ctx.is_main:
+                # A byte copy, written atomically: a resume rewrites it whole (``repair``),
+                # never a second file for the same epoch.
+                atomic_copy(last, self.path(epoch_name(state.epoch)))
         except SeltrainError as e:
             if not self.ctx.distributed:
                 raise
@@ -324,7 +386,12 @@ class Checkpointer:
             print(f"resuming {self.run_dir} after epoch {state.epoch + 1}", flush=True)
             if state.best.get("epoch") == state.epoch:
                 self.repair(state.epoch)
+            if self._kept(state.epoch):
+                self.repair(state.epoch, epoch_name(state.epoch))
         return state, history
+
+    def _kept(self, epoch: int) -> bool:
+        return epoch in self.cfg.run.keep_epochs
 
     def check_recipe(self, saved: dict) -> None:
         """Every recipe key that differs from the checkpoint's, named in one line; run before
@@ -346,11 +413,12 @@ class Checkpointer:
                 f"{len(differ)} key(s): {'; '.join(differ)}; use the original settings or a "
                 "new run.name")
 
-    def repair(self, epoch: int) -> None:
+    def repair(self, epoch: int, name: str = "best") -> None:
         """Epoch ``epoch`` (last.pt's) was a new best, so best.pt must equal last.pt; a crash
         (or a full disk) between writing last.pt and copying it to best.pt leaves an older
-        best.pt, rewritten here from last.pt."""
-        last, best = self.path("last"), self.path("best")
+        best.pt, rewritten here from last.pt. The same for a kept epoch's ``name``
+        (``epoch_NNN``), missing when a crash came before its copy."""
+        last, best = self.path("last"), self.path(name)
         try:
             ok = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"] \
                 == epoch
@@ -358,5 +426,8 @@ class Checkpointer:
             ok = False
         if not ok:
             atomic_copy(last, best)
-            print(f"seltrain: restored {best} from last.pt (epoch {epoch + 1} was the best; "
-                  "the copy had not been made)", file=sys.stderr, flush=True)
+            # run.keep_epochs counts from 0, the console's "epoch N/M" from 1
+            why = f"epoch {epoch + 1} was the best" if name == "best" else \
+                f"epoch {epoch} is in run.keep_epochs"
+            print(f"seltrain: restored {best} from last.pt ({why}; the copy had not been made)",
+                  file=sys.stderr, flush=True)

@@ -160,6 +160,9 @@ class RunConfig:
     progress: bool = True
     # Per-epoch mean OSI per layer (orientation tracking; `seltrain analyze orientation`).
     track_orientation: bool = False
+    # 0-based epochs whose checkpoint is kept as checkpoints/epoch_NNN.pt besides last.pt and
+    # best.pt (analyses early in training, Ranadive et al. 2023; seltrain.checkpoint).
+    keep_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -253,6 +256,8 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "train.seed": (">= 0", _at_least(0)),
     "train.eval_batch_size": (">= 1", _at_least(1)),
     "train.max_steps_per_epoch": (">= 1 or null (whole epochs)", _at_least(1)),
+    "run.keep_epochs": ("a list of epochs >= 0 (epochs count from 0)",
+                        lambda v: all(e >= 0 for e in v)),
 }
 
 
@@ -512,6 +517,11 @@ def validate(cfg: Config) -> None:
     if t.milestones and sorted(t.milestones) != t.milestones:
         raise ConfigError(f"train.milestones must be increasing, got {t.milestones}")
     alpha_schedule.check(cfg.selectivity.alpha_schedule, t.epochs)
+    keep = cfg.run.keep_epochs
+    if keep and (sorted(set(keep)) != keep or keep[-1] >= t.epochs):
+        raise ConfigError(f"run.keep_epochs must be increasing epochs, each below "
+                          f"train.epochs={t.epochs} (epochs count from 0), got {keep}; "
+                          f"give e.g. [0, 1, 2, 5]")
     name = cfg.run.name
     if has_control_character(name):
         raise ConfigError(f"run.name must not hold control characters (tabs, newlines, escapes), "

@@ -367,7 +367,8 @@ class RunFolder:
         # was ever checkpointed: a crash before the first last.pt leaves at most epoch 1's
         # metrics line (and DeepSpeed shards without the .pt that commits them).
         records = read_records(os.path.join(self.path, "metrics.jsonl"))[0]
-        later = [f for f in found if f in ("checkpoints/best.pt", "summary.json")]
+        later = [f for f in found if f in ("checkpoints/best.pt", "summary.json")
+                 or f.startswith("checkpoints/epoch_")]  # run.keep_epochs' copies
         if later or any(r.get("epoch", 0) > 0 for r in records):
             raise CheckpointError(
                 f"cannot resume {self.path}: it holds {', '.join(found)} but no "

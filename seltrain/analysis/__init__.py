@@ -32,6 +32,7 @@ And what serves them all:
   ``seltrain report --analysis-args``.
 - ``target``: a checkpoint with its model, recipe and data split, ready to analyse.
 - ``outputs``: the output folder, written as one unit under a lock.
+- ``over_epochs``: an analysis' results across a run's kept epochs (``--checkpoint kept``).
 - ``plots``: PNG figures (matplotlib, Agg canvas); ``serialize``: numpy-aware JSON and CSV.
 - ``tb_views``: the analyses in a run's TensorBoard: headline scalars, the HParams metric
   tags, the custom-scalars layout.

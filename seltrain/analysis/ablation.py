@@ -61,6 +61,22 @@ another code path and differ in the last bit, so batches smaller than ``MIN_STAC
 never stacked. On GPU cuDNN may pick another algorithm for another batch size; accuracies
 then match unless two logits are tied to within ~1e-6; pass ``units_per_pass=1`` for a
 guarantee. tests/unit_tests/test_analysis_ablation.py checks equality, stacked and not.
+
+Early in training (Ranadive et al. 2023)
+----------------------------------------
+Their reference code (Omkar-Ranadive/Class-Selective-Neurons, ``run_class_selectivity_cp.py``
+and ``run_random_cp.py``, read, not copied) opens the per-epoch checkpoints of ResNet50 on
+ImageNet (their 1-based ``checkpoint_epoch1`` to ``5`` and ``31`` to ``35``: after 0-based
+epochs 0-4 and 30-34), ranks a stage's channels by class selectivity and zeroes the
+highest-SI channels (or random ones) at the output of every bottleneck block of that stage
+at once, 0, 10, 20, ... channels, reporting top-1 and top-5 accuracy. seltrain keeps such
+checkpoints with ``run.keep_epochs`` and ablates one with ``--checkpoint epoch_NNN``
+(docs/REPRODUCE.md). Deviations, each deliberate: a curve ablates one probed layer (a
+block's output), not a whole stage's blocks together, which keeps the layer-by-layer
+ablation point of the rest of this module; it steps through fractions of the layer's units
+(``floor(f * U + 0.5)`` for f = 0, 0.1, ..., 1), not 10 channels at a time; it reports
+top-1 accuracy only; and it adds the SI-low-first order and single-unit drops, which their
+scripts do not have.
 """
 from __future__ import annotations
 

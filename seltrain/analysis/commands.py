@@ -47,7 +47,7 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
         raise TypeError(f"{name} takes {module.Options.__name__}, not {type(opts).__name__}")
     skipped: list[tuple[str, str]] = []
     targets = [TargetRef(target_dir, spec=path)] if isinstance(path, TargetSpec) \
-        else find_targets(path, skipped)
+        else find_targets(path, skipped, opts.checkpoint)
     for run_dir, why in skipped:
         print(f"{name}: skipped {run_dir}: {why}", file=stream)
     if opts.out and len(targets) > 1:
@@ -59,11 +59,26 @@ def run_analysis(name: str, path, opts: AnalysisOptions | None = None,
             print(ln, file=stream)
         stream.flush()
         results.append(done["summary"])
+    if opts.checkpoint == "kept" and not isinstance(path, TargetSpec):
+        _over_epochs(name, results, opts, stream)
     if skipped:
         print(f"{name}: analysed {len(targets)} of {len(targets) + len(skipped)} run folders "
               f"of {path}; skipped {len(skipped)} without a checkpoint: "
               f"{', '.join(os.path.basename(r) for r, _ in skipped)}", file=stream, flush=True)
     return results
+
+
+def _over_epochs(name: str, results: list[dict], opts: AnalysisOptions, stream) -> None:
+    """``--checkpoint kept``: each run's results across its kept epochs
+    (``over_epochs.write``), once every epoch is analysed."""
+    from seltrain.analysis import outputs, over_epochs
+
+    for run_dir in dict.fromkeys(r["run_dir"] for r in results):
+        mine = [r for r in results if r["run_dir"] == run_dir]
+        folder = outputs.over_epochs_folder(run_dir, opts, name)
+        for ln in over_epochs.write(mine, folder, name):
+            print(ln, file=stream)
+    stream.flush()
 
 
 def analyse_target(name: str, ref, opts: AnalysisOptions, n_targets: int = 1,

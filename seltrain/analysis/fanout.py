@@ -45,8 +45,9 @@ from typing import Mapping, Sequence
 from seltrain.analysis.options import AnalysisOptions
 from seltrain.errors import ConfigError, Interrupted, SeltrainError
 
-# Options that choose where results go or whether to replace them, not what they are.
-NOT_HASHED = ("out", "force")
+# Options that choose where results go or whether to replace them, not what they are
+# (--checkpoint picks the file, whose bytes the key hashes anyway).
+NOT_HASHED = ("out", "force", "checkpoint")
 # A task that raises is tried this many times in all before it counts as failed.
 ATTEMPTS = 2
 # Seconds between progress lines while nothing finishes.
@@ -163,7 +164,7 @@ def plan(targets: Sequence, analyses: Mapping[str, AnalysisOptions], *,
     for name, opts in analyses.items():
         for ref in targets:
             key = task_key(name, ref, opts)
-            out = final_folder(ref.run_dir, opts, name, len(targets))
+            out = final_folder(ref.run_dir, opts, name, len(targets), ref.ckpt_path)
             marker = read_marker(out) if os.path.isdir(out) else {}
             if not force and marker.get("key") == key:
                 done.append(TaskResult(name, ref.run_dir, out, "skipped",
@@ -327,7 +328,12 @@ def run_fanout(targets: Sequence, analyses: Mapping[str, AnalysisOptions],
             refs.append(t)
             continue
         skipped: list = []
-        refs += find_targets(t, skipped)
+        # --checkpoint is an option every analysis shares; --analysis-args sets it for all.
+        which = {o.checkpoint for o in analyses.values()}
+        if len(which) > 1:
+            raise ConfigError(f"the analyses ask for different --checkpoint values "
+                              f"({', '.join(sorted(which))}); give one for all of them")
+        refs += find_targets(t, skipped, which.pop() if which else "best")
         for run_dir, why in skipped:
             print(f"skipped {run_dir}: {why}", file=stream)
     if any(r.run_dir is None for r in refs):

@@ -99,6 +99,22 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def checkpoint_choice(text: str) -> str:
+    """``--checkpoint``: ``best``, ``last``, a kept epoch as ``epoch_003`` or ``3``
+    (``run.keep_epochs``, 0-based as metrics.jsonl; the checkpoint's name without .pt), or
+    ``kept``: every kept epoch."""
+    from seltrain.checkpoint import epoch_name
+
+    t = str(text).strip().lower()
+    if t in ("best", "last", "kept"):
+        return t
+    digits = t[len("epoch_"):] if t.startswith("epoch_") else t
+    if digits.isdigit():
+        return epoch_name(int(digits))
+    raise ValueError("give best, last, kept (every kept epoch), or one kept epoch "
+                     "(run.keep_epochs) as epoch_003 or 3")
+
+
 # The figure formats (seltrain/analysis/plots.py writes each chosen one): PNG for screens and
 # TensorBoard; SVG and PDF are vector, for papers.
 FORMATS = ("png", "svg", "pdf")
@@ -139,6 +155,12 @@ class AnalysisOptions:
                                    "data.root", metavar="DIR")
     seed: int = option(0, "seed for corruptions, PGD, random orders and subsets",
                        parse=whole_number)
+    checkpoint: str = option(
+        "best", "which checkpoint of a run folder (of every trial of an experiment): best "
+        "(last.pt where there is no best.pt), last, an epoch run.keep_epochs kept (epoch_003 "
+        "or 3; results go to <run>/analysis/epoch_003/<analysis>), or kept: every kept epoch "
+        "(ablation then adds <run>/analysis/ablation_over_epochs)",
+        parse=checkpoint_choice, metavar="best|last|kept|epoch_NNN")
     format: tuple[str, ...] = option(
         ("png",), "the figures' formats, comma-separated from png, svg, pdf (svg and pdf are "
         "vector, for papers): every figure is written in each", parse=parse_formats,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 
 from seltrain.atomic import atomic_folder, atomic_write, remove_stale_temporaries
@@ -41,7 +42,7 @@ class OutputFolder:
     def __init__(self, target, opts, name: str, n_targets: int, key: str | None = None):
         self.name, self.ckpt = name, os.path.abspath(target.ckpt_path)
         out = opts.out
-        self.final = final_folder(target.run_dir, opts, name, n_targets)
+        self.final = final_folder(target.run_dir, opts, name, n_targets, target.ckpt_path)
         self.chosen, self.force = bool(out), bool(getattr(opts, "force", False))
         # The task key (seltrain.analysis.fanout.task_key): which options and checkpoint the
         # folder's results are of, so a rerun on a cluster skips what is already done.
@@ -118,13 +119,35 @@ class OutputFolder:
                           "that folder whole, or choose another --out")
 
 
-def final_folder(run_dir: str, opts, name: str, n_targets: int) -> str:
+def final_folder(run_dir: str, opts, name: str, n_targets: int,
+                 ckpt_path: str | None = None) -> str:
     """Where analysis ``name`` of the run ``run_dir`` goes: ``--out`` (``--out/<run>`` with
-    several runs) or ``<run>/analysis/<name>``."""
+    several runs) or ``<run>/analysis/<name>``. A kept epoch's checkpoint
+    (``checkpoints/epoch_003.pt``, ``run.keep_epochs``) goes to
+    ``<run>/analysis/epoch_003/<name>`` (``--out/<run>/epoch_003``), so each epoch's results
+    sit beside the others and the best checkpoint's."""
+    stem = os.path.splitext(os.path.basename(ckpt_path or ""))[0]
+    kept = KEPT_EPOCH.fullmatch(stem) is not None
     if opts.out:
+        if kept:
+            return os.path.abspath(os.path.join(opts.out, os.path.basename(run_dir), stem))
         return os.path.abspath(os.path.join(opts.out, os.path.basename(run_dir))
                                if n_targets > 1 else opts.out)
+    if kept:
+        return os.path.abspath(os.path.join(run_dir, "analysis", stem, name))
     return os.path.abspath(os.path.join(run_dir, "analysis", name))
+
+
+def over_epochs_folder(run_dir: str, opts, name: str) -> str:
+    """Where ``--checkpoint kept`` puts analysis ``name``'s results across the kept epochs:
+    ``<run>/analysis/<name>_over_epochs`` (``--out/<run>/<name>_over_epochs``)."""
+    base = os.path.join(opts.out, os.path.basename(run_dir)) if opts.out else \
+        os.path.join(run_dir, "analysis")
+    return os.path.abspath(os.path.join(base, f"{name}_over_epochs"))
+
+
+# A kept epoch's checkpoint name (seltrain.checkpoint.epoch_name).
+KEPT_EPOCH = re.compile(r"epoch_\d{3,}")
 
 
 def read_marker(folder: str) -> dict:

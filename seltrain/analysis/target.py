@@ -156,14 +156,19 @@ class TargetRef:
         return target
 
 
-def find_targets(path: str, skipped: list | None = None) -> list[TargetRef]:
+def find_targets(path: str, skipped: list | None = None,
+                 checkpoint: str = "best") -> list[TargetRef]:
     """The targets under ``path``: a target folder (target.json), a folder of target folders,
     or what ``checkpoint.find_checkpoints`` finds (a checkpoint, a run folder, an
-    experiment's trials)."""
+    experiment's trials); ``checkpoint`` (``--checkpoint``) picks which of a run folder's."""
     from seltrain.analysis.target_spec import read_spec, target_folders
     from seltrain.checkpoint import find_checkpoints
 
     folders = target_folders(path)
     if folders:
+        if checkpoint != "best":
+            raise ConfigError(f"--checkpoint {checkpoint} picks among a trained run's "
+                              f"checkpoints; {path} is a target folder (one network's "
+                              "weights): leave --checkpoint out")
         return [TargetRef(f, spec=read_spec(f)) for f in folders]
-    return [TargetRef(run, ckpt) for run, ckpt in find_checkpoints(path, skipped)]
+    return [TargetRef(run, ckpt) for run, ckpt in find_checkpoints(path, skipped, checkpoint)]

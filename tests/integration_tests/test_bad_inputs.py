@@ -752,6 +752,14 @@ ROWS = [
         r"start_epoch below train.epochs=10"),
     Row("alpha_schedule_start_negative", SHOW + ["selectivity.alpha_schedule.start_epoch=-1"],
         2, r"selectivity.alpha_schedule.start_epoch must be >= 0, got -1"),
+    Row("alpha_window_end_not_after_start", SHOW + [
+        "selectivity.alpha_schedule.kind=window", "selectivity.alpha_schedule.start_epoch=5",
+        "selectivity.alpha_schedule.end_epoch=5", "train.epochs=10"], 2,
+        r"selectivity.alpha_schedule: epochs out of order, start_epoch 5 is not before "
+        r"end_epoch 5; give start_epoch < end_epoch"),
+    Row("keep_epochs_past_the_run", SHOW + ["run.keep_epochs=[0,1,10]", "train.epochs=10"], 2,
+        r"run.keep_epochs must be increasing epochs, each below train.epochs=10 \(epochs "
+        r"count from 0\), got \[0, 1, 10\]"),
     Row("dropout_on_a_resnet", train("drop", "model.dropout=0.5"), 2,
         r"model.arch=resnet20: dropout applies to vgg16, vgg16_bn, cnn7, not resnet20; leave "
         r"model.dropout out \(null\)"),
@@ -776,6 +784,14 @@ ROWS = [
     Row("analyze_max_images_negative",
         ["analyze", "selectivity", "{done}", "--max-images", "-5"], 2,
         r"--max-images -5: give a whole number >= 0 \(0: all\)"),
+    Row("analyze_checkpoint_not_kept",
+        ["analyze", "selectivity", "{done}", "--checkpoint", "epoch_001"], 3,
+        r"/r has no checkpoints/epoch_001.pt \(kept epochs: none; run.keep_epochs names "
+        r"the epochs a run keeps\)"),
+    Row("analyze_checkpoint_unknown",
+        ["analyze", "selectivity", "{done}", "--checkpoint", "first"], 2,
+        r"--checkpoint first: give best, last, kept \(every kept epoch\), or one kept epoch "
+        r"\(run.keep_epochs\) as epoch_003 or 3"),
     # ---- The 15 tracebacks
     Row("binary_recipe", ["config", "show", "{tmp}/noise.yaml"], 2,
         r"noise.yaml is not a text YAML file", setup=write_text("noise.yaml", bytes(range(256)))),

@@ -89,3 +89,57 @@ def test_the_late_search_dry_run_lists_its_135_trials():
     rows = re.findall(r"^\s*\d+\s+(-?[\d.]+)\s+(\d+)\s+(\d+)\s*$", r.stdout, re.M)
     assert len(rows) == 135 and len({a for a, _, _ in rows}) == 15
     assert {int(s) for _, s, _ in rows} == {0, 5, 30} and {x for *_, x in rows} == set("012")
+
+
+def test_window_is_alpha_inside_and_initial_outside():
+    # Epochs 1-2 regularized at -2, 0 before and after: the reference's "0*1 -2*2 0*1".
+    s = AlphaScheduleConfig(kind="window", start_epoch=1, end_epoch=3)
+    assert [alpha_at(s, -2, e) for e in range(4)] == [0.0, -2.0, -2.0, 0.0]
+    assert describe(s, -2) == "-2 in epochs 1-2, 0 outside"
+    # Early only ("-20*5 0*15"): a window from epoch 0; initial may be non-zero.
+    early = AlphaScheduleConfig(kind="window", start_epoch=0, end_epoch=5, initial=0.5)
+    assert [alpha_at(early, -20, e) for e in range(7)] == [-20.0] * 5 + [0.5, 0.5]
+    assert name_suffix(early) == "_win0-5i0.5"
+
+
+def test_a_window_may_run_to_the_end_and_is_named():
+    # end_epoch is excluded, so end_epoch == train.epochs regularizes up to the last epoch.
+    cfg = load_config(None, ["train.epochs=40", "selectivity.alpha=-10",
+                             "selectivity.alpha_schedule.kind=window",
+                             "selectivity.alpha_schedule.start_epoch=30",
+                             "selectivity.alpha_schedule.end_epoch=40"])
+    s = cfg.selectivity.alpha_schedule
+    assert [alpha_at(s, -10, e) for e in (29, 30, 39)] == [0.0, -10.0, -10.0]
+    assert cfg.run_name() == "resnet20_synthetic_alpha-10_win30-40_seed0"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["kind=window", "start_epoch=5", "end_epoch=5"],
+     r"^selectivity.alpha_schedule: epochs out of order, start_epoch 5 is not before "
+     r"end_epoch 5; give start_epoch < end_epoch$"),
+    (["kind=window", "start_epoch=0", "end_epoch=41"],
+     r"^selectivity.alpha_schedule.end_epoch=41 is past the run's end \(train.epochs=40; .*"
+     r"give an end_epoch of at most 40$"),
+    (["kind=window"],
+     r"^selectivity.alpha_schedule: epochs out of order, start_epoch 0 is not before "
+     r"end_epoch 0"),
+])
+def test_bad_windows_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, ["train.epochs=40"] +
+                    [f"selectivity.alpha_schedule.{o}" for o in overrides])
+    assert "\n" not in str(e.value)
+
+
+def test_a_search_varies_the_window_through_its_scalar_keys():
+    """A search over window starts with end_epoch fixed: each trial's alpha per epoch."""
+    from seltrain.tuning.recipe import trial_config
+
+    base = load_config(None, ["train.epochs=10", "selectivity.alpha=-4",
+                              "selectivity.alpha_schedule.kind=window",
+                              "selectivity.alpha_schedule.start_epoch=0",
+                              "selectivity.alpha_schedule.end_epoch=5"])
+    one = trial_config(base, {"selectivity.alpha_schedule.start_epoch": 3,
+                              "selectivity.alpha": -1.0})
+    assert [alpha_at(one.selectivity.alpha_schedule, one.selectivity.alpha, e)
+            for e in range(10)] == [0.0] * 3 + [-1.0] * 2 + [0.0] * 5

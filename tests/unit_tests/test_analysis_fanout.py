@@ -34,6 +34,8 @@ def test_task_key_follows_options_and_checkpoint_bytes(tmp_path):
     ref = _ckpt(tmp_path)
     base = task_key("robustness", ref, RobustnessOptions())
     assert base == task_key("robustness", ref, RobustnessOptions(out="x", force=True))
+    # --checkpoint picks the file; the key hashes that file's bytes, not the option
+    assert base == task_key("robustness", ref, RobustnessOptions(checkpoint="last"))
     assert base != task_key("robustness", ref, RobustnessOptions(eps="0,0.02"))
     assert base != task_key("dimensionality", ref, RobustnessOptions())
     other = _ckpt(tmp_path, "other", b"other weights")

@@ -25,7 +25,7 @@ from seltrain.checkpoint import (Checkpointer, TrainState, atomic_save, find_che
 from seltrain.config import load_config
 from seltrain.distributed import DistContext
 from seltrain.engine import DDPEngine
-from seltrain.errors import CheckpointError
+from seltrain.errors import CheckpointError, ConfigError
 from seltrain.models import build_model
 
 
@@ -199,6 +199,46 @@ def test_best_else_last_in_a_run_and_in_every_trial(tmp_path):
         find_checkpoints(str(exp / "trials" / "c"))
 
 
+def test_checkpoint_picks_a_kept_epoch_of_a_run_or_of_every_trial(tmp_path):
+    """``--checkpoint epoch_002`` (find_checkpoints' ``which``): each trial's epoch_002.pt; a
+    trial without one is skipped with the epochs it kept; the folders of the results."""
+    from types import SimpleNamespace
+
+    from seltrain.analysis.outputs import final_folder
+
+    exp = tmp_path / "exp"
+    a = _touch(exp / "trials" / "a" / "checkpoints" / "epoch_002.pt")
+    _touch(exp / "trials" / "a" / "checkpoints" / "best.pt")
+    _touch(exp / "trials" / "b" / "checkpoints" / "epoch_000.pt")
+    _touch(exp / "trials" / "b" / "checkpoints" / "best.pt")
+    skipped = []
+    assert find_checkpoints(str(exp), skipped, "epoch_002") == [(str(exp / "trials" / "a"), a)]
+    assert skipped == [(str(exp / "trials" / "b"), "no checkpoints/epoch_002.pt (kept epochs: "
+                        "epoch_000; run.keep_epochs names the epochs a run keeps)")]
+    last = _touch(exp / "trials" / "b" / "checkpoints" / "last.pt")
+    assert find_checkpoints(str(exp / "trials" / "b"), which="last") == \
+        [(str(exp / "trials" / "b"), last)]
+    with pytest.raises(CheckpointError, match=r"b has no checkpoints/epoch_002.pt \(kept "
+                       r"epochs: epoch_000;"):
+        find_checkpoints(str(exp / "trials" / "b"), which="epoch_002")
+    with pytest.raises(ConfigError, match="is a checkpoint file already; leave --checkpoint"):
+        find_checkpoints(a, which="epoch_002")
+    # kept: every kept epoch of every trial, in epoch order (10 after 2, not before it)
+    a10 = _touch(exp / "trials" / "a" / "checkpoints" / "epoch_010.pt")
+    b0 = str(exp / "trials" / "b" / "checkpoints" / "epoch_000.pt")
+    assert find_checkpoints(str(exp), which="kept") == [
+        (str(exp / "trials" / "a"), a), (str(exp / "trials" / "a"), a10),
+        (str(exp / "trials" / "b"), b0)]
+    opts = SimpleNamespace(out=None)
+    run = str(exp / "trials" / "a")
+    assert final_folder(run, opts, "ablation", 1, a) == \
+        os.path.join(run, "analysis", "epoch_002", "ablation")
+    assert final_folder(run, opts, "ablation", 1, os.path.join(run, "checkpoints", "best.pt")) \
+        == os.path.join(run, "analysis", "ablation")
+    out = SimpleNamespace(out=str(tmp_path / "o"))
+    assert final_folder(run, out, "ablation", 3, a) == str(tmp_path / "o" / "a" / "epoch_002")
+
+
 def test_load_trained_model_builds_the_recipe_model_or_says_it_does_not_fit(tmp_path):
     cfg = load_config(None, ["model.arch=resnet20", "data.dataset=synthetic"])
     torch.manual_seed(0)
@@ -270,7 +310,8 @@ def test_resume_names_every_changed_key_before_loading(tmp_path):
     ck, _ = _checkpointer(tmp_path)
     ck.save(TrainState(0, 2, {}, []), new_best=False, history=None)
     other, engine = _checkpointer(tmp_path, "train.lr=0.1", "train.momentum=0.5",
-                                  "run.progress=false")  # progress may change
+                                  "run.progress=false",  # progress may change
+                                  "run.keep_epochs=[3]")  # and the epochs kept from now on
     before = {k: v.clone() for k, v in engine.network.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"the recipe differs from the checkpoint's in 2 "
                                               r"key\(s\): train\.lr was 0\.5, now 0\.1; "
@@ -278,6 +319,25 @@ def test_resume_names_every_changed_key_before_loading(tmp_path):
         other.resume()
     for k, v in engine.network.state_dict().items():
         assert torch.equal(v, before[k])  # nothing was loaded
+
+
+def test_kept_epochs_are_copies_of_their_last_pt_and_a_resume_restores_a_lost_one(
+        tmp_path, capsys):
+    ck, _ = _checkpointer(tmp_path, "run.keep_epochs=[0,2]")
+    copies = {}
+    for e in range(3):
+        ck.save(TrainState(e, 2 * e + 2, {}, []), new_best=False, history=None)
+        copies[e] = open(ck.path("last"), "rb").read()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch_000.pt", "epoch_002.pt",
+                                                            "last.pt"]
+    assert open(ck.path("epoch_000"), "rb").read() == copies[0]
+    assert open(ck.path("epoch_002"), "rb").read() == copies[2]
+    # a crash between last.pt and its copy: the resume makes the copy, once
+    os.remove(ck.path("epoch_002"))
+    state, _ = _checkpointer(tmp_path, "run.keep_epochs=[0,2]")[0].resume()
+    assert state.epoch == 2 and open(ck.path("epoch_002"), "rb").read() == copies[2]
+    assert "epoch_002.pt from last.pt (epoch 2 is in run.keep_epochs; the copy had not been " \
+        "made)" in capsys.readouterr().err
 
 
 def test_resume_repairs_a_best_pt_left_behind(tmp_path, capsys):

@@ -127,6 +127,9 @@ def test_config_show_prints_resolved(capsys):
 def test_cross_field_validation():
     with pytest.raises(ConfigError, match="train.milestones must be increasing"):
         load_config(None, ["train.milestones=[5,2]"])
+    with pytest.raises(ConfigError, match=r"run.keep_epochs must be increasing epochs, each "
+                       r"below train.epochs=10 \(epochs count from 0\), got \[2, 2\]"):
+        load_config(None, ["run.keep_epochs=[2,2]"])
     with pytest.raises(ConfigError, match="data.val_size"):
         load_config(None, ["data.val_size=1.5"])
 
@@ -182,6 +185,7 @@ EDGES = [
     ("train.seed", -1, 0, ">= 0"),
     ("train.eval_batch_size", 0, 1, ">= 1"),
     ("train.max_steps_per_epoch", 0, 1, ">= 1 or null (whole epochs)"),
+    ("run.keep_epochs", [-1, 3], [0, 3], "a list of epochs >= 0 (epochs count from 0)"),
 ]
 NULLABLE = ["model.dropout", "data.limit_train", "data.image_size", "train.grad_clip",
             "train.max_steps_per_epoch"]

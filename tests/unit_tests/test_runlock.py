@@ -234,6 +234,13 @@ def test_run_folder_resumes_without_last_pt_only_before_the_first_checkpoint(tmp
     with pytest.raises(CheckpointError, match=r"holds metrics\.jsonl but no "
                                               r"checkpoints/last\.pt to continue from"):
         _folder(run, resume=True).claim()
+    # a kept epoch's copy (run.keep_epochs) means an epoch was checkpointed too
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "epoch_000.pt").write_bytes(b"pt")
+    with pytest.raises(CheckpointError, match=r"holds checkpoints/epoch_000\.pt, metrics\.jsonl "
+                                              r"but no checkpoints/last\.pt to continue from"):
+        _folder(run, resume=True).claim()
 
 
 def test_run_folder_claim_removes_killed_writers_temporaries(tmp_path, capsys):
