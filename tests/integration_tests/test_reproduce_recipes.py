@@ -238,7 +238,7 @@ def test_osi_over_training_of_the_7_layer_cnn_on_cifar10(tmp_path, cifar10):
     acc.Reload()
     for layer in layers:
         events = acc.Scalars(f"orientation/osi_mean/{layer}")
-        assert [e.step for e in events] == [1, 2] or [e.step for e in events] == [0, 1]
+        assert [e.step for e in events] == [0, 1]  # the epochs of metrics.jsonl
         np.testing.assert_allclose([e.value for e in events],
                                    [r["osi_per_layer"][layer] for r in records], rtol=1e-6)
 
