@@ -288,8 +288,10 @@ def _write_experiment_info(recipe: SearchRecipe, base: Config) -> None:
         json.dump(info, f, indent=2)
 
 
-def print_plan(recipe: SearchRecipe, base: Config, out=sys.stdout) -> None:
-    """``--dry-run``: the resolved recipe, the resources, and every trial."""
+def print_plan(recipe: SearchRecipe, base: Config, out=None) -> None:
+    """``--dry-run``: the resolved recipe, the resources, and every trial (to ``out``, or to
+    sys.stdout as it is at the call: a caller that redirects it gets the plan)."""
+    out = out or sys.stdout
     trials = enumerate_trials(recipe)
     r = recipe.resources
     epochs = base.train.epochs

@@ -91,25 +91,25 @@ def test_the_late_search_dry_run_lists_its_135_trials():
     assert {int(s) for _, s, _ in rows} == {0, 5, 30} and {x for *_, x in rows} == set("012")
 
 
-def test_seeds_and_grid_narrow_a_search_to_try_it_small():
-    """~3 s (a subprocess): `--grid` replaces a searched key's values, `--seeds` the seeds;
-    the dry run lists exactly the 2 alphas x 2 start epochs x seed 0, in Tune's order, each
-    value typed as the recipe types it (alpha 0 -> 0.0, start epoch 1 an int)."""
+def test_seeds_and_grid_narrow_a_search_to_try_it_small(capsys):
+    """`--grid` replaces a searched key's values, `--seeds` the seeds: the dry run lists
+    exactly the 2 alphas x 2 start epochs x seed 0, in Tune's order, each value typed as the
+    recipe types it (alpha 0 -> 0.0, a start epoch an int)."""
     import re
 
-    from helpers import run_cli
+    from seltrain.cli import main
 
-    r = run_cli("tune", "--search", "alpha_late", "--grid", "selectivity.alpha=0,-1",
-                "--grid", "selectivity.alpha_schedule.start_epoch=0,1", "--seeds", "0",
-                "--set", "train.epochs=2", "--dry-run", timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "4 trials x 2 epochs = 8 trial-epochs" in r.stdout
-    rows = re.findall(r"^\s*\d+\s+(-?[\d.]+)\s+(\d+)\s+(\d+)\s*$", r.stdout, re.M)
+    assert main(["tune", "--search", "alpha_late", "--grid", "selectivity.alpha=0,-1",
+                 "--grid", "selectivity.alpha_schedule.start_epoch=0,1", "--seeds", "0",
+                 "--set", "train.epochs=2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials x 2 epochs = 8 trial-epochs" in out
+    rows = re.findall(r"^\s*\d+\s+(-?[\d.]+)\s+(\d+)\s+(\d+)\s*$", out, re.M)
     assert rows == [("0.0", "0", "0"), ("0.0", "1", "0"), ("-1.0", "0", "0"),
                     ("-1.0", "1", "0")]
     # --seeds alone keeps the recipe's grid: bn_dropout's 2 x 2 with seeds 0 and 1 = 8 trials.
-    r = run_cli("tune", "--search", "bn_dropout", "--seeds", "0,1", "--dry-run", timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = re.findall(r"^\s*\d+\s+(vgg16\w*)\s+([\d.]+)\s+(\d+)\s*$", r.stdout, re.M)
+    assert main(["tune", "--search", "bn_dropout", "--seeds", "0,1", "--dry-run"]) == 0
+    rows = re.findall(r"^\s*\d+\s+(vgg16\w*)\s+([\d.]+)\s+(\d+)\s*$",
+                      capsys.readouterr().out, re.M)
     assert rows == [(a, p, s) for a in ("vgg16", "vgg16_bn") for p in ("0.0", "0.5")
                     for s in "01"]
