@@ -1,6 +1,7 @@
 """``seltrain tune``: run a search recipe on Ray Tune, one TorchTrainer per trial.
 
-    seltrain tune --search alpha [--set train.epochs=30] [--dry-run] [--resume] [--verbose]
+    seltrain tune --search alpha [--set train.epochs=30] [--seeds 0,1] [--grid KEY=V1,V2]
+                  [--dry-run] [--resume] [--verbose]
                   [--address auto] [--num-cpus N] [--num-gpus N] [--storage DIR] [--name NAME]
 
 Experiment layout (``<storage>/<name>/``)::
@@ -47,7 +48,8 @@ def run_search(search: str, *, overrides: Sequence[str] = (), dry_run: bool = Fa
                resume: bool = False, address: str | None = None,
                num_cpus: float | None = None, num_gpus: float | None = None,
                storage: str | None = None, name: str | None = None,
-               verbose: bool = False) -> int:
+               verbose: bool = False, seeds: str | None = None,
+               grids: Sequence[str] = ()) -> int:
     """Run the search recipe ``search`` (a name in tune/ or a path) on Ray Tune; what
     ``seltrain tune`` does, callable in-process (``benchmarks/bench_asha.py``).
 
@@ -56,12 +58,14 @@ def run_search(search: str, *, overrides: Sequence[str] = (), dry_run: bool = Fa
     ``<storage>/<name>``. ``address``: a running Ray cluster to join (``auto``,
     ``ray://host:10001``); without one a local Ray starts, limited to ``num_cpus`` and
     ``num_gpus`` (default: the machine's). ``storage``, ``name``: override the recipe's.
-    ``verbose``: show Ray's own console too.
+    ``verbose``: show Ray's own console too. ``seeds`` ("0,1"), ``grids`` (["KEY=V1,V2"]):
+    replace the recipe's seeds and a searched key's values (``load_search``).
 
     Returns the exit status: 0 when every trial finished, 1 when one failed, 130 when some
     were left unfinished; a bad recipe or a refused start raises a ``SeltrainError``, a
     Ctrl-C ``Interrupted``, after saving what can be resumed."""
-    recipe, base = load_search(search, list(overrides), storage=storage, exp_name=name)
+    recipe, base = load_search(search, list(overrides), storage=storage, exp_name=name,
+                               seeds=seeds, grids=grids)
     if dry_run:
         print_plan(recipe, base)
         if not address:
@@ -72,7 +76,7 @@ def run_search(search: str, *, overrides: Sequence[str] = (), dry_run: bool = Fa
             except ConfigError as e:  # a plan for a cluster is still worth reading here
                 print(f"note: {e}; run it on a cluster with --address")
         return 0
-    again = resume_command(search, name=name, storage=storage)
+    again = resume_command(search, name=name, storage=storage, seeds=seeds, grids=grids)
     # One search per experiment: a second one started with the same recipe and name is
     # refused here, naming the first, before it starts Ray or touches the folder.
     lock = experiment_lock(recipe)
@@ -174,11 +178,17 @@ def _run_locked(recipe: SearchRecipe, base: Config, *, resume: bool, address: st
     return _finish(recipe, console, grid, wall, again)
 
 
-def resume_command(search: str, *, name: str | None = None, storage: str | None = None) -> str:
-    """The command line that continues this search."""
+def resume_command(search: str, *, name: str | None = None, storage: str | None = None,
+                   seeds: str | None = None, grids: Sequence[str] = ()) -> str:
+    """The command line that continues this search (with the same trials: its --seeds and
+    --grid too)."""
+    import shlex
+
     return (f"seltrain tune --search {search} --resume"
             f"{' --name ' + name if name else ''}"
-            f"{' --storage ' + storage if storage else ''}")
+            f"{' --storage ' + storage if storage else ''}"
+            f"{' --seeds ' + seeds if seeds else ''}"
+            + "".join(f" --grid {shlex.quote(g)}" for g in grids))
 
 
 def _interrupted(recipe: SearchRecipe, console, again: str) -> None:
@@ -278,8 +288,10 @@ def _write_experiment_info(recipe: SearchRecipe, base: Config) -> None:
         json.dump(info, f, indent=2)
 
 
-def print_plan(recipe: SearchRecipe, base: Config, out=sys.stdout) -> None:
-    """``--dry-run``: the resolved recipe, the resources, and every trial."""
+def print_plan(recipe: SearchRecipe, base: Config, out=None) -> None:
+    """``--dry-run``: the resolved recipe, the resources, and every trial (to ``out``, or to
+    sys.stdout as it is at the call: a caller that redirects it gets the plan)."""
+    out = out or sys.stdout
     trials = enumerate_trials(recipe)
     r = recipe.resources
     epochs = base.train.epochs
@@ -314,6 +326,12 @@ def register(subparsers) -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the base training recipe, e.g. --set train.epochs=30 "
                         "(repeatable)")
+    t.add_argument("--seeds", default=None, metavar="S1,S2",
+                   help="replace the recipe's seeds, e.g. --seeds 0 to try a recipe small first")
+    t.add_argument("--grid", dest="grids", action="append", default=[], metavar="KEY=V1,V2",
+                   help="replace a searched key's values by this grid, e.g. --grid "
+                        "selectivity.alpha=0,-1 (repeatable; the key must be one the recipe "
+                        "searches)")
     t.add_argument("--dry-run", action="store_true",
                    help="print the resolved trials and resources; start nothing")
     t.add_argument("--resume", action="store_true",
@@ -339,4 +357,4 @@ def _tune(args) -> int:
     return run_search(args.search, overrides=args.overrides, dry_run=args.dry_run,
                       resume=args.resume, address=args.address, num_cpus=args.num_cpus,
                       num_gpus=args.num_gpus, storage=args.storage, name=args.name,
-                      verbose=args.verbose)
+                      verbose=args.verbose, seeds=args.seeds, grids=args.grids)

@@ -16,10 +16,11 @@ import dataclasses
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
-from seltrain.config import (Config, build_dataclass, choice, config_from_dict,
-                             has_control_character, load_config, read_yaml, set_dotted)
+from seltrain.config import (Config, build_dataclass, choice, config_from_dict, get_dotted,
+                             has_control_character, load_config, parse_override, read_yaml,
+                             set_dotted)
 from seltrain.errors import ConfigError, did_you_mean, excerpt, file_in_the_way
 from seltrain.tuning.resources import ResourcesConfig, check_resources_spec
 
@@ -181,8 +182,12 @@ def _find_base(base: str, recipe_path: str) -> str:
 # --------------------------------------------------------------------------- parsing it
 
 def load_search(name: str, overrides: list[str] | None = None, *, storage: str | None = None,
-                exp_name: str | None = None) -> tuple[SearchRecipe, Config]:
-    """(recipe, base training Config) with every value checked."""
+                exp_name: str | None = None, seeds: str | None = None,
+                grids: Sequence[str] = ()) -> tuple[SearchRecipe, Config]:
+    """(recipe, base training Config) with every value checked.
+
+    ``seeds`` ("0,1", ``--seeds``) replaces the recipe's seeds; each of ``grids`` ("KEY=V1,V2",
+    ``--grid``) replaces a searched key's values by that grid: a recipe tried small first."""
     path = find_search(name)
     data = read_yaml(path)
     where = f"in {path}"
@@ -212,8 +217,50 @@ def load_search(name: str, overrides: list[str] | None = None, *, storage: str |
                           "starts from, e.g. base: configs/quickstart.yaml")
     recipe.base = _find_base(recipe.base, path)
     base = load_config(recipe.base, recipe.overrides)
+    _narrow(recipe, base, seeds, grids)
     _check_against_base(recipe, base, path)
     return recipe, base
+
+
+def _narrow(recipe: SearchRecipe, base: Config, seeds: str | None, grids: Sequence[str]) -> None:
+    """``--seeds`` and ``--grid`` applied to the recipe, each value checked against the base
+    recipe here so that a bad one is blamed on the option that gave it, not on the file."""
+    if seeds is not None:
+        try:
+            recipe.seeds = [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds must be whole numbers separated by commas, e.g. "
+                              f"--seeds 0,1; got {excerpt(seeds)}") from None
+        twice = _repeated(recipe.seeds)
+        if twice:
+            raise ConfigError(f"--seeds gives {', '.join(map(str, twice))} more than once; a "
+                              "repeated seed runs the same trials twice: list each seed once")
+        for seed in recipe.seeds:
+            trial_config(base, {SEED_KEY: seed}, where="--seeds")
+    for text in grids:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise ConfigError(f"--grid {excerpt(text)} must look like KEY=V1,V2 (a searched "
+                              f"key of {os.path.basename(recipe.path)}: "
+                              f"{', '.join(recipe.space)})")
+        if key not in recipe.space:
+            raise ConfigError(f"--grid {key}: not a searched key of {recipe.path}"
+                              f"{did_you_mean(key, recipe.space)}; the recipe searches "
+                              f"{', '.join(recipe.space)} (set other keys with --set)")
+        values = []
+        for item in raw.split(","):
+            _, value = parse_override(f"{key}={item}")
+            # The value as the training recipe types it (0 -> 0.0 for alpha), so trial names,
+            # Tune's config and each trial's config.yaml agree; a value of the wrong type is
+            # refused here, naming --grid.
+            cfg = trial_config(base, {key: value}, where=f"--grid {key}")
+            values.append(get_dotted(cfg.to_dict(), key))
+        twice = _repeated(values)
+        if twice:
+            raise ConfigError(f"--grid {key} gives {', '.join(map(excerpt, twice))} more than "
+                              "once; each value makes its own trials: list each value once")
+        recipe.space[key] = SpaceSpec(grid=values)
 
 
 def _check_name(name: str, what: str) -> None:

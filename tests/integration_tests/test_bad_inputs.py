@@ -1145,6 +1145,26 @@ ROWS = [
     Row("search_name_parent", tune("--dry-run"), 2,
         r"name \(in .*s.yaml\) must be a plain folder name inside the storage .*got '../../x'",
         setup=search_recipe("name: ../../x\nspace: {selectivity.alpha: [0.0]}\n")),
+    # --grid and --seeds (a recipe tried small first): refused before anything starts.
+    Row("search_grid_key_not_searched", tune("--dry-run", "--grid", "train.lr=0.1,0.2"), 2,
+        r"--grid train.lr: not a searched key of .*s.yaml; the recipe searches "
+        r"selectivity.alpha \(set other keys with --set\)",
+        setup=search_recipe("space: {selectivity.alpha: [0.0, -1.0]}\n")),
+    Row("search_grid_key_misspelt", tune("--dry-run", "--grid", "selectivity.alhpa=0,-1"), 2,
+        r"--grid selectivity.alhpa: not a searched key .*did you mean 'selectivity.alpha'",
+        setup=search_recipe("space: {selectivity.alpha: [0.0, -1.0]}\n")),
+    Row("search_grid_wrong_type", tune("--dry-run", "--grid", "selectivity.alpha=0,low"), 2,
+        r"selectivity.alpha must be float, got 'low' \(--grid selectivity.alpha\)",
+        setup=search_recipe("space: {selectivity.alpha: [0.0, -1.0]}\n")),
+    Row("search_grid_without_values", tune("--dry-run", "--grid", "selectivity.alpha"), 2,
+        r"--grid 'selectivity.alpha' must look like KEY=V1,V2",
+        setup=search_recipe("space: {selectivity.alpha: [0.0, -1.0]}\n")),
+    Row("search_seeds_not_numbers", tune("--dry-run", "--seeds", "0,one"), 2,
+        r"--seeds must be whole numbers separated by commas, e.g. --seeds 0,1; got '0,one'",
+        setup=search_recipe("space: {selectivity.alpha: [0.0]}\n")),
+    Row("search_seeds_repeated", tune("--dry-run", "--seeds", "2,2"), 2,
+        r"--seeds gives 2 more than once",
+        setup=search_recipe("space: {selectivity.alpha: [0.0]}\n")),
     Row("experiment_locked", tune(), 2,
         rf"experiment .*/exp/s is in use by pid {os.getpid()} on "
         rf"{re.escape(socket.gethostname())} .*lock file .*/exp/\.s\.lock\); wait for that "

@@ -143,3 +143,27 @@ def test_a_search_varies_the_window_through_its_scalar_keys():
                               "selectivity.alpha": -1.0})
     assert [alpha_at(one.selectivity.alpha_schedule, one.selectivity.alpha, e)
             for e in range(10)] == [0.0] * 3 + [-1.0] * 2 + [0.0] * 5
+
+
+def test_seeds_and_grid_narrow_a_search_to_try_it_small(capsys):
+    """`--grid` replaces a searched key's values, `--seeds` the seeds: the dry run lists
+    exactly the 2 alphas x 2 start epochs x seed 0, in Tune's order, each value typed as the
+    recipe types it (alpha 0 -> 0.0, a start epoch an int)."""
+    import re
+
+    from seltrain.cli import main
+
+    assert main(["tune", "--search", "alpha_late", "--grid", "selectivity.alpha=0,-1",
+                 "--grid", "selectivity.alpha_schedule.start_epoch=0,1", "--seeds", "0",
+                 "--set", "train.epochs=2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials x 2 epochs = 8 trial-epochs" in out
+    rows = re.findall(r"^\s*\d+\s+(-?[\d.]+)\s+(\d+)\s+(\d+)\s*$", out, re.M)
+    assert rows == [("0.0", "0", "0"), ("0.0", "1", "0"), ("-1.0", "0", "0"),
+                    ("-1.0", "1", "0")]
+    # --seeds alone keeps the recipe's grid: bn_dropout's 2 x 2 with seeds 0 and 1 = 8 trials.
+    assert main(["tune", "--search", "bn_dropout", "--seeds", "0,1", "--dry-run"]) == 0
+    rows = re.findall(r"^\s*\d+\s+(vgg16\w*)\s+([\d.]+)\s+(\d+)\s*$",
+                      capsys.readouterr().out, re.M)
+    assert rows == [(a, p, s) for a in ("vgg16", "vgg16_bn") for p in ("0.0", "0.5")
+                    for s in "01"]
