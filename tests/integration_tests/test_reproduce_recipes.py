@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -248,7 +249,8 @@ def test_tiny_imagenet_resnet18_trains_on_the_folder_layout(tmp_path):
     classes (8 training, 4 validation images each): the network has one output per wnid
     and the recipe's stem (7x7 conv kept, no max-pool), metrics.jsonl holds the SI of each
     of ResNet18's 8 blocks, and summary.json's test accuracy and SI are what best.pt gives
-    on the 16 validation images (Tiny ImageNet's labelled test split)."""
+    on the 16 validation images (Tiny ImageNet's labelled test split); then the robustness
+    analysis reads a Tiny-ImageNet-C folder set (``--corrupted-root``)."""
     root = write_tinyimagenet(tmp_path / "data", n_classes=4, n_train_per_class=8,
                               n_val_per_class=4)
     argv = shlex.split(COMMANDS["tiny_imagenet"])[1:]
@@ -269,3 +271,23 @@ def test_tiny_imagenet_resnet18_trains_on_the_folder_layout(tmp_path):
     for layer in blocks:
         assert summary["test_si_per_layer"][layer] == pytest.approx(
             again["si_per_layer"][layer], abs=1e-6), layer
+
+    # The robustness report on Tiny-ImageNet-C (--corrupted-root): a folder set in the
+    # released layout, <corruption>/<severity>/<wnid>/*.JPEG, whose every severity holds the
+    # validation images' own files, so each severity's accuracy must be the clean accuracy.
+    val = os.path.join(root, "tiny-imagenet-200", "val")
+    released = tmp_path / "Tiny-ImageNet-C"
+    for line in open(os.path.join(val, "val_annotations.txt")):
+        name, wnid = line.split("\t")[:2]
+        for severity in range(1, 6):
+            folder = released / "gaussian_noise" / str(severity) / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(os.path.join(val, "images", name), folder / name)
+    out = tmp_path / "robustness"
+    assert main(["analyze", "robustness", str(run), "--corrupted-root", str(released),
+                 "--corruptions", "gaussian_noise", "--eps", "0", "--attack", "fgsm",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    corr = json.load(open(out / "robustness.json"))["corruptions"]
+    assert (corr["source"], corr["n_images"]) == ("released files", 16)
+    assert corr["clean_acc"] == pytest.approx(again["acc"], abs=1e-12)
+    assert corr["accuracy"]["gaussian_noise"] == [corr["clean_acc"]] * 5
